@@ -1,0 +1,211 @@
+"""Typed environments, loaded from ``envs/<name>.yaml`` and validated on load.
+
+An environment names everything a procedure touches; nothing is hard-coded in steps. A wrong field is
+reported with the file, the dotted field path and the problem (:class:`~runbook.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import base58
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from runbook.errors import ConfigError, UnknownEnvironment
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"6h"``, ``"10m"``, ``"30s"``, ``"250ms"`` or a number of seconds -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 6h)")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KubeConfig(_Model):
+    context: str
+    namespace: str
+    kubeconfig: str | None = None
+
+
+class IngressConfig(_Model):
+    kind: Literal["caddy"] = "caddy"
+    url: str
+    admin: str
+    upstream_header: str = "X-Upstream"
+    template: str = "deploy/caddy/Caddyfile.tmpl"
+
+    @field_validator("url", "admin")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {v!r}")
+        return v.rstrip("/")
+
+    @property
+    def admin_port(self) -> int:
+        return _url_port(self.admin)
+
+    @property
+    def port(self) -> int:
+        return _url_port(self.url)
+
+
+def _url_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class DeploymentConfig(_Model):
+    name: str
+    rpc_port: Port
+    data: str = Field(description="storage dataset holding the ledger")
+    accounts: str = Field(description="accounts directory (not on the dataset: copied, not cloned)")
+    image: str | None = None
+
+
+class Deployments(_Model):
+    green: DeploymentConfig
+    blue: DeploymentConfig
+
+    def colour(self, name: str) -> DeploymentConfig:
+        if name not in ("green", "blue"):
+            raise ConfigError(f"unknown colour {name!r}: expected green or blue")
+        return self.green if name == "green" else self.blue
+
+
+class StorageConfig(_Model):
+    backend: Literal["zfs", "btrfs", "reflink", "copy", "auto"]
+    snapshot_prefix: str = "pre-upgrade"
+
+
+def _base58_pubkey(v: str) -> str:
+    try:
+        raw = base58.b58decode(v)
+    except ValueError as exc:
+        raise ValueError(f"not base58: {exc}") from exc
+    if len(raw) != 32:
+        raise ValueError(f"a Solana public key is 32 bytes; {v!r} decodes to {len(raw)}")
+    return v
+
+
+class DoubleZeroConfig(_Model):
+    expected_identity: Annotated[str, BeforeValidator(_base58_pubkey)]
+    expected_device: str
+    interface: str = "doublezero0"
+    sidecar: str = "doublezerod"
+    host_service: str = "doublezerod"
+    config_dir: str = "/root/.config/doublezero"
+
+
+class Timeouts(_Model):
+    catch_up: Duration = 6 * 3600.0
+    healthy: Duration = 600.0
+    rollout: Duration = 300.0
+    sidecar_restart: Duration = 120.0
+
+
+class TestbedConfig(_Model):
+    """How the local testbed stands in for a cluster. Absent on real environments."""
+
+    __test__ = False
+
+    state_dir: str = ".testbed/local"
+    supervisor_port: Port
+    cluster_port: Port
+    genesis_time: float = 1767225600.0  # 2026-01-01T00:00:00Z, shared by every stand-in
+    slot_time: Duration = 0.4
+    replay_speed: float = 8.0
+    health_distance: int = 150
+    identity_seed: str = Field(description="hex seed of the testbed's DZ id.json (a throwaway key)")
+    storage_size: str = "1G"
+    images: dict[str, list[str]] = Field(description="image -> stand-in command (argv template)")
+    host_paths: dict[str, str] = Field(default_factory=dict, description="hostPath prefix -> local path")
+
+
+class Env(_Model):
+    name: str
+    production: bool = False
+    kube: KubeConfig | None = None
+    host: str = "local://"
+    ingress: IngressConfig
+    deployments: Deployments
+    storage: StorageConfig
+    doublezero: DoubleZeroConfig
+    cluster_rpc: str
+    timeouts: Timeouts = Timeouts()
+    testbed: TestbedConfig | None = None
+    source: str = Field(default="", exclude=True)
+
+    def port_settings(self) -> list[tuple[str, int]]:
+        """Every (setting, port) this env binds locally, for collision checks and messages."""
+        out = [
+            ("ingress.url", self.ingress.port),
+            ("ingress.admin", self.ingress.admin_port),
+            ("deployments.green.rpc_port", self.deployments.green.rpc_port),
+            ("deployments.blue.rpc_port", self.deployments.blue.rpc_port),
+        ]
+        if self.testbed is not None:
+            out += [
+                ("testbed.supervisor_port", self.testbed.supervisor_port),
+                ("testbed.cluster_port", self.testbed.cluster_port),
+            ]
+        return out
+
+    def setting_for_port(self, port: int) -> str:
+        names = [name for name, p in self.port_settings() if p == port]
+        return " / ".join(names) if names else "(not an env setting)"
+
+
+def envs_dir() -> Path:
+    return Path(os.environ.get("RUNBOOK_ENVS_DIR", PROJECT_ROOT / "envs"))
+
+
+def known_envs(directory: Path | None = None) -> list[str]:
+    d = directory or envs_dir()
+    return sorted(p.stem for p in d.glob("*.yaml"))
+
+
+def load_env(name_or_path: str, directory: Path | None = None) -> Env:
+    """Load and validate an env by name (``envs/<name>.yaml``) or by path to a YAML file."""
+    d = directory or envs_dir()
+    candidate = Path(name_or_path)
+    path = candidate if candidate.suffix in (".yaml", ".yml") else d / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(known_envs(d)) or "(none)"
+        raise UnknownEnvironment(f"unknown environment {name_or_path!r}: known environments are {known} ({d})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Env.model_validate({**data, "source": str(path)})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            got = f" (got {err['input']!r})" if err["type"] not in ("missing",) else ""
+            problems.append(f"{path}: field {field}: {err['msg']}{got}")
+        raise ConfigError("invalid environment file:\n  " + "\n  ".join(problems), env=str(data.get("name", ""))) from exc
