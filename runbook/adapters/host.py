@@ -1,0 +1,86 @@
+"""The host port on testinfra: ``local://`` (testbed), ``ssh://biscayne``, ``docker://<kind node>``.
+
+One verb underneath, ``run``, returning :class:`~runbook.adapters.base.CommandResult`; everything else
+(processes, services, routes, checksums) is built on it, so it works the same over every backend.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+
+import testinfra
+
+from runbook.adapters.base import CommandResult, ProcessInfo, ServiceState
+from runbook.errors import AdapterError, CommandFailed
+
+
+class TestinfraHost:
+    """A host reached through a testinfra backend URL."""
+
+    __test__ = False
+
+    def __init__(self, url: str, *, netns: str | None = None, env_name: str = "") -> None:
+        self.url = url
+        self.netns = netns  # the testbed's stand-in for the host network (routes live there)
+        self.env_name = env_name
+        try:
+            self._host = testinfra.get_host(url)
+        except Exception as exc:  # testinfra raises bare RuntimeError/ValueError for bad URLs
+            raise AdapterError(f"cannot reach host {url}: {exc}", env=env_name) from exc
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult:
+        start = time.monotonic()
+        try:
+            r = self._host.run(f"timeout {int(max(1, timeout))} sh -c {shlex.quote(command)}")
+        except Exception as exc:
+            raise AdapterError(f"host {self.url}: could not run `{command}`: {exc}", env=self.env_name) from exc
+        result = CommandResult(command, r.rc, r.stdout, r.stderr, time.monotonic() - start)
+        if check and r.rc != 0:
+            raise CommandFailed(f"on host {self.url}", command=command, rc=r.rc, stderr=r.stderr, env=self.env_name)
+        return result
+
+    def processes(self, name: str) -> list[ProcessInfo]:
+        """Processes whose program is ``name`` (by comm or by the program word of the command line)."""
+        out = self.run("ps -eo pid=,ppid=,comm=,args=", check=True).stdout
+        word = re.compile(rf"(^|[\s/.]){re.escape(name)}(\s|$)")
+        found = []
+        for line in out.splitlines():
+            parts = line.split(None, 3)
+            if len(parts) < 4:
+                continue
+            pid, ppid, comm, args = int(parts[0]), int(parts[1]), parts[2], parts[3]
+            program = " ".join(args.split()[:3])  # interpreter, -m, module for the stand-ins
+            if comm == name or word.search(program):
+                found.append(ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=args))
+        return found
+
+    def service(self, name: str) -> ServiceState:
+        has_systemd = self.run("test -d /run/systemd/system && command -v systemctl", check=False).ok
+        if not has_systemd:
+            return ServiceState(name, active=None, enabled=None, detail="no systemd on this host")
+        active = self.run(f"systemctl is-active {shlex.quote(name)}", check=False)
+        enabled = self.run(f"systemctl is-enabled {shlex.quote(name)}", check=False)
+        state_a, state_e = active.stdout.strip(), enabled.stdout.strip()
+        return ServiceState(
+            name,
+            active=state_a == "active",
+            enabled=state_e in ("enabled", "enabled-runtime", "static", "alias"),
+            detail=f"is-active: {state_a or active.stderr.strip()}; is-enabled: {state_e or enabled.stderr.strip()}",
+        )
+
+    def routes(self, interface: str, *, netns: str | None = None) -> list[str]:
+        ns = netns or self.netns
+        prefix = f"ip -n {shlex.quote(ns)} " if ns else "ip "
+        r = self.run(f"{prefix}route show dev {shlex.quote(interface)}", check=False)
+        if not r.ok:
+            if "Cannot find device" in r.stderr or "does not exist" in r.stderr:
+                return []
+            raise CommandFailed(f"on host {self.url}", command=r.command, rc=r.rc, stderr=r.stderr,
+                                env=self.env_name)
+        return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+
+    def file_sha256(self, path: str) -> str | None:
+        r = self.run(f"sha256sum {shlex.quote(path)}", check=False)
+        return r.stdout.split()[0] if r.ok and r.stdout else None

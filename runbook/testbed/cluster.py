@@ -1,0 +1,263 @@
+"""The reference cluster RPC (the stand-in for api.mainnet-beta): ``python -m runbook.testbed.cluster
+--port 18900 [--bind 127.0.0.1] [--version 2.1.0]``.
+
+``getSlot`` (and ``getBlockHeight``) return the cluster tip of :mod:`runbook.testbed.chain`, ``getHealth``
+is ``ok``, ``getVersion`` names ``--version``; ``GET /health`` answers ``ok``.
+
+This module also holds the server machinery every JSON-RPC stand-in shares (the validator imports it):
+a raw ASGI JSON-RPC app, and a uvicorn runner whose SIGTERM finishes in-flight requests and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from runbook.errors import ConfigError
+from runbook.testbed import chain
+
+# --------------------------------------------------------------------------- server machinery
+# Shared with runbook.testbed.cluster: a raw ASGI JSON-RPC app and a uvicorn runner with a graceful,
+# exit-0 SIGTERM and a background task that may ask the server to exit with a status.
+
+Method = Callable[[Any], Any]
+RequestExit = Callable[[int], None]
+MAX_BODY = 1 << 20
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+
+
+class RpcFault(Exception):
+    """Raised by a JSON-RPC method: becomes the response's error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.error: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            self.error["data"] = data
+
+
+class JsonRpcApp:
+    """ASGI: ``GET /health`` answers ``health()`` as text (always HTTP 200); ``POST /`` is JSON-RPC 2.0."""
+
+    def __init__(self, *, methods: Mapping[str, Method], health: Callable[[], str]) -> None:
+        self.methods = dict(methods)
+        self.health = health
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/health" and method in ("GET", "HEAD"):
+            await _respond(send, 200, self.health().encode(), _TEXT, head=method == "HEAD")
+        elif path == "/" and method == "POST":
+            body = await _read_body(receive)
+            if body is None:
+                await _respond(send, 413, b"request body too large", _TEXT)
+            else:
+                await _respond(send, 200, self.handle(body), _JSON)
+        elif path in ("/", "/health"):
+            await _respond(send, 405, b"method not allowed", _TEXT)
+        else:
+            await _respond(send, 404, b"not found", _TEXT)
+
+    def handle(self, body: bytes) -> bytes:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return _dumps(_error(None, -32700, "Parse error"))
+        if isinstance(request, list):
+            if not request:
+                return _dumps(_error(None, -32600, "Invalid request"))
+            return _dumps([self.call(r) for r in request])
+        return _dumps(self.call(request))
+
+    def call(self, request: Any) -> dict[str, Any]:
+        if not isinstance(request, dict):
+            return _error(None, -32600, "Invalid request")
+        rid, name = request.get("id"), request.get("method")
+        if request.get("jsonrpc") != "2.0" or not isinstance(name, str):
+            return _error(rid, -32600, "Invalid request")
+        fn = self.methods.get(name)
+        if fn is None:
+            return _error(rid, -32601, "Method not found")
+        try:
+            return {"jsonrpc": "2.0", "result": fn(request.get("params")), "id": rid}
+        except RpcFault as fault:
+            return {"jsonrpc": "2.0", "error": fault.error, "id": rid}
+
+
+def _error(rid: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": rid}
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def _read_body(receive: Callable[..., Any]) -> bytes | None:
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _respond(send: Callable[..., Any], status: int, body: bytes, ctype: bytes, *, head: bool = False) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, except that a SIGTERM/SIGINT ends in a normal exit (uvicorn re-raises the signal)."""
+
+    exit_code = 0
+    logger = logging.getLogger("runbook.testbed")
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.logger.info(
+                    "%s received: finishing in-flight requests, then shutting down", signal.Signals(sig).name
+                )
+                self.should_exit = True
+
+        originals = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, original in originals.items():
+                signal.signal(sig, original)
+
+    def request_exit(self, code: int) -> None:
+        self.exit_code = code
+        self.should_exit = True
+
+
+def run_server(
+    app: JsonRpcApp,
+    *,
+    host: str,
+    port: int,
+    name: str,
+    background: Callable[[RequestExit], Coroutine[Any, Any, None]] | None = None,
+    on_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    graceful_timeout: int = 10,
+) -> int:
+    """Serve ``app`` until SIGTERM/SIGINT or until ``background`` calls ``request_exit(status)``.
+    In-flight requests finish; then ``on_stop`` runs. Returns the process exit status."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=graceful_timeout,
+        # Longer than any proxy's idle timeout (Caddy: 2m), so the proxy, not us, closes idle
+        # keep-alive connections: no close-while-the-proxy-reuses race that is not the cutover's.
+        timeout_keep_alive=300,
+    )
+    server = _Server(config)
+    server.logger = logger = logging.getLogger(name)
+
+    async def guarded() -> None:
+        assert background is not None
+        try:
+            await background(server.request_exit)
+        except Exception:
+            logger.exception("background task failed")
+            server.request_exit(1)
+
+    async def serve() -> int:
+        task = asyncio.create_task(guarded()) if background is not None else None
+        try:
+            await server.serve()
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if on_stop is not None:
+                await on_stop()
+        return server.exit_code
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        return runner.run(serve())
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def cluster_app(params: chain.ChainParams, version: str) -> JsonRpcApp:
+    info = {"solana-core": ".".join(map(str, chain.parse_version(version))), "feature-set": chain.feature_set(version)}
+    return JsonRpcApp(
+        methods={
+            "getSlot": lambda _params: params.tip(),
+            "getBlockHeight": lambda _params: params.tip(),
+            "getHealth": lambda _params: "ok",
+            "getVersion": lambda _params: info,
+        },
+        health=lambda: "ok",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    )
+    p = argparse.ArgumentParser(prog="runbook.testbed.cluster", description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--version", default="2.1.0", help="release the cluster reports in getVersion")
+    args = p.parse_args(argv)
+    log = logging.getLogger("cluster")
+    try:
+        params = chain.ChainParams.from_env()
+        app = cluster_app(params, args.version)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info(
+        "cluster RPC on %s:%d: tip %d (genesis %s, slot time %gs)",
+        args.bind,
+        args.port,
+        params.tip(),
+        params.genesis_time,
+        params.slot_time,
+    )
+    code = run_server(app, host=args.bind, port=args.port, name="cluster")
+    log.info("exiting with status %d", code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Stand-in doublezerod: the DoubleZero sidecar daemon of the local testbed.
+
+    python -m runbook.testbed.doublezerod --version 0.6.0 --config-dir DIR [--netns NS] [--device D]
+
+What it does, like the real daemon on biscayne:
+- reads its identity from ``DIR/id.json`` and refuses to start when that is missing or malformed;
+- owns the ``doublezero0`` "tunnel" and its BGP-learned routes, in the kernel of the testbed's network
+  namespace (see :mod:`runbook.testbed.netns`): created only when missing, never removed on exit, so a
+  restart (an image patch) leaves them exactly where they were;
+- "establishes the BGP session" a short, configurable delay after start;
+- serves its status as HTTP/JSON on a unix socket (``GET /status``, the real daemon's shape, plus
+  ``GET /info`` with the stand-in's own facts), which the stand-in ``doublezero`` CLI reads;
+- exits 0 promptly on SIGTERM/SIGINT.
+
+Status is read from the kernel on every request: when the daemon manages a tunnel and the link is gone
+or down, the session reads ``BGP Session Down``. Without a netns (or without CAP_NET_ADMIN) the daemon
+runs, the tunnel is reported absent with the reason, and the session still comes up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import RunbookError
+from runbook.testbed import netns as kernel
+from runbook.testbed.keypair import read_pubkey
+
+log = logging.getLogger("doublezerod")
+
+DEFAULT_DEVICE = "laconic-mia-sw01"
+DEFAULT_SESSION_DELAY = 0.5
+SOCKET_NAME = "doublezerod.sock"
+KEYPAIR_NAME = "id.json"
+# BGP-learned /32s of other DZ users (documentation ranges only; see netns.SAFE_RANGES).
+DEFAULT_ROUTES = ("192.0.2.10/32", "192.0.2.11/32", "198.51.100.20/32")
+# The public side of the tunnel (documentation ranges): this host, and the DZ switch it is connected to.
+TUNNEL_SRC = "198.51.100.10"
+TUNNEL_DST = "203.0.113.1"
+USER_TYPE = "IBRL"
+NETWORK = "mainnet-beta"
+METROS = {"mia": "Miami", "nyc": "New York", "ams": "Amsterdam", "fra": "Frankfurt", "lon": "London"}
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL; see socket_address()
+
+SESSION_UP = "BGP Session Up"
+SESSION_DOWN = "BGP Session Down"
+
+
+def default_config_dir() -> Path:
+    """``--config-dir`` default: ``$DOUBLEZERO_CONFIG_DIR``, else ``~/.config/doublezero`` (the real CLI's)."""
+    env = os.environ.get("DOUBLEZERO_CONFIG_DIR")
+    return Path(env) if env else Path.home() / ".config" / "doublezero"
+
+
+def default_socket(config_dir: Path) -> Path:
+    """``$RUNBOOK_DZ_SOCKET``, else ``<config dir>/doublezerod.sock``.
+
+    Inside a testbed container (``$RUNBOOK_POD`` set) it is ``<config dir>/doublezerod.<pod>.sock``: the
+    blue and green pods mount the same config dir (one identity), and each pod's CLI must reach its own
+    pod's daemon, as ``/var/run/doublezerod/doublezerod.sock`` is private to each container on biscayne.
+    """
+    env = os.environ.get("RUNBOOK_DZ_SOCKET")
+    if env:
+        return Path(env)
+    pod = os.environ.get("RUNBOOK_POD")
+    return config_dir / (f"doublezerod.{pod}.sock" if pod else SOCKET_NAME)
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for ``bind``/``connect`` to ``path``, however long the path is.
+
+    ``sun_path`` holds 107 bytes; testbed paths (through a container's rootfs) can be longer. Then the
+    parent directory is opened and addressed as ``/proc/self/fd/N/<name>`` for the duration.
+    """
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{fd}/{path.name}"
+        if len(os.fsencode(short)) > MAX_SOCKET_PATH:
+            raise RunbookError(f"socket file name too long: {path.name}", obj=str(path))
+        yield short
+    finally:
+        os.close(fd)
+
+
+def metro_of(device: str) -> str:
+    """``laconic-mia-sw01`` -> ``Miami``: the metro code is the first known three-letter token."""
+    for token in device.lower().split("-"):
+        if token[:3] in METROS:
+            return METROS[token[:3]]
+    return "N/A"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    version: str
+    config_dir: Path
+    socket: Path
+    device: str = DEFAULT_DEVICE
+    netns: str | None = None
+    interface: str = kernel.DEFAULT_INTERFACE
+    session_delay: float = DEFAULT_SESSION_DELAY  # negative: the session never comes up
+    routes: tuple[str, ...] = DEFAULT_ROUTES
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """What the daemon set up at start. ``managed``: it owns a kernel link it must keep watching."""
+
+    managed: bool
+    reason: str = ""  # why there is no tunnel, when there is none
+    created: bool = False
+    routes_added: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.identity = read_pubkey(config.config_dir / KEYPAIR_NAME)
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.tunnel = Tunnel(managed=False, reason="not set up yet")
+        self._session_since: float | None = None
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def setup_tunnel(self) -> Tunnel:
+        cfg = self.config
+        if not cfg.netns:
+            self.tunnel = Tunnel(managed=False, reason="no network namespace configured (RUNBOOK_NETNS unset)")
+        elif not kernel.has_net_admin():
+            self.tunnel = Tunnel(managed=False, reason=kernel.net_admin_reason())
+        else:
+            link = kernel.ensure_interface(cfg.netns, cfg.interface)
+            added = kernel.ensure_routes(cfg.netns, cfg.interface, cfg.routes)
+            self.tunnel = Tunnel(managed=True, created=link.created, routes_added=tuple(added))
+            log.info(
+                "tunnel %s in netns %s: ifindex %d (%s); routes %s",
+                cfg.interface,
+                cfg.netns,
+                link.ifindex,
+                "created" if link.created else "already present, kept",
+                f"added {', '.join(added)}" if added else "already present, kept",
+            )
+        if not self.tunnel.managed:
+            log.warning("no tunnel: %s", self.tunnel.reason)
+        return self.tunnel
+
+    def start_session(self) -> None:
+        if self.config.session_delay < 0:
+            log.warning("session delay is negative: the BGP session will never come up")
+            return
+        self._timer = threading.Timer(self.config.session_delay, self._establish)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _establish(self) -> None:
+        with self._lock:
+            self._session_since = time.time()
+        log.info("BGP session up with %s (%s)", self.config.device, TUNNEL_DST)
+
+    # ---------------------------------------------------------------- state, read from the kernel
+
+    def _link(self) -> kernel.Interface | None:
+        if not self.tunnel.managed or not self.config.netns:
+            return None
+        try:
+            return kernel.interface(self.config.netns, self.config.interface)
+        except RunbookError as exc:
+            log.warning("cannot read %s: %s", self.config.interface, exc)
+            return None
+
+    def _session(self, link: kernel.Interface | None) -> tuple[str, float | None]:
+        with self._lock:
+            since = self._session_since
+        if since is None:
+            return SESSION_DOWN, None
+        if self.tunnel.managed and (link is None or not link.up):
+            return SESSION_DOWN, since
+        return SESSION_UP, since
+
+    def status(self) -> list[dict[str, Any]]:
+        """``GET /status``: the real daemon's list of tunnels, plus the device/metro/network the real CLI
+        would look up on the DZ ledger (there is no ledger here)."""
+        link = self._link()
+        state, since = self._session(link)
+        present = link is not None
+        return [
+            {
+                "doublezero_status": {
+                    "session_status": state,
+                    "last_session_update": int(since) if since is not None else None,
+                },
+                "tunnel_name": self.config.interface if present else None,
+                "tunnel_src": TUNNEL_SRC if present else None,
+                "tunnel_dst": TUNNEL_DST if present else None,
+                "doublezero_ip": TUNNEL_SRC if present else None,
+                "user_type": USER_TYPE,
+                "current_device": self.config.device,
+                "lowest_latency_device": self.config.device,
+                "metro": metro_of(self.config.device),
+                "network": NETWORK,
+            }
+        ]
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info``: the stand-in's own facts (version, pid, start time, identity, tunnel)."""
+        link = self._link()
+        state, since = self._session(link)
+        return {
+            "version": self.config.version,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "started_at_iso": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
+            "identity": self.identity,
+            "device": self.config.device,
+            "session": {"state": state, "since": since},
+            "tunnel": {
+                "present": link is not None,
+                "up": bool(link and link.up),
+                "managed": self.tunnel.managed,
+                "netns": self.config.netns,
+                "interface": self.config.interface,
+                "ifindex": link.ifindex if link else None,
+                "reason": self.tunnel.reason if not self.tunnel.managed else ("" if link else "link is gone"),
+            },
+            "socket": str(self.config.socket),
+        }
+
+
+# --------------------------------------------------------------------------- the unix-socket API
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: Path, daemon: Daemon) -> None:
+        self.doublezerod = daemon
+        super().__init__(str(path), _Handler, bind_and_activate=False)
+        try:
+            with socket_address(path) as address:
+                self.socket.bind(address)
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "doublezerod-standin"
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        d = self.server.doublezerod
+        routes = {"/status": d.status, "/info": d.info, "/v1/info": d.info}
+        handler = routes.get(self.path.split("?", 1)[0])
+        if handler is None:
+            self._send(404, {"status": "error", "description": f"no such endpoint: {self.path}"})
+            return
+        try:
+            self._send(200, handler())
+        except Exception as exc:  # the API must answer, whatever went wrong inside
+            log.exception("GET %s failed", self.path)
+            self._send(500, {"status": "error", "description": str(exc)})
+
+    def _send(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def address_string(self) -> str:  # unix sockets have no peer address
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api: " + format, *args)
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket file; refuse when another daemon is answering on it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        with socket_address(path) as address:
+            probe.connect(address)
+    except OSError:
+        path.unlink()  # nobody is listening: a stale file from a killed daemon
+        return
+    finally:
+        probe.close()
+    raise RunbookError(f"another doublezerod is already serving {path}", obj=str(path))
+
+
+def _release_socket(path: Path, inode: int) -> None:
+    """Remove our socket file, unless a newer daemon has already replaced it."""
+    try:
+        if path.stat().st_ino == inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None = None) -> DaemonConfig:
+    p = argparse.ArgumentParser(prog="doublezerod", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--version", default=os.environ.get("RUNBOOK_IMAGE_VERSION"), help="the image's version")
+    p.add_argument("--config-dir", type=Path, default=None, help="holds id.json (default $DOUBLEZERO_CONFIG_DIR)")
+    p.add_argument("--netns", default=os.environ.get("RUNBOOK_NETNS") or None, help="netns for doublezero0")
+    p.add_argument("--device", default=os.environ.get("RUNBOOK_DZ_DEVICE") or DEFAULT_DEVICE)
+    p.add_argument("--socket", type=Path, default=None, help="API socket (default: see default_socket)")
+    p.add_argument(
+        "--session-delay",
+        type=float,
+        default=float(os.environ.get("RUNBOOK_DZ_SESSION_DELAY", DEFAULT_SESSION_DELAY)),
+        help="seconds until the BGP session is up; negative: never",
+    )
+    p.add_argument("--route", action="append", dest="routes", help="a BGP-learned prefix (repeatable)")
+    ns = p.parse_args(argv)
+    if not ns.version:
+        p.error("no version: pass --version or set RUNBOOK_IMAGE_VERSION")
+    config_dir: Path = ns.config_dir or default_config_dir()
+    return DaemonConfig(
+        version=str(ns.version).removeprefix("v"),
+        config_dir=config_dir,
+        socket=ns.socket or default_socket(config_dir),
+        device=ns.device,
+        netns=ns.netns,
+        session_delay=ns.session_delay,
+        routes=tuple(ns.routes) if ns.routes else DEFAULT_ROUTES,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s doublezerod[%(process)d] %(levelname)s %(message)s"
+    )
+    config = parse_args(argv)
+    stop = threading.Event()  # set by SIGTERM/SIGINT, even one that arrives while starting
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    log.info("doublezerod %s starting (config dir %s, device %s)", config.version, config.config_dir, config.device)
+    try:
+        daemon = Daemon(config)
+        log.info("identity %s", daemon.identity)
+        daemon.setup_tunnel()
+        _claim_socket(config.socket)
+        server = _Server(config.socket, daemon)
+        socket_inode = config.socket.stat().st_ino
+    except (RunbookError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    serving.start()
+    daemon.start_session()
+    log.info("serving status on %s", config.socket)
+    stop.wait()
+
+    daemon.stop()
+    server.shutdown()
+    server.server_close()
+    _release_socket(config.socket, socket_inode)
+    if daemon.tunnel.managed:
+        log.info("leaving %s and its routes in netns %s in place", config.interface, config.netns)
+    log.info("exited cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The local testbed: biscayne's moving parts on one machine, from real programs.
+
+``Testbed(env).up()`` brings up, in order: storage (btrfs in a loop image when root, else reflink or
+copy), green's ledger on a dataset, the DoubleZero identity file, a network namespace standing in for
+the host network (where doublezero0 and its routes live), supervisord, the cluster-tip reference, Caddy
+from the production template, and the green Deployment (doublezerod native sidecar + validator) through
+the local kubelet. ``down()`` removes every process, mount, loop device and namespace it made, and also
+works after a crash (it reads what to remove from the state directory, not from memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from runbook.adapters.base import Storage
+from runbook.adapters.rpc import RpcClient
+from runbook.adapters.storage import make_storage
+from runbook.env import PROJECT_ROOT, Env
+from runbook.errors import AdapterError, PortInUse, TestbedError
+from runbook.manifests import render_deployment
+from runbook.testbed import caddy, chain, keypair, loopfs, netns
+from runbook.testbed.kubelet import LocalWorkloads
+from runbook.testbed.supervisor import TESTBED_MARK, Supervisor
+from runbook.wait import wait_for
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def check_ports(env: Env) -> None:
+    """Every port the env binds must be free; name the port, the setting and the program holding it."""
+    busy = []
+    listeners: dict[int, int | None] = {}
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                listeners.setdefault(conn.laddr.port, conn.pid)
+    except psutil.Error:  # pragma: no cover - no permission to list sockets
+        listeners = {}
+    for setting, port in env.port_settings():
+        if setting == "ingress.url" and env.ingress.port in (80, 443):
+            continue
+        if port in listeners:
+            pid = listeners[port]
+            who = "another program"
+            if pid:
+                try:
+                    p = psutil.Process(pid)
+                    who = f"pid {pid} ({' '.join(p.cmdline())[:120] or p.name()})"
+                except psutil.Error:
+                    who = f"pid {pid}"
+            busy.append(f"port {port} (set by {setting} in {env.source}) is already in use by {who}")
+    if busy:
+        raise PortInUse("cannot start the testbed: " + "; ".join(busy), env=env.name)
+
+
+class Testbed:
+    """One local testbed, keyed by its env's state directory."""
+
+    __test__ = False
+
+    def __init__(self, env: Env) -> None:
+        if env.testbed is None:
+            raise TestbedError(f"env {env.name} has no testbed section", env=env.name)
+        self.env = env
+        self.tb = env.testbed
+        sd = Path(self.tb.state_dir)
+        self.state_dir = (sd if sd.is_absolute() else PROJECT_ROOT / sd).resolve()
+        self.supervisor = Supervisor(state_dir=self.state_dir, port=self.tb.supervisor_port)
+        self._state_file = self.state_dir / "testbed.json"
+
+    # -- recorded state (survives the process that brought the testbed up) -------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self._state_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, **kv: Any) -> None:
+        state = {**self._state(), **kv}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(json.dumps(state, indent=1))
+
+    @property
+    def netns(self) -> str | None:
+        return self._state().get("netns")
+
+    @property
+    def storage_backend(self) -> tuple[str, str]:
+        s = self._state()
+        return s.get("backend", "?"), s.get("backend_reason", "")
+
+    @property
+    def storage(self) -> Storage:
+        s = self._state()
+        return make_storage(s["backend"], Path(s["storage_root"]))
+
+    @property
+    def workloads(self) -> LocalWorkloads:
+        return LocalWorkloads(env=self.env, supervisor=self.supervisor, state_dir=self.state_dir, netns=self.netns)
+
+    def running(self) -> bool:
+        return self._state().get("up") is True and self.supervisor.alive()
+
+    def host_path(self, path: str) -> Path:
+        return self.workloads._host_path(path)
+
+    # -- up ----------------------------------------------------------------------------------
+    def up(self, *, progress: Progress = _quiet) -> None:
+        if self.running():
+            progress(f"already up in {self.state_dir}")
+            return
+        if self._state():
+            progress("cleaning up what a previous testbed left")
+            self.down(progress=progress)
+        check_ports(self.env)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._save(env=self.env.name, up=False)
+
+        backend, reason = self._up_storage(progress)
+        progress(f"storage backend: {backend} ({reason})")
+        self._seed_green_data(progress)
+        self._up_netns(progress)
+
+        progress("starting supervisord")
+        self.supervisor.start()
+        py = sys.executable
+        self.supervisor.add("kubelet-events", [py, "-m", "runbook.testbed.kubelet_events", str(self.state_dir)],
+                            eventlistener="PROCESS_STATE", startsecs=0, autorestart=True)
+        self.supervisor.add("cluster", [py, "-m", "runbook.testbed.cluster", "--port", str(self.tb.cluster_port)],
+                            env=self._chain_env())
+        self._up_caddy(progress)
+
+        progress("deploying green (doublezerod sidecar, then validator)")
+        green = self.env.deployments.green
+        manifest = render_deployment(self.env, "green", image=green.image,
+                                     host_paths={"ledger": str(Path(self.storage.path(green.data)) / "ledger")})
+        self.workloads.apply_deployment(manifest)
+        self.workloads.wait_rollout(green.name, timeout=self.env.timeouts.rollout)
+        self._wait_serving(progress)
+        self._save(up=True)
+        progress(f"up: {self.env.ingress.url} -> green :{green.rpc_port}; state in {self.state_dir}")
+
+    def _chain_env(self) -> dict[str, str]:
+        return {
+            "RUNBOOK_GENESIS_TIME": repr(self.tb.genesis_time),
+            "RUNBOOK_SLOT_TIME": repr(self.tb.slot_time),
+            "RUNBOOK_REPLAY_SPEED": repr(self.tb.replay_speed),
+            "RUNBOOK_HEALTH_DISTANCE": str(self.tb.health_distance),
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+
+    def _up_storage(self, progress: Progress) -> tuple[str, str]:
+        from runbook.adapters.storage import choose_backend
+
+        root = self.state_dir / "storage"
+        root.mkdir(parents=True, exist_ok=True)
+        backend, reason = choose_backend(self.env.storage.backend, root)
+        if backend == "btrfs":
+            progress(f"creating a {self.tb.storage_size} btrfs loop image")
+            loopfs.up(image=self.state_dir / "storage.img", mountpoint=root, size=self.tb.storage_size)
+        self._save(backend=backend, backend_reason=reason, storage_root=str(root))
+        return backend, reason
+
+    def _seed_green_data(self, progress: Progress) -> None:
+        green = self.env.deployments.green
+        ds = self.storage.ensure_dataset(green.data)
+        ledger = Path(ds.path) / "ledger"
+        if not (ledger / chain.PROGRESS_FILE).exists():
+            params = chain.ChainParams.from_env(self._chain_env())
+            progress(f"initialising green's ledger at the cluster tip ({ledger})")
+            chain.init_ledger(ledger, slot=params.tip(), size_mb=8)
+        self.host_path(green.accounts).mkdir(parents=True, exist_ok=True)
+        dz_dir = self.host_path("/srv/deployments/agave/data/doublezero-config")
+        dz_dir.mkdir(parents=True, exist_ok=True)
+        keypair.write_keypair(dz_dir / "id.json", bytes.fromhex(self.tb.identity_seed))
+
+    def _up_netns(self, progress: Progress) -> None:
+        ok, why = netns.has_net_admin()
+        if not ok:
+            progress(f"no network namespace: {why}; doublezero route checks will skip")
+            self._save(netns=None, netns_reason=why)
+            return
+        name = f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
+        netns.create(name)
+        self._save(netns=name, netns_reason="")
+
+    def _up_caddy(self, progress: Progress) -> None:
+        template = PROJECT_ROOT / self.env.ingress.template
+        conf = self.state_dir / "Caddyfile"
+        conf.write_text(caddy.render(template, self.env))
+        progress(f"starting Caddy from {template.relative_to(PROJECT_ROOT)}")
+        self.supervisor.add("caddy", caddy.run_argv(conf), env=caddy.run_env(self.state_dir))
+        wait_for(lambda: httpx.get(self.env.ingress.admin + "/config/", timeout=1.0).status_code, lambda s: s == 200,
+                 timeout=20, interval=0.1, what=f"Caddy admin API at {self.env.ingress.admin}",
+                 tolerate=(httpx.HTTPError,), env=self.env.name)
+
+    def _wait_serving(self, progress: Progress) -> None:
+        public = RpcClient(url=self.env.ingress.url)
+        progress("waiting until green answers `ok` through Caddy")
+        wait_for(lambda: public.health().body, lambda b: b == "ok", timeout=self.env.timeouts.healthy,
+                 interval=0.2, what=f"{self.env.ingress.url}/health to answer ok",
+                 tolerate=(AdapterError,), env=self.env.name)
+
+    # -- down --------------------------------------------------------------------------------
+    def down(self, *, progress: Progress = _quiet) -> None:
+        state = self._state()
+        progress("stopping every program under supervisord")
+        self.supervisor.shutdown()
+        self._kill_strays()
+        if state.get("netns"):
+            progress(f"deleting network namespace {state['netns']}")
+            netns.delete(state["netns"])
+        if state.get("backend") == "btrfs" or (self.state_dir / "storage.img").exists():
+            progress("unmounting the storage image and detaching its loop device")
+            loopfs.down(image=self.state_dir / "storage.img", mountpoint=self.state_dir / "storage")
+        self._state_file.unlink(missing_ok=True)
+        left = self.leftovers()
+        if left:
+            raise TestbedError("testbed down left things behind: " + "; ".join(left), env=self.env.name)
+
+    def _processes(self) -> list[psutil.Process]:
+        """Live processes of this testbed: each carries RUNBOOK_TESTBED=<state dir> in its environment."""
+        mark = f"{TESTBED_MARK}={self.state_dir}".encode()
+        found = []
+        for p in psutil.process_iter(["pid"]):
+            if p.info["pid"] == os.getpid():
+                continue
+            try:
+                environ = Path(f"/proc/{p.info['pid']}/environ").read_bytes()
+            except OSError:
+                continue
+            if mark in environ.split(b"\0"):
+                found.append(p)
+        return found
+
+    def _kill_strays(self) -> None:
+        """Processes of this testbed that outlived supervisord (e.g. after a SIGKILL)."""
+        for p in self._processes():
+            try:
+                p.kill()
+                p.wait(timeout=5)
+            except psutil.Error:
+                pass
+
+    def leftovers(self) -> list[str]:
+        """Everything of this testbed still alive: processes, namespaces, mounts, loop devices."""
+        out = []
+        sup = self.supervisor.pid()
+        if sup:
+            out.append(f"supervisord pid {sup}")
+        for p in self._processes():
+            try:
+                out.append(f"process {p.pid}: {' '.join(p.cmdline())[:100]}")
+            except psutil.Error:
+                continue
+        prefix = f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
+        out += [f"network namespace {n}" for n in netns.list_names() if n == prefix]
+        out += loopfs.leftovers(self.state_dir)
+        return out
