@@ -208,4 +208,5 @@ def load_env(name_or_path: str, directory: Path | None = None) -> Env:
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
             got = f" (got {err['input']!r})" if err["type"] not in ("missing",) else ""
             problems.append(f"{path}: field {field}: {err['msg']}{got}")
-        raise ConfigError("invalid environment file:\n  " + "\n  ".join(problems), env=str(data.get("name", ""))) from exc
+        name = str(data.get("name", ""))
+        raise ConfigError("invalid environment file:\n  " + "\n  ".join(problems), env=name) from exc

@@ -15,7 +15,7 @@ import pytest
 
 from runbook.adapters.factory import Adapters, connect
 from runbook.env import Env, load_env
-from runbook.errors import ConfigError, RunbookError
+from runbook.errors import ConfigError
 from runbook.evidence.recorder import Recorder
 from runbook.testbed.stack import Testbed, check_ports
 
@@ -100,7 +100,7 @@ def testbed(env: Env, pytestconfig: pytest.Config) -> Iterator[Testbed | None]:
         return
     try:
         tb.up(progress=lambda msg: log.info("testbed: %s", msg))
-    except RunbookError:
+    except BaseException:  # including Ctrl-C during bring-up: leave nothing behind
         tb.down()
         raise
     try:
@@ -143,8 +143,8 @@ def pytest_bdd_step_error(request: pytest.FixtureRequest, feature: Any, scenario
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    outcome: Any = yield
     report = outcome.get_result()
     if report.when != "call" or RECORDER_KEY not in item.stash:
         return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_bdd import given, then
+from pytest_bdd import given, parsers, then
 
 from runbook.adapters.factory import Adapters
 from runbook.checks.caddy_audit import AuditReport, audit
@@ -18,32 +18,9 @@ def live_config(adapters: Adapters, evidence: Recorder) -> AuditReport:
     return audit(config, expected_upstreams=expected, upstream_header=adapters.env.ingress.upstream_header)
 
 
-def _require(report: AuditReport, evidence: Recorder, *settings: str) -> None:
-    for f in report.select(*settings):
+@then(parsers.parse("the audit passes {settings}"))
+def audit_passes(caddy_audit: AuditReport, settings: str, evidence: Recorder) -> None:
+    names = [s.strip() for s in settings.split(",") if s.strip()]
+    for f in caddy_audit.select(*names):
         evidence.compare(f"{f.setting}: {f.why}", expected=f.expected, observed=f.observed, ok=f.ok)
-    report.require(*settings, obj="caddy reverse_proxy")
-
-
-@then("both colours are upstreams, green first, under lb_policy first")
-def upstreams(caddy_audit: AuditReport, evidence: Recorder) -> None:
-    _require(caddy_audit, evidence, "upstreams", "lb_policy")
-
-
-@then('the active health check probes /health often and requires the body "ok"')
-def active_health(caddy_audit: AuditReport, evidence: Recorder) -> None:
-    _require(caddy_audit, evidence, "health_uri", "health_interval", "health_body")
-
-
-@then("passive health checks take a failing upstream out at once")
-def passive_health(caddy_audit: AuditReport, evidence: Recorder) -> None:
-    _require(caddy_audit, evidence, "fail_duration/max_fails")
-
-
-@then("retries are on for GET and POST, with request buffers to replay POST bodies")
-def retries(caddy_audit: AuditReport, evidence: Recorder) -> None:
-    _require(caddy_audit, evidence, "lb_try_duration", "lb_retry_match", "request_buffers")
-
-
-@then("every response names the upstream that served it")
-def upstream_header(adapters: Adapters, caddy_audit: AuditReport, evidence: Recorder) -> None:
-    _require(caddy_audit, evidence, f"header_down {adapters.env.ingress.upstream_header}")
+    caddy_audit.require(*names, obj="caddy reverse_proxy")

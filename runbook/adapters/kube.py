@@ -269,6 +269,9 @@ class KubeWorkloads:
         state = wait_for(lambda: self.rollout_state(name), lambda s: s.done, timeout=timeout,
                          interval=self.poll_interval, what=f"rollout of deployment {name}",
                          env=self.env.name, obj=f"deployment/{name}")
+        if not state.pods:
+            raise KubeError(f"deployment {name} in namespace {self.namespace} is scaled to 0: no pod to return",
+                            env=self.env.name, obj=f"deployment/{name}")
         return state.pods[0]
 
     def pods(self, deployment: str) -> list[PodInfo]:

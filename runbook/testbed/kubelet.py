@@ -45,6 +45,9 @@ CLIS_BY_MODULE: dict[str, dict[str, list[str]]] = {
 }
 
 
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def template_hash(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -240,7 +243,8 @@ class LocalWorkloads:
             raise AdapterError(f"deployment {deployment}: run-to-completion initContainers are not supported "
                                "by the local testbed", env=self.env.name, obj=deployment)
         pod = f"{deployment}-{thash}-{secrets.token_hex(3)[:5]}"
-        obj = {"name": pod, "deployment": deployment, "spec": spec, "created": time.time(), "waiting": {}}
+        obj: dict[str, Any] = {"name": pod, "deployment": deployment, "spec": spec, "created": time.time(),
+                               "waiting": {}}
         self._write("pods", pod, obj)
         self._mount_volumes(pod, spec)
         for kind, c in self._containers(spec):  # sidecars first, each running before the next starts
@@ -304,7 +308,7 @@ class LocalWorkloads:
         root = self._rootfs(pod, c["name"])
         env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TZ", "SYSTEMROOT")}
         env.update({
-            "PATH": f"{root / 'bin'}:{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": f"{root / 'bin'}:{Path(sys.executable).parent}:{_SYSTEM_PATH}",
             "HOME": str(root / "root"),
             "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
             "PYTHONUNBUFFERED": "1",

@@ -16,6 +16,7 @@ import xmlrpc.client
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runbook.errors import TestbedError, WaitTimeout
 from runbook.wait import wait_for
@@ -85,7 +86,7 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
-    def rpc(self) -> xmlrpc.client.ServerProxy:
+    def rpc(self) -> Any:  # xmlrpc proxies are dynamically typed
         return xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/RPC2")
 
     def pid(self) -> int | None:

@@ -247,3 +247,13 @@ def test_strict_validation_catches_a_misspelt_field() -> None:
     pod_spec(dep)["initContainers"][0]["restartPolicyy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError, match="restartPolicyy"):
         kubernetes_validate.validate(dep, versions[-1], strict=True)
+
+
+def test_the_static_validation_command_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev dependency) is absent")
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema (dev dependency) is absent")
+    from runbook import validate
+
+    assert validate.main([]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "(strict): ok" in out and "vendor.github-workflows: ok" in out

@@ -1,0 +1,36 @@
+"""Run the suite or the CLI in a subprocess, as a user would, and capture what they would see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from runbook.env import PROJECT_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Ran:
+    rc: int
+    out: str
+
+    @property
+    def traceback(self) -> bool:
+        return "Traceback (most recent call last)" in self.out
+
+
+def run(argv: list[str], *, timeout: float = 240) -> Ran:
+    proc = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
+    return Ran(proc.returncode, proc.stdout + proc.stderr)
+
+
+def pytest(*args: str, timeout: float = 240) -> Ran:
+    return run([str(BIN / "pytest"), "-p", "no:cacheprovider", *args], timeout=timeout)
+
+
+def cli(*args: str, timeout: float = 240) -> Ran:
+    return run([str(BIN / "runbook"), *args], timeout=timeout)
