@@ -15,7 +15,7 @@ import pytest
 
 from runbook.adapters.factory import Adapters, connect
 from runbook.env import Env, load_env
-from runbook.errors import ConfigError
+from runbook.errors import ConfigError, RunbookError
 from runbook.evidence.recorder import Recorder
 from runbook.testbed.stack import Testbed, check_ports
 
@@ -38,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="confirm mutating scenarios on a production env without a prompt")
     group.addoption("--keep-testbed", action="store_true", default=False,
                     help="leave the local testbed running after the session (for debugging)")
+    group.addoption("--evidence-dir", default="reports/evidence", metavar="DIR",
+                    help="where each scenario's evidence JSON is written (relative to the project root)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,9 +56,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail fast, with one message, when the environment cannot be used at all."""
     config = session.config
     env = config.stash[ENV_KEY]
-    if env.testbed is None or config.getoption("collectonly"):
+    if config.getoption("collectonly"):
+        return
+    if env.kube is not None:
+        from runbook.adapters.kube import check_reachable
+
+        try:
+            check_reachable(env)
+        except RunbookError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if env.testbed is None:
         return
     if Testbed(env).running():
         return  # our own testbed already holds the ports (brought up by `runbook testbed up`)
@@ -156,7 +168,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     extras.append(html_extras.html(rec.to_html()))
     report.extras = extras
-    out = Path(item.config.rootpath) / "reports" / "evidence"
+    out = Path(item.config.rootpath) / item.config.getoption("evidence_dir")
     out.mkdir(parents=True, exist_ok=True)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item.nodeid)[-150:]
     (out / f"{safe}.json").write_text(json.dumps(rec.to_dict(), indent=1, default=str))

@@ -47,7 +47,7 @@ def no_stray(adapters: Adapters, evidence: Recorder) -> None:
     strays = dz.stray_daemons(adapters.host, adapters.workloads, name)
     evidence.call(f"host processes named {name}", [f"{p.pid} {p.cmdline}" for p in every])
     evidence.compare(f"{name} outside any pod", expected=[], observed=[p.pid for p in strays], ok=not strays)
-    dz.check_no_stray_daemons(strays, name=name)
+    dz.check_no_stray_daemons(strays, name=name, seen=every)
 
 
 @then("the host's doublezerod service is stopped and disabled")

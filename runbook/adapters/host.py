@@ -43,7 +43,7 @@ class TestinfraHost:
 
     def processes(self, name: str) -> list[ProcessInfo]:
         """Processes whose program is ``name`` (by comm or by the program word of the command line)."""
-        out = self.run("ps -eo pid=,ppid=,comm=,args=", check=True).stdout
+        out = self.run("ps -ww -eo pid=,ppid=,comm=,args=", check=True).stdout
         word = re.compile(rf"(^|[\s/.]){re.escape(name)}(\s|$)")
         found = []
         for line in out.splitlines():

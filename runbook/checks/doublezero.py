@@ -87,7 +87,14 @@ def stray_daemons(host: Host, workloads: Workloads, name: str) -> list[ProcessIn
     return [p for p in host.processes(name) if not workloads.owns_process(p.pid)]
 
 
-def check_no_stray_daemons(strays: list[ProcessInfo], *, name: str) -> None:
+def check_no_stray_daemons(strays: list[ProcessInfo], *, name: str, seen: list[ProcessInfo] | None = None) -> None:
+    """No ``name`` process outside a pod. ``seen`` (every ``name`` process listed) must include the pod's
+    own daemon; an empty listing means the host's process table cannot be read and the check is refused
+    rather than passed vacuously."""
+    if seen is not None and not seen:
+        raise CheckFailed(f"no {name} process is visible on the host at all, not even the pod's: the process "
+                          "listing is blind, so absence outside the pod proves nothing", expected="the pod's daemon",
+                          observed=[], obj=name)
     if strays:
         listing = "; ".join(f"pid {p.pid}: {p.cmdline}" for p in strays)
         raise CheckFailed(f"{name} runs on the host outside the pod: {listing}",

@@ -28,8 +28,14 @@ def run(argv: list[str], *, timeout: float = 240) -> Ran:
     return Ran(proc.returncode, proc.stdout + proc.stderr)
 
 
-def pytest(*args: str, timeout: float = 240) -> Ran:
-    return run([str(BIN / "pytest"), "-p", "no:cacheprovider", *args], timeout=timeout)
+def report_args(out: Path) -> list[str]:
+    """Send a nested run's reports to ``out`` so they never overwrite the outer session's."""
+    return [f"--html={out / 'report.html'}", f"--junitxml={out / 'junit.xml'}",
+            f"--cucumberjson={out / 'cucumber.json'}", f"--evidence-dir={out / 'evidence'}"]
+
+
+def pytest(*args: str, reports: Path, timeout: float = 240) -> Ran:
+    return run([str(BIN / "pytest"), "-p", "no:cacheprovider", *report_args(reports), *args], timeout=timeout)
 
 
 def cli(*args: str, timeout: float = 240) -> Ran:

@@ -12,7 +12,7 @@ from runbook.env import PROJECT_ROOT, load_env
 from runbook.testbed.stack import Testbed
 from runbook.wait import wait_for
 from tests.integration.envfiles import make_env
-from tests.integration.run import BIN, cli
+from tests.integration.run import BIN, cli, report_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def _interrupt(tmp_path: Path, *, when: str) -> Testbed:
     hold.write_text(HOLD)
     proc = subprocess.Popen(
         [str(BIN / "pytest"), "-p", "no:cacheprovider", "-p", "runbook.plugin", "-q", "-s",
-         f"--env={env_file}", str(hold)],
+         *report_args(tmp_path / "reports"), f"--env={env_file}", str(hold)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -26,7 +26,7 @@ def test_seed_caddy_and_wrong_identity_fail_with_named_settings_and_both_keys(tm
         ingress__template="deploy/caddy/seed.Caddyfile.tmpl",
         doublezero__expected_identity=OTHER_KEY,
     )
-    ran = run_pytest("features/", f"--env={env_file}", "-q", "-p", "no:randomly")
+    ran = run_pytest("features/", f"--env={env_file}", "-q", reports=tmp_path / "reports")
     assert ran.rc == 1, ran.out
     # Caddy audit: the seed's block misses each of these, and the failure names them.
     for setting in ("health_body", "fail_duration/max_fails", "lb_try_duration", "lb_retry_match",
@@ -43,7 +43,7 @@ def test_seed_caddy_and_wrong_identity_fail_with_named_settings_and_both_keys(tm
 def test_our_config_passes_on_a_second_testbed(tmp_path: Path) -> None:
     """The control for the test above: same harness, nothing broken, everything passes."""
     env_file = make_env(tmp_path)
-    ran = run_pytest("features/", f"--env={env_file}", "-q")
+    ran = run_pytest("features/", f"--env={env_file}", "-q", reports=tmp_path / "reports")
     assert ran.rc == 0, ran.out
     assert "6 passed" in ran.out
     assert Testbed(load_env(str(env_file))).leftovers() == []
