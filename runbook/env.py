@@ -146,6 +146,7 @@ class TestbedConfig(_Model):
 class Env(_Model):
     name: str
     production: bool = False
+    disposable: bool = Field(default=False, description="a throwaway testbed: mutating scenarios run by default")
     kube: KubeConfig | None = None
     host: str = "local://"
     ingress: IngressConfig

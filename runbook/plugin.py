@@ -80,10 +80,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     env = config.stash[ENV_KEY]
-    allow = config.getoption("allow_mutations")
+    allow = config.getoption("allow_mutations") or env.disposable
     for item in items:
         if item.get_closest_marker("mutating") and not allow:
-            item.add_marker(pytest.mark.skip(reason="mutating scenario: run with --allow-mutations"))
+            item.add_marker(pytest.mark.skip(reason=f"mutating scenario: env {env.name} is not disposable; "
+                                                    "run with --allow-mutations"))
         if item.get_closest_marker("kubernetes") and env.kube is None:
             item.add_marker(pytest.mark.skip(reason=f"env {env.name} has no Kubernetes API"))
 
