@@ -137,6 +137,8 @@ class TestbedConfig(_Model):
     slot_time: Duration = 0.4
     replay_speed: float = 8.0
     health_distance: int = 150
+    startup_delay: Duration = 0.0  # the stand-in validator answers `unknown` this long (loading a snapshot)
+    accounts_mb: int = 16  # data seeded in green's accounts directory (copied, not cloned, by upgrades)
     identity_seed: str = Field(description="hex seed of the testbed's DZ id.json (a throwaway key)")
     storage_size: str = "1G"
     images: dict[str, list[str]] = Field(description="image -> stand-in command (argv template)")
@@ -154,6 +156,7 @@ class Env(_Model):
     storage: StorageConfig
     doublezero: DoubleZeroConfig
     cluster_rpc: str
+    catch_up_distance: int = Field(default=150, ge=0, description="slots behind the tip that count as caught up")
     timeouts: Timeouts = Timeouts()
     testbed: TestbedConfig | None = None
     source: str = Field(default="", exclude=True)

@@ -316,6 +316,7 @@ class LocalWorkloads:
             "RUNBOOK_SLOT_TIME": repr(self.tb.slot_time),
             "RUNBOOK_REPLAY_SPEED": repr(self.tb.replay_speed),
             "RUNBOOK_HEALTH_DISTANCE": str(self.tb.health_distance),
+            "RUNBOOK_STARTUP_DELAY": repr(self.tb.startup_delay),
             "RUNBOOK_POD": pod,
             "RUNBOOK_CONTAINER": c["name"],
             "RUNBOOK_IMAGE": c["image"],

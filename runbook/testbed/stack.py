@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import httpx
 import psutil
 
-from runbook.adapters.base import Storage
+from runbook.adapters.base import Dataset, Storage
+from runbook.adapters.base import Progress as StorageProgress
 from runbook.adapters.rpc import RpcClient
 from runbook.adapters.storage import make_storage
 from runbook.env import PROJECT_ROOT, Env
@@ -65,6 +67,43 @@ def check_ports(env: Env) -> None:
         raise PortInUse("cannot start the testbed: " + "; ".join(busy), env=env.name)
 
 
+class HostPathStorage:
+    """The testbed's storage, with copy_tree taking host paths (``/srv/solana/ramdisk/accounts``) as on
+    biscayne and mapping them into the state directory like the local kubelet maps hostPath volumes."""
+
+    def __init__(self, inner: Storage, host_path: Callable[[str], Path]) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self._host_path = host_path
+
+    def ensure_dataset(self, name: str) -> Dataset:
+        return self.inner.ensure_dataset(name)
+
+    def path(self, name: str) -> str:
+        return self.inner.path(name)
+
+    def datasets(self) -> list[Dataset]:
+        return self.inner.datasets()
+
+    def snapshot(self, dataset: str, snap: str, *, recursive: bool = False) -> str:
+        return self.inner.snapshot(dataset, snap, recursive=recursive)
+
+    def clone(self, snapshot: str, target: str) -> Dataset:
+        return self.inner.clone(snapshot, target)
+
+    def destroy(self, name: str, *, recursive: bool = False) -> None:
+        self.inner.destroy(name, recursive=recursive)
+
+    def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
+        self.inner.rollback(snapshot, destroy_newer=destroy_newer)
+
+    def copy_tree(self, src: str, dst: str, *, progress: StorageProgress | None = None) -> int:
+        return self.inner.copy_tree(str(self._host_path(src)), str(self._host_path(dst)), progress=progress)
+
+    def plan(self, op: str, *args: str, **options: bool) -> list[str]:
+        return self.inner.plan(op, *args, **options)
+
+
 class Testbed:
     """One local testbed, keyed by its env's state directory."""
 
@@ -104,7 +143,9 @@ class Testbed:
     @property
     def storage(self) -> Storage:
         s = self._state()
-        return make_storage(s["backend"], Path(s["storage_root"]))
+        if not s.get("backend"):
+            raise TestbedError(f"the testbed in {self.state_dir} is not up", env=self.env.name)
+        return HostPathStorage(make_storage(s["backend"], Path(s["storage_root"])), self.host_path)
 
     @property
     def workloads(self) -> LocalWorkloads:
@@ -125,6 +166,8 @@ class Testbed:
             progress("cleaning up what a previous testbed left")
             self.down(progress=progress)
         check_ports(self.env)
+        for stale in ("kube", "containers", "journal", "programs"):  # a new testbed remembers nothing old
+            shutil.rmtree(self.state_dir / stale, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._save(env=self.env.name, up=False)
 
@@ -181,7 +224,12 @@ class Testbed:
             params = chain.ChainParams.from_env(self._chain_env())
             progress(f"initialising green's ledger at the cluster tip ({ledger})")
             chain.init_ledger(ledger, slot=params.tip(), size_mb=8)
-        self.host_path(green.accounts).mkdir(parents=True, exist_ok=True)
+        accounts = self.host_path(green.accounts)
+        accounts.mkdir(parents=True, exist_ok=True)
+        for i in range(self.tb.accounts_mb // 4):  # the accounts "ramdisk": copied by upgrades, with progress
+            f = accounts / f"accounts-{i:04d}.bin"
+            if not f.exists():
+                f.write_bytes(os.urandom(4 * 2**20))
         dz_dir = self.host_path("/srv/deployments/agave/data/doublezero-config")
         dz_dir.mkdir(parents=True, exist_ok=True)
         keypair.write_keypair(dz_dir / "id.json", bytes.fromhex(self.tb.identity_seed))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,7 @@ class Supervisor:
     def start(self, *, timeout: float = 20.0) -> None:
         if self.alive():
             return
+        shutil.rmtree(self.programs, ignore_errors=True)  # a new supervisord starts with no programs
         self.programs.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(_CONF.format(state=self.state_dir.resolve(), port=self.port))

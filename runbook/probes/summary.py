@@ -1,0 +1,319 @@
+"""The prober's verdict, computed by streaming over its records on disk (never from memory).
+
+:func:`summarize` reads ``requests.jsonl`` and ``events.jsonl`` from a prober's ``out_dir`` once, line by
+line, so a six-hour run summarises in constant memory: latencies go into log-linear histograms (1 %
+relative precision; ``max`` is exact), counts into counters, and only the first ``max_failures`` failed
+records are kept whole.
+
+Phases are the intervals between consecutive events: ``before <first>``, ``<first> -> <second>``, ...,
+``after <last>`` (one phase, ``whole run``, when no event was marked). A request belongs to the phase its
+*scheduled* time falls in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import RunbookError
+
+REQUESTS_FILE = "requests.jsonl"
+EVENTS_FILE = "events.jsonl"
+META_FILE = "prober.json"
+SUMMARY_FILE = "summary.json"
+NO_UPSTREAM = "-"
+"""Key of requests that named no upstream (no response, or no upstream header) in per-upstream counts."""
+
+_STEP = math.log1p(0.01)  # histogram buckets 1 % wide
+_FLOOR_MS = 0.001  # values below 1 us share bucket 0
+
+
+class Histogram:
+    """Log-linear histogram of non-negative millisecond values: constant memory, 1 % precision."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.max = 0.0
+        self._buckets: Counter[int] = Counter()
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        if ms > self.max:
+            self.max = ms
+        self._buckets[0 if ms < _FLOOR_MS else int(math.log(ms / _FLOOR_MS) / _STEP) + 1] += 1
+
+    def quantile(self, q: float) -> float:
+        """Nearest-rank quantile; the bucket's upper edge, never above the exact maximum."""
+        if not self.count:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for index in sorted(self._buckets):
+            seen += self._buckets[index]
+            if seen >= rank:
+                edge = 0.0 if index == 0 else _FLOOR_MS * math.exp(index * _STEP)
+                return min(edge, self.max)
+        return self.max  # pragma: no cover - rank <= count
+
+    def percentiles(self) -> Percentiles:
+        return Percentiles(
+            count=self.count,
+            p50=round(self.quantile(0.50), 3),
+            p90=round(self.quantile(0.90), 3),
+            p99=round(self.quantile(0.99), 3),
+            max=round(self.max, 3),
+        )
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Milliseconds."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    def __str__(self) -> str:
+        return f"p50 {self.p50:.2f} / p90 {self.p90:.2f} / p99 {self.p99:.2f} / max {self.max:.2f} ms"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The longest time without a successful response, between the ``done`` times bounding it (s)."""
+
+    seconds: float
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    name: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    start: float | None  # s since start; None: the run's beginning
+    end: float | None  # None: the run's end
+    total: int
+    failed: int
+    verdicts: Mapping[str, int]
+    upstreams: Mapping[str, int]
+    latency: Percentiles
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """What a prober saw. ``ok`` is true only when every request succeeded."""
+
+    url: str
+    rate: float
+    started_at: float  # wall clock (epoch seconds) at t = 0
+    duration: float  # s, from t = 0 to the last completion
+    total: int
+    failed: int
+    verdicts: Mapping[str, int]
+    failures: tuple[Mapping[str, Any], ...]  # the first failed records, whole
+    latency: Percentiles
+    send_lag: Percentiles  # sent - sched
+    send_lag_within_5ms: float  # share of sent requests
+    achieved_rate: float  # requests sent per second, first to last send
+    longest_gap: Gap
+    failure_span: tuple[float, float] | None  # sched of the first and last failed request
+    upstreams: Mapping[str, int]
+    phases: tuple[Phase, ...]
+    events: tuple[Event, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.total > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+    def describe(self, *, max_listed: int = 20) -> str:
+        """Human summary: totals, latency, gap, per-phase upstreams, and every listed failed request."""
+        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items()))
+        gap = self.longest_gap
+        lines = [
+            f"prober {self.url}: {self.total} requests at {self.rate:g}/s over {self.duration:.1f} s "
+            f"(achieved {self.achieved_rate:.1f}/s); {self.failed} failed"
+            + ("" if self.ok else " -- NOT zero-drop"),
+            f"  verdicts: {verdicts or 'none'}",
+            f"  latency: {self.latency}",
+            f"  send lag: {self.send_lag}; {self.send_lag_within_5ms:.2%} within 5 ms",
+            f"  longest gap between successes: {gap.seconds * 1000:.1f} ms (t={gap.start:.3f}..{gap.end:.3f} s)",
+            "  upstreams: " + _counts(self.upstreams),
+        ]
+        for ph in self.phases:
+            lines.append(f"  phase {ph.name!r} ({_span(ph.start, ph.end)}): {ph.total} requests, {ph.failed} failed; "
+                         f"upstreams {_counts(ph.upstreams)}; latency {ph.latency}")
+        if self.failures:
+            lines.append("  failed requests (seq, t, kind, verdict, upstream, error):")
+            for rec in self.failures[:max_listed]:
+                lines.append(f"    #{rec.get('seq')} t={float(rec.get('sched') or 0):.3f}s {rec.get('kind')} "
+                             f"{rec.get('verdict')} upstream={rec.get('upstream') or NO_UPSTREAM} "
+                             f"status={rec.get('status')}: {rec.get('error') or ''}")
+            more = self.failed - min(len(self.failures), max_listed)
+            if more > 0:
+                lines.append(f"    ... and {more} more (all in {REQUESTS_FILE})")
+        return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def _span(start: float | None, end: float | None) -> str:
+    a = "start" if start is None else f"{start:.3f}s"
+    b = "end" if end is None else f"{end:.3f}s"
+    return f"{a}..{b}"
+
+
+class _Acc:
+    """Running totals of one phase (or of the whole run)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.failed = 0
+        self.verdicts: Counter[str] = Counter()
+        self.upstreams: Counter[str] = Counter()
+        self.latency = Histogram()
+
+    def add(self, rec: Mapping[str, Any]) -> None:
+        self.total += 1
+        if not rec.get("ok"):
+            self.failed += 1
+        self.verdicts[str(rec.get("verdict"))] += 1
+        self.upstreams[rec.get("upstream") or NO_UPSTREAM] += 1
+        latency = rec.get("latency_ms")
+        if latency is not None:
+            self.latency.add(float(latency))
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file, one at a time; a torn last line (a crash mid-write) is skipped."""
+    if not path.exists():
+        return
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            yield json.loads(line)
+
+
+def read_events(out_dir: Path) -> tuple[Event, ...]:
+    events = [Event(t=float(e["t"]), name=str(e["name"]), detail=str(e.get("detail", "")))
+              for e in read_jsonl(out_dir / EVENTS_FILE)]
+    return tuple(sorted(events, key=lambda e: e.t))
+
+
+def phase_names(events: tuple[Event, ...]) -> list[str]:
+    if not events:
+        return ["whole run"]
+    names = [f"before {events[0].name}"]
+    names += [f"{a.name} -> {b.name}" for a, b in zip(events, events[1:], strict=False)]
+    names.append(f"after {events[-1].name}")
+    return names
+
+
+def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
+    """Summarise a prober's records (running or finished) by one streaming pass over its files."""
+    out_dir = Path(out_dir)
+    if not (out_dir / REQUESTS_FILE).exists():
+        raise RunbookError(f"no prober records in {out_dir} ({REQUESTS_FILE} is missing)", obj=str(out_dir))
+    meta: dict[str, Any] = {}
+    if (out_dir / META_FILE).exists():
+        meta = json.loads((out_dir / META_FILE).read_text())
+    events = read_events(out_dir)
+    bounds = [e.t for e in events]
+    accs = [_Acc() for _ in range(len(events) + 1)]
+    overall = _Acc()
+    lag = Histogram()
+    lag_within_5ms = 0
+    failures: list[Mapping[str, Any]] = []
+    first_fail: float | None = None
+    last_fail: float | None = None
+    first_sent: float | None = None
+    last_sent = 0.0
+    last_ok = 0.0  # the gap before the first success counts from t = 0
+    gap = Gap(0.0, 0.0, 0.0)
+    end = 0.0
+    for rec in read_jsonl(out_dir / REQUESTS_FILE):
+        sched = float(rec["sched"])
+        overall.add(rec)
+        accs[bisect_right(bounds, sched)].add(rec)
+        done = float(rec["done"])
+        end = max(end, done)
+        sent = rec.get("sent")
+        if sent is not None:
+            sent = float(sent)
+            lag_ms = max(0.0, (sent - sched) * 1000.0)
+            lag.add(lag_ms)
+            lag_within_5ms += lag_ms <= 5.0
+            first_sent = sent if first_sent is None else min(first_sent, sent)
+            last_sent = max(last_sent, sent)
+        if rec.get("ok"):
+            if done - last_ok > gap.seconds:
+                gap = Gap(round(done - last_ok, 6), round(last_ok, 6), round(done, 6))
+            last_ok = max(last_ok, done)
+        else:
+            first_fail = sched if first_fail is None else min(first_fail, sched)
+            last_fail = sched if last_fail is None else max(last_fail, sched)
+            if len(failures) < max_failures:
+                failures.append(rec)
+    if end - last_ok > gap.seconds:  # the run ended without a success since last_ok
+        gap = Gap(round(end - last_ok, 6), round(last_ok, 6), round(end, 6))
+    names = phase_names(events)
+    phases = tuple(
+        Phase(
+            name=names[i],
+            start=None if i == 0 else bounds[i - 1],
+            end=None if i == len(bounds) else bounds[i],
+            total=acc.total,
+            failed=acc.failed,
+            verdicts=dict(acc.verdicts),
+            upstreams=dict(acc.upstreams),
+            latency=acc.latency.percentiles(),
+        )
+        for i, acc in enumerate(accs)
+    )
+    span = last_sent - first_sent if first_sent is not None else 0.0
+    return ProbeSummary(
+        url=str(meta.get("url", "")),
+        rate=float(meta.get("rate", 0.0)),
+        started_at=float(meta.get("started_at", 0.0)),
+        duration=round(end, 6),
+        total=overall.total,
+        failed=overall.failed,
+        verdicts=dict(overall.verdicts),
+        failures=tuple(failures),
+        latency=overall.latency.percentiles(),
+        send_lag=lag.percentiles(),
+        send_lag_within_5ms=round(lag_within_5ms / lag.count, 6) if lag.count else 1.0,
+        achieved_rate=round((lag.count - 1) / span, 3) if span > 0 else 0.0,
+        longest_gap=gap,
+        failure_span=None if first_fail is None or last_fail is None else (first_fail, last_fail),
+        upstreams=dict(overall.upstreams),
+        phases=phases,
+        events=events,
+    )
+
+
+def write_summary(summary: ProbeSummary, out_dir: Path) -> Path:
+    path = Path(out_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
+    return path

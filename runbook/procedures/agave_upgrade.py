@@ -1,0 +1,341 @@
+"""Procedure 2: the agave version upgrade, blue-green, with zero RPC downtime.
+
+Phases (design section 6; the seed's bugs corrected, see design section 5):
+  prepare   snapshot the live ledger (rollback point), clone it for the idle colour (copy-on-write), copy
+            the accounts (not on the dataset; progress and throughput shown), deploy the idle colour on
+            its own port from the clone with the target version;
+  catch-up  wait until the idle colour answers `ok`, is within `catch_up_distance` of the cluster tip,
+            and runs the target version (progress and ETA shown);
+  shift     only with the ingress retrying (trap 3) and the idle colour answering `ok`: stop the live
+            colour gracefully; Caddy's passive health checks and retries move every request to the idle
+            colour (adding a healthy upstream alone shifts nothing under `lb_policy first`: trap 2);
+  cleanup   put the new live colour first in Caddy's upstream order so the old colour, if it ever comes
+            back, does not take the traffic again (a config change the prober counts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runbook.checks.caddy_audit import audit
+from runbook.checks.workloads import running_pod
+from runbook.errors import CheckFailed, PreconditionFailed
+from runbook.manifests import APP_CONTAINER, render_deployment
+from runbook.procedures import bluegreen as bg
+from runbook.procedures.framework import Context, Procedure, Step
+from runbook.testbed.caddy import template_vars
+from runbook.wait import wait_for
+
+RETRY_SETTINGS = ("health_body", "fail_duration/max_fails", "lb_try_duration", "lb_retry_match", "request_buffers")
+
+
+# ------------------------------------------------------------------------------------------- facts
+def prepare(ctx: Context) -> None:
+    """Derive the run's facts from real state: which colour is live, its images, the names to use."""
+    env, a = ctx.env, ctx.adapters
+    target = str(ctx.params["target_version"])
+    if ctx.params.get("plan"):
+        live = str(ctx.params.get("live", "green"))
+        live_image = env.deployments.colour(live).image or "laconicnetwork/agave:<live version>"
+        sidecar_image = "<the live pod's doublezerod image>"
+    else:
+        live = bg.served_by(env) or ""
+        if live not in bg.COLOURS:
+            raise PreconditionFailed(f"the ingress {env.ingress.url} is not served by green or blue (X-Upstream "
+                                     f"missing or unknown): refusing to guess the live colour", env=env.name)
+        pod = running_pod(a.workloads, env.deployments.colour(live).name)
+        live_image = pod.spec_images[APP_CONTAINER]
+        sidecar_image = pod.spec_images[env.doublezero.sidecar]
+    idle = bg.other(live)
+    ctx.facts.update({
+        "live": live, "idle": idle, "target_version": target,
+        "live_image": live_image, "target_image": bg.image_with_tag(live_image, target),
+        "sidecar_image": sidecar_image,
+        "snapshot": f"{env.storage.snapshot_prefix}-{target}",
+    })
+
+
+def _live(ctx: Context) -> Any:
+    return ctx.env.deployments.colour(ctx.facts["live"])
+
+
+def _idle(ctx: Context) -> Any:
+    return ctx.env.deployments.colour(ctx.facts["idle"])
+
+
+def _snapshot(ctx: Context) -> str:
+    return f"{_live(ctx).data}@{ctx.facts['snapshot']}"
+
+
+def _dataset(ctx: Context, name: str) -> Any:
+    return next((d for d in ctx.adapters.storage.datasets() if d.name == name), None)
+
+
+def _manifest(ctx: Context, colour: str, image: str) -> dict[str, Any]:
+    dep = ctx.env.deployments.colour(colour)
+    ledger = str(Path(ctx.adapters.storage.path(dep.data)) / "ledger")
+    return render_deployment(ctx.env, colour, image=image, sidecar_image=ctx.facts["sidecar_image"],
+                             host_paths={"ledger": ledger})
+
+
+def _kubectl(ctx: Context) -> str:
+    kube = ctx.env.kube
+    return f"kubectl --context {kube.context} -n {kube.namespace}" if kube else "kubectl (local kubelet)"
+
+
+# ------------------------------------------------------------------------------------------- prepare
+def snapshot_exists(ctx: Context) -> bool:
+    ds = _dataset(ctx, _live(ctx).data)
+    return ds is not None and _snapshot(ctx) in ds.snapshots
+
+
+def take_snapshot(ctx: Context) -> None:
+    name = ctx.adapters.storage.snapshot(_live(ctx).data, ctx.facts["snapshot"])
+    ctx.record("snapshot", name)
+
+
+def verify_snapshot(ctx: Context) -> None:
+    if not snapshot_exists(ctx):
+        raise CheckFailed(f"snapshot {_snapshot(ctx)} not found after taking it", obj=_snapshot(ctx))
+
+
+def drop_snapshot(ctx: Context) -> None:
+    if snapshot_exists(ctx):
+        ctx.adapters.storage.destroy(_snapshot(ctx))
+
+
+def clone_exists(ctx: Context) -> bool:
+    ds = _dataset(ctx, _idle(ctx).data)
+    return ds is not None and ds.origin == _snapshot(ctx)
+
+
+def make_clone(ctx: Context) -> None:
+    ds = ctx.adapters.storage.clone(_snapshot(ctx), _idle(ctx).data)
+    ctx.record("clone", {"dataset": ds.name, "origin": ds.origin, "path": ds.path})
+    ctx.mark("clone done", ds.name)
+
+
+def verify_clone(ctx: Context) -> None:
+    if not clone_exists(ctx):
+        raise CheckFailed(f"{_idle(ctx).data} is not a clone of {_snapshot(ctx)}", obj=_idle(ctx).data)
+
+
+def destroy_clone(ctx: Context) -> None:
+    if _dataset(ctx, _idle(ctx).data) is not None:
+        ctx.adapters.storage.destroy(_idle(ctx).data, recursive=True)
+
+
+def copy_accounts(ctx: Context) -> None:
+    start = time.monotonic()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 2.0 or done == total:
+            last[0] = now
+            rate = done / max(now - start, 1e-6) / 2**20
+            ctx.progress(f"accounts: {done / 2**20:.1f} of {total / 2**20:.1f} MiB, {rate:.1f} MiB/s")
+
+    copied = ctx.adapters.storage.copy_tree(_live(ctx).accounts, _idle(ctx).accounts, progress=progress)
+    took = time.monotonic() - start
+    ctx.facts["accounts_copied"] = True
+    ctx.record("accounts copied", {"bytes": copied, "seconds": round(took, 3),
+                                   "MiB/s": round(copied / max(took, 1e-6) / 2**20, 1)})
+
+
+# ------------------------------------------------------------------------------------------- deploy
+def idle_deployed(ctx: Context) -> bool:
+    pods = ctx.adapters.workloads.pods(_idle(ctx).name)
+    return any(p.spec_images.get(APP_CONTAINER) == ctx.facts["target_image"] for p in pods)
+
+
+def deploy_idle(ctx: Context) -> None:
+    ctx.adapters.workloads.apply_deployment(_manifest(ctx, ctx.facts["idle"], ctx.facts["target_image"]))
+
+
+def verify_idle_rolled_out(ctx: Context) -> None:
+    pod = ctx.adapters.workloads.wait_rollout(_idle(ctx).name, timeout=ctx.env.timeouts.rollout)
+    ctx.record(f"{pod.name} containers", {c.name: f"{c.image} {c.state}" for c in pod.containers})
+
+
+def delete_idle(ctx: Context) -> None:
+    ctx.adapters.workloads.delete_deployment(_idle(ctx).name)
+
+
+# ------------------------------------------------------------------------------------------- catch-up
+def wait_caught_up(ctx: Context) -> None:
+    env, colour = ctx.env, ctx.facts["idle"]
+    want = bg.bare_version(ctx.facts["target_version"])
+    history: list[tuple[float, int]] = []
+
+    def observe() -> bg.NodeState:
+        st = bg.observe_node(env, colour)
+        if st.behind is not None:
+            history.append((time.monotonic(), st.behind))
+        return st
+
+    def caught_up(st: bg.NodeState) -> bool:
+        return st.health == "ok" and st.behind is not None and st.behind <= env.catch_up_distance \
+            and st.version == want
+
+    def report(st: Any, waited: float) -> None:
+        if isinstance(st, bg.NodeState) and len(history) >= 2 and st.behind is not None:
+            (t0, b0), (t1, b1) = history[max(0, len(history) - 20)], history[-1]
+            speed = (b0 - b1) / max(t1 - t0, 1e-6)
+            eta = f"ETA {max(0, b1 - env.catch_up_distance) / speed:.0f}s" if speed > 0 else "not closing"
+            ctx.progress(f"{colour}: {st.behind} slots behind, closing at {speed:.1f} slots/s, {eta} "
+                         f"(health {st.health}, version {st.version})")
+        else:
+            ctx.progress(f"{colour}: waiting ({st}) after {waited:.0f}s")
+
+    st = wait_for(observe, caught_up, timeout=env.timeouts.catch_up, interval=0.25, on_progress=report,
+                  progress_every=2.0, what=f"{colour} to catch up (health ok, within {env.catch_up_distance} "
+                  f"slots, version {want})", env=env.name, procedure="agave-upgrade", step="catch-up")
+    ctx.record(f"{colour} caught up", st.as_dict())
+    ctx.mark(f"{colour} healthy", f"slot {st.slot}, {st.behind} behind")
+
+
+# ------------------------------------------------------------------------------------------- shift
+def require_retrying_ingress(ctx: Context) -> None:
+    env = ctx.env
+    report = audit(ctx.adapters.ingress.config(), expected_upstreams=template_vars(env)["upstreams"].split(),
+                   upstream_header=env.ingress.upstream_header)
+    bad = [f for f in report.select(*RETRY_SETTINGS) if not f.ok]
+    if bad:
+        raise PreconditionFailed("refusing to stop the live colour: the ingress would drop requests (design trap 3): "
+                                 + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
+    st = bg.observe_node(env, ctx.facts["idle"])
+    if st.health != "ok":
+        raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
+                                 env=env.name)
+
+
+def shifted(ctx: Context) -> bool:
+    return not ctx.adapters.workloads.pods(_live(ctx).name) and bg.served_by(ctx.env) == ctx.facts["idle"]
+
+
+def stop_live(ctx: Context) -> None:
+    ctx.mark("shift", f"stopping {ctx.facts['live']} gracefully")
+    ctx.adapters.workloads.delete_deployment(_live(ctx).name)
+    ctx.mark(f"{ctx.facts['live']} stopped", _live(ctx).name)
+
+
+def verify_served_by_idle(ctx: Context) -> None:
+    idle = ctx.facts["idle"]
+    wait_for(lambda: bg.served_by(ctx.env), lambda c: c == idle, timeout=ctx.env.timeouts.healthy, interval=0.1,
+             what=f"the ingress to serve from {idle}", env=ctx.env.name, step="shift")
+    seen = [bg.served_by(ctx.env) for _ in range(20)]
+    ctx.record("20 requests through the ingress served by", seen)
+    if any(c != idle for c in seen):
+        raise CheckFailed(f"requests still reach {ctx.facts['live']} after the shift", expected=idle, observed=seen)
+
+
+def restart_live(ctx: Context) -> None:
+    """Rollback of the shift: the old colour back, on its own data, with its old version."""
+    live = ctx.facts["live"]
+    if not ctx.adapters.workloads.pods(_live(ctx).name):
+        ctx.adapters.workloads.apply_deployment(_manifest(ctx, live, ctx.facts["live_image"]))
+    ctx.adapters.workloads.wait_rollout(_live(ctx).name, timeout=ctx.env.timeouts.rollout)
+    wait_for(lambda: bg.observe_node(ctx.env, live).health, lambda h: h == "ok", timeout=ctx.env.timeouts.catch_up,
+             interval=0.25, what=f"{live} to answer ok again", env=ctx.env.name, step="shift rollback")
+
+
+# ------------------------------------------------------------------------------------------- cleanup
+def new_order(ctx: Context) -> list[str]:
+    return [bg.upstream_address(ctx.env, ctx.facts["idle"]), bg.upstream_address(ctx.env, ctx.facts["live"])]
+
+
+def order_is_safe(ctx: Context) -> bool:
+    return ctx.adapters.ingress.upstream_order() == new_order(ctx)
+
+
+def put_new_live_first(ctx: Context) -> None:
+    ctx.mark("caddy config change", f"upstream order {new_order(ctx)}")
+    ctx.adapters.ingress.set_upstream_order(new_order(ctx))
+
+
+def verify_order(ctx: Context) -> None:
+    order = ctx.adapters.ingress.upstream_order()
+    if order != new_order(ctx):
+        raise CheckFailed("Caddy's upstream order was not changed", expected=new_order(ctx), observed=order)
+    verify_served_by_idle(ctx)
+
+
+def restore_order(ctx: Context) -> None:
+    old = list(reversed(new_order(ctx)))
+    if ctx.adapters.ingress.upstream_order() != old:
+        ctx.mark("caddy config change", f"upstream order {old}")
+        ctx.adapters.ingress.set_upstream_order(old)
+
+
+# ------------------------------------------------------------------------------------------- steady state
+def live_serving(ctx: Context) -> None:
+    """After a rollback: the old live colour serves the ingress and answers ok, the idle colour is gone."""
+    live = ctx.facts["live"]
+    wait_for(lambda: bg.served_by(ctx.env), lambda c: c == live, timeout=ctx.env.timeouts.healthy, interval=0.2,
+             what=f"the ingress to be served by {live} again", env=ctx.env.name, procedure="agave-upgrade")
+    if ctx.adapters.workloads.pods(_idle(ctx).name):
+        raise CheckFailed(f"{_idle(ctx).name} still has pods after the rollback", obj=_idle(ctx).name)
+
+
+# ------------------------------------------------------------------------------------------- plans
+def _plan_storage(op: str, *args: Callable[[Context], str]) -> Callable[[Context], list[str]]:
+    return lambda ctx: list(ctx.adapters.storage.plan(op, *(a(ctx) for a in args)))
+
+
+def _plan_deploy(ctx: Context) -> list[str]:
+    idle = _idle(ctx)
+    return [f"{_kubectl(ctx)} apply -f -   # Deployment {idle.name}: image {ctx.facts['target_image']}, "
+            f"--rpc-port {idle.rpc_port}, ledger hostPath <mountpoint of {idle.data}>/ledger, accounts {idle.accounts}",
+            f"{_kubectl(ctx)} rollout status deployment/{idle.name}"]
+
+
+def _plan_catch_up(ctx: Context) -> list[str]:
+    idle, env = _idle(ctx), ctx.env
+    return [f"poll GET http://127.0.0.1:{idle.rpc_port}/health until the body is `ok`",
+            f"poll JSON-RPC getSlot on :{idle.rpc_port} and on {env.cluster_rpc} until within "
+            f"{env.catch_up_distance} slots; getVersion solana-core == {bg.bare_version(ctx.facts['target_version'])}"]
+
+
+def _plan_shift(ctx: Context) -> list[str]:
+    env = ctx.env
+    return [f"GET {env.ingress.admin}/config/   # audit: {', '.join(RETRY_SETTINGS)} must be on",
+            f"{_kubectl(ctx)} delete deployment {_live(ctx).name}   # graceful SIGTERM; Caddy retries on "
+            f"{ctx.facts['idle']}",
+            f"poll GET {env.ingress.url}/health until {env.ingress.upstream_header} = "
+            f"{bg.upstream_address(env, ctx.facts['idle'])}"]
+
+
+def _plan_cleanup(ctx: Context) -> list[str]:
+    return [f"PATCH {ctx.env.ingress.admin}/config/<reverse_proxy>/upstreams   # order {new_order(ctx)}"]
+
+
+PROCEDURE = Procedure(
+    name="agave-upgrade",
+    summary="agave version upgrade, blue-green, zero RPC downtime",
+    prepare=prepare,
+    steady_state=live_serving,
+    steps=(
+        Step("snapshot", "snapshot the live ledger (the rollback point)", take_snapshot, verify_snapshot,
+             is_done=snapshot_exists, rollback=drop_snapshot,
+             plan=_plan_storage("snapshot", lambda c: _live(c).data, lambda c: c.facts["snapshot"])),
+        Step("clone", "clone the snapshot for the idle colour (copy-on-write)", make_clone, verify_clone,
+             is_done=clone_exists, rollback=destroy_clone,
+             plan=_plan_storage("clone", _snapshot, lambda c: _idle(c).data)),
+        Step("copy-accounts", "copy the accounts (not on the dataset)", copy_accounts, lambda ctx: None,
+             is_done=lambda ctx: bool(ctx.facts.get("accounts_copied")),
+             plan=_plan_storage("copy_tree", lambda c: _live(c).accounts, lambda c: _idle(c).accounts)),
+        Step("deploy-idle", "deploy the idle colour from the clone with the target version", deploy_idle,
+             verify_idle_rolled_out, is_done=idle_deployed, rollback=delete_idle, plan=_plan_deploy),
+        Step("catch-up", "wait until the idle colour is caught up and healthy", lambda ctx: None, wait_caught_up,
+             plan=_plan_catch_up),
+        Step("shift", "stop the live colour gracefully; the ingress retries onto the idle colour", stop_live,
+             verify_served_by_idle, is_done=shifted, precondition=require_retrying_ingress, rollback=restart_live,
+             plan=_plan_shift),
+        Step("cleanup", "put the new live colour first in the upstream order", put_new_live_first, verify_order,
+             is_done=order_is_safe, rollback=restore_order, plan=_plan_cleanup),
+    ),
+)

@@ -1,0 +1,115 @@
+"""Blue-green facts and observations shared by the agave upgrade, its rollbacks and the features.
+
+Which colour is live is read from real state (the ingress's X-Upstream header), never assumed; the
+facts derived at the start of a run are kept in its journal so a resumed run sees the same colours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from runbook.adapters.rpc import RpcClient
+from runbook.env import DeploymentConfig, Env
+from runbook.errors import AdapterError, CheckFailed, ConfigError
+
+COLOURS = ("green", "blue")
+
+
+def other(colour: str) -> str:
+    return "blue" if colour == "green" else "green"
+
+
+def upstream_address(env: Env, colour: str) -> str:
+    return f"127.0.0.1:{env.deployments.colour(colour).rpc_port}"
+
+
+def colour_of_upstream(env: Env, upstream: str | None) -> str | None:
+    if not upstream:
+        return None
+    port = upstream.rsplit(":", 1)[-1]
+    for colour in COLOURS:
+        if str(env.deployments.colour(colour).rpc_port) == port:
+            return colour
+    return None
+
+
+def served_by(env: Env, *, timeout: float = 3.0) -> str | None:
+    """The colour that served one ``GET /health`` through the public ingress (from X-Upstream)."""
+    try:
+        r = httpx.get(env.ingress.url + "/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise AdapterError(f"GET {env.ingress.url}/health failed: {exc}", env=env.name) from exc
+    return colour_of_upstream(env, r.headers.get(env.ingress.upstream_header))
+
+
+def image_with_tag(image: str, version: str) -> str:
+    """``laconicnetwork/agave:v2.1.0`` + ``v2.2.1`` -> ``laconicnetwork/agave:v2.2.1``."""
+    repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    tag = version if version.startswith("v") else f"v{version}"
+    return f"{repo}:{tag}"
+
+
+def bare_version(version: str) -> str:
+    return version[1:] if version.startswith("v") else version
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One observation of a colour's validator against the cluster tip."""
+
+    colour: str
+    health: str  # ok | behind | unknown | error | down
+    slot: int | None
+    tip: int | None
+    version: str | None
+
+    @property
+    def behind(self) -> int | None:
+        return None if self.slot is None or self.tip is None else max(0, self.tip - self.slot)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"colour": self.colour, "health": self.health, "slot": self.slot, "tip": self.tip,
+                "behind": self.behind, "version": self.version}
+
+
+def observe_node(env: Env, colour: str) -> NodeState:
+    """Health body, slot, version of a colour (direct, not through the ingress), and the cluster tip."""
+    dep = env.deployments.colour(colour)
+    health, slot, version, tip = "down", None, None, None
+    with RpcClient(url=f"http://127.0.0.1:{dep.rpc_port}", timeout=3.0) as node:
+        try:
+            h = node.health()
+            health = h.verdict
+            version = node.get_version().solana_core
+            slot = node.get_slot()
+        except AdapterError:
+            pass
+    try:
+        with RpcClient(url=env.cluster_rpc, timeout=3.0) as cluster:
+            tip = cluster.get_slot()
+    except AdapterError:
+        tip = None
+    return NodeState(colour, health, slot, tip, version)
+
+
+def ledger_checksum(ledger: Path) -> str:
+    """sha256 over a ledger's data blocks and manifest (what a procedure must never change)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in ledger.rglob("*") if p.is_file() and (p.name == "MANIFEST.sha256" or "data" in p.parts))
+    if not files:
+        raise CheckFailed(f"no ledger data under {ledger}", obj=str(ledger))
+    for p in files:
+        h.update(str(p.relative_to(ledger)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def deployment_config(env: Env, colour: str) -> DeploymentConfig:
+    if colour not in COLOURS:
+        raise ConfigError(f"unknown colour {colour!r}")
+    return env.deployments.colour(colour)
