@@ -106,6 +106,140 @@ def testbed_status(env: str = EnvOption) -> None:
     _guard(run)
 
 
+# ------------------------------------------------------------------------------------------- procedures
+FEATURES = {"agave-upgrade": "features/agave_upgrade.feature", "dz-upgrade": "features/dz_upgrade.feature"}
+TargetOption = typer.Option(None, "--target-version", help="version to install, e.g. v2.2.1")
+
+
+def _adapters(e: Env) -> Any:
+    from runbook.adapters.factory import connect
+
+    if e.testbed is not None:
+        from runbook.testbed.stack import Testbed
+
+        tb = Testbed(e)
+        if not tb.running():
+            raise RunbookError(f"the testbed of env {e.name} is down: `runbook testbed up --env {e.name}`")
+        return connect(e, tb)
+    return connect(e)
+
+
+def _confirm(e: Env, what: str, target: str | None, yes: bool, *, need_target: bool = True) -> None:
+    if not e.production:
+        return
+    if need_target and not target:
+        raise RunbookError(f"env {e.name} is production: {what} needs an explicit --target-version")
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise RunbookError(f"env {e.name} is production: confirm {what} with --yes (no terminal to ask on)")
+    if not typer.confirm(f"{what} on PRODUCTION env {e.name}?", default=False):
+        raise RunbookError("not confirmed: nothing was changed")
+
+
+@app.command("plan")
+def plan(procedure: str, env: str = EnvOption, target_version: str = TargetOption,
+         live: str = typer.Option("green", help="the colour assumed live (plan reads no state)")) -> None:
+    """Print every command and API call a procedure would make on an env. Runs nothing."""
+
+    def run() -> None:
+        from runbook.adapters.factory import plan_adapters
+        from runbook.procedures import get
+        from runbook.procedures.framework import Context
+
+        e = _env(env)
+        proc = get(procedure)
+        if not target_version:
+            raise RunbookError(f"{procedure} needs --target-version to plan")
+        ctx = Context(adapters=plan_adapters(e), params={"target_version": target_version, "plan": True,
+                                                          "live": live}, progress=_say)
+        out.print(f"# plan: {proc.name} on env {e.name} ({proc.summary}); target {target_version}; "
+                  f"assuming {live} is live. Nothing is run.")
+        for i, (step, lines) in enumerate(proc.plan(ctx), 1):
+            out.print(f"\n# {i}. {step.name}: {step.summary}")
+            for line in lines:
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    _guard(run)
+
+
+@app.command("run")
+def run_procedure(procedure: str, env: str = EnvOption, target_version: str = TargetOption,
+                  yes: bool = typer.Option(False, "--yes", help="confirm on a production env")) -> None:
+    """Run a procedure by running its feature (the same steps, checks and evidence as the suite)."""
+
+    def run() -> None:
+        import subprocess
+
+        from runbook.env import PROJECT_ROOT
+
+        e = _env(env)
+        if procedure not in FEATURES:
+            raise RunbookError(f"unknown procedure {procedure!r}: known are {', '.join(sorted(FEATURES))}")
+        _confirm(e, f"running {procedure}", target_version, yes)
+        argv = [sys.executable, "-m", "pytest", FEATURES[procedure], f"--env={env}", "--allow-mutations"]
+        if target_version:
+            argv.append(f"--target-version={target_version}")
+        if yes:
+            argv.append("--yes")
+        rc = subprocess.run(argv, cwd=PROJECT_ROOT, check=False).returncode
+        raise typer.Exit(rc)
+
+    _guard(run)
+
+
+@app.command("rollback")
+def rollback_cmd(procedure: str = typer.Argument("agave-upgrade"), env: str = EnvOption,
+                 yes: bool = typer.Option(False, "--yes", help="confirm on a production env")) -> None:
+    """Roll a procedure back from wherever its journal says it stopped."""
+
+    def run() -> None:
+        from runbook.procedures import agave_rollback, journal_for
+        from runbook.procedures.framework import Context
+
+        e = _env(env)
+        if procedure != "agave-upgrade":
+            raise RunbookError("rollback is implemented here for agave-upgrade; dz-upgrade rolls back with "
+                               "`runbook run dz-upgrade --target-version <old>`")
+        _confirm(e, "rolling back agave-upgrade", None, yes, need_target=False)
+        ctx = Context(adapters=_adapters(e), params={}, progress=_say)
+        steps = agave_rollback.rollback(ctx, journal_for(e, "agave-upgrade"), journal_for(e, "agave-rollback"))
+        for s in steps:
+            out.print(f"{s.name:20} {s.status}")
+
+    _guard(run)
+
+
+@app.command("status")
+def status(env: str = EnvOption) -> None:
+    """Which colour serves, both colours' slots and versions, upstream stats, DZ status."""
+
+    def run() -> None:
+        from runbook.checks import doublezero as dz
+        from runbook.procedures import bluegreen as bg
+
+        e = _env(env)
+        a = _adapters(e)
+        out.print(f"env {e.name}: ingress {e.ingress.url} served by {bg.served_by(e) or 'nobody'}")
+        for colour in bg.COLOURS:
+            st = bg.observe_node(e, colour)
+            dep = e.deployments.colour(colour)
+            pods = a.workloads.pods(dep.name)
+            out.print(f"  {colour:5} {dep.name} :{dep.rpc_port}  pods {len(pods)}  health {st.health}  "
+                      f"slot {st.slot}  behind {st.behind}  version {st.version}")
+            for p in pods:
+                try:
+                    s = dz.sidecar_status(a.workloads, p.name, e.doublezero.sidecar)
+                    out.print(f"        doublezero: {s.session or '?'} on {s.device or '?'}")
+                except RunbookError as exc:
+                    out.print(f"        doublezero: {exc}")
+        out.print(f"  upstream order {a.ingress.upstream_order()}")
+        for u in a.ingress.upstreams():
+            out.print(f"  upstream {u.address}: {u.num_requests} in flight, {u.fails} recent fails")
+
+    _guard(run)
+
+
 def main() -> None:
     try:
         app()

@@ -6,13 +6,14 @@ Steps and procedures receive an :class:`Adapters` and never ask which environmen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runbook.adapters.base import Host, Ingress, Storage, Workloads
 from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
+from runbook.errors import RunbookError
 
 if TYPE_CHECKING:
     from runbook.testbed.stack import Testbed
@@ -56,3 +57,28 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
         ingress=CaddyAdmin(env.ingress.admin),
         storage=storage_for(env, host),
     )
+
+
+class _Unconnected:
+    """Stands in for a port that ``plan`` must not touch: any use is a bug, and says so."""
+
+    def __init__(self, port: str) -> None:
+        self._port = port
+
+    def __getattr__(self, name: str) -> Any:
+        raise RunbookError(f"plan must not touch the {self._port} port (called {name})")
+
+
+def plan_adapters(env: Env) -> Adapters:
+    """Adapters for ``runbook plan``: storage renders commands, nothing connects to anything."""
+    from runbook.adapters.storage import make_storage, storage_for
+
+    if env.testbed is not None:
+        from runbook.testbed.stack import Testbed
+
+        tb = Testbed(env)
+        storage = tb.storage if tb.running() else make_storage("copy", tb.state_dir / "storage")
+    else:
+        storage = storage_for(env, _Unconnected("host"))  # type: ignore[arg-type]
+    return Adapters(env=env, host=_Unconnected("host"), workloads=_Unconnected("workloads"),  # type: ignore[arg-type]
+                    ingress=_Unconnected("ingress"), storage=storage)  # type: ignore[arg-type]

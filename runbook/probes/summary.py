@@ -18,6 +18,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,7 @@ def phase_names(events: tuple[Event, ...]) -> list[str]:
     if not events:
         return ["whole run"]
     names = [f"before {events[0].name}"]
-    names += [f"{a.name} -> {b.name}" for a, b in zip(events, events[1:], strict=False)]
+    names += [f"{a.name} -> {b.name}" for a, b in pairwise(events)]
     names.append(f"after {events[-1].name}")
     return names
 

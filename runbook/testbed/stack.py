@@ -23,6 +23,7 @@ import psutil
 
 from runbook.adapters.base import Dataset, Storage
 from runbook.adapters.base import Progress as StorageProgress
+from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.rpc import RpcClient
 from runbook.adapters.storage import make_storage
 from runbook.env import PROJECT_ROOT, Env
@@ -187,13 +188,55 @@ class Testbed:
 
         progress("deploying green (doublezerod sidecar, then validator)")
         green = self.env.deployments.green
-        manifest = render_deployment(self.env, "green", image=green.image,
-                                     host_paths={"ledger": str(Path(self.storage.path(green.data)) / "ledger")})
-        self.workloads.apply_deployment(manifest)
+        self.workloads.apply_deployment(self.green_manifest())
         self.workloads.wait_rollout(green.name, timeout=self.env.timeouts.rollout)
         self._wait_serving(progress)
         self._save(up=True)
         progress(f"up: {self.env.ingress.url} -> green :{green.rpc_port}; state in {self.state_dir}")
+
+    def green_manifest(self) -> dict[str, Any]:
+        """Green as the testbed deploys it: the baseline every mutating scenario starts from."""
+        green = self.env.deployments.green
+        return render_deployment(self.env, "green", image=green.image,
+                                 host_paths={"ledger": str(Path(self.storage.path(green.data)) / "ledger")})
+
+    def reset_to_baseline(self, *, progress: Progress = _quiet) -> list[str]:
+        """Put the testbed back as `up` left it (green serving alone, our Caddy config, no clone, no
+        snapshot, no journal). Returns what it had to change; acts only where state differs."""
+        changed: list[str] = []
+        env, wl, storage = self.env, self.workloads, self.storage
+        ours = caddy.adapt(caddy.render(PROJECT_ROOT / env.ingress.template, env))
+        admin = CaddyAdmin(env.ingress.admin)
+        if admin.config() != ours:
+            admin.load(ours)
+            changed.append("caddy config reloaded from the template")
+        blue = env.deployments.blue
+        if wl.pods(blue.name) or blue.name in wl.deployments():
+            wl.delete_deployment(blue.name)
+            changed.append(f"deleted {blue.name}")
+        green_pods = wl.pods(env.deployments.green.name)
+        want = self.green_manifest()["spec"]["template"]["spec"]
+        want_images = {c["name"]: c["image"] for c in want.get("initContainers", []) + want["containers"]}
+        if len(green_pods) != 1 or green_pods[0].spec_images != want_images or any(
+                c.state != "running" for c in green_pods[0].containers):
+            if green_pods:
+                wl.delete_deployment(env.deployments.green.name)
+            wl.apply_deployment(self.green_manifest())
+            changed.append(f"redeployed {env.deployments.green.name}")
+        wl.wait_rollout(env.deployments.green.name, timeout=env.timeouts.rollout)
+        names = {d.name: d for d in storage.datasets()}
+        if blue.data in names:
+            storage.destroy(blue.data, recursive=True)
+            changed.append(f"destroyed {blue.data}")
+        for snap in reversed(names[env.deployments.green.data].snapshots if env.deployments.green.data in names
+                             else ()):
+            storage.destroy(snap)
+            changed.append(f"destroyed {snap}")
+        shutil.rmtree(self.state_dir / "journal", ignore_errors=True)
+        if changed:
+            progress("reset to baseline: " + "; ".join(changed))
+        self._wait_serving(progress)
+        return changed
 
     def _chain_env(self) -> dict[str, str]:
         return {

@@ -1,0 +1,137 @@
+"""Rollback of the agave upgrade, from wherever it stopped.
+
+- Before cleanup (the upgrade's journal is running, failed or interrupted): undo, in reverse, every step
+  that acted: the old colour comes back if it was stopped, the idle deployment is deleted, its clone and
+  the snapshot are destroyed. The live colour's data was never written to.
+- After cleanup (the upgrade finished): the old colour's data is rolled back to the pre-upgrade
+  snapshot and it is redeployed with its old version; once it is caught up and answers `ok`, the new
+  colour is stopped gracefully (the ingress retries onto the old one), the upstream order is restored
+  and the clone is destroyed. These steps are not rolled back in turn: a failure stops, loudly.
+"""
+
+from __future__ import annotations
+
+from runbook.errors import PreconditionFailed, RunbookError
+from runbook.procedures import agave_upgrade as up
+from runbook.procedures import bluegreen as bg
+from runbook.procedures.framework import Context, Journal, Procedure, Step, StepOutcome
+from runbook.wait import wait_for
+
+
+# The facts are the upgrade's: "live" is the colour that was live before it, "idle" the one it made live.
+def _old_gone(ctx: Context) -> None:
+    if ctx.adapters.workloads.pods(up._live(ctx).name):
+        raise PreconditionFailed(f"{up._live(ctx).name} is running: its data cannot be rolled back under it")
+
+
+def restore_data(ctx: Context) -> None:
+    ctx.adapters.storage.rollback(up._snapshot(ctx))
+    ctx.facts["data_restored"] = True
+    ctx.record("data rolled back", up._snapshot(ctx))
+
+
+def old_deployed(ctx: Context) -> bool:
+    pods = ctx.adapters.workloads.pods(up._live(ctx).name)
+    return any(p.spec_images.get(up.APP_CONTAINER) == ctx.facts["live_image"] for p in pods)
+
+
+def redeploy_old(ctx: Context) -> None:
+    ctx.adapters.workloads.apply_deployment(up._manifest(ctx, ctx.facts["live"], ctx.facts["live_image"]))
+
+
+def old_caught_up(ctx: Context) -> None:
+    colour = ctx.facts["live"]
+    ctx.adapters.workloads.wait_rollout(up._live(ctx).name, timeout=ctx.env.timeouts.rollout)
+    want = bg.bare_version(ctx.facts["live_image"].rsplit(":", 1)[-1])
+    st = wait_for(lambda: bg.observe_node(ctx.env, colour),
+                  lambda s: s.health == "ok" and s.behind is not None and s.behind <= ctx.env.catch_up_distance
+                  and s.version == want, timeout=ctx.env.timeouts.catch_up, interval=0.25,
+                  what=f"{colour} to catch up on its old version {want}", env=ctx.env.name, step="redeploy-old")
+    ctx.record(f"{colour} caught up", st.as_dict())
+
+
+def shift_back(ctx: Context) -> None:
+    ctx.mark("shift back", f"stopping {ctx.facts['idle']} gracefully")
+    ctx.adapters.workloads.delete_deployment(up._idle(ctx).name)
+    ctx.mark(f"{ctx.facts['idle']} stopped", up._idle(ctx).name)
+
+
+def served_by_old(ctx: Context) -> None:
+    old = ctx.facts["live"]
+    wait_for(lambda: bg.served_by(ctx.env), lambda c: c == old, timeout=ctx.env.timeouts.healthy, interval=0.1,
+             what=f"the ingress to serve from {old} again", env=ctx.env.name, step="shift-back")
+
+
+def _require_old_ok(ctx: Context) -> None:
+    """The retrying ingress, and the old colour answering ok, before the new one is stopped."""
+    swapped = dict(ctx.facts, live=ctx.facts["idle"], idle=ctx.facts["live"])
+    up.require_retrying_ingress(Context(adapters=ctx.adapters, params=ctx.params, facts=swapped))
+
+
+def old_order(ctx: Context) -> list[str]:
+    return list(reversed(up.new_order(ctx)))
+
+
+def order_restored(ctx: Context) -> bool:
+    return ctx.adapters.ingress.upstream_order() == old_order(ctx)
+
+
+def verify_order_restored(ctx: Context) -> None:
+    if not order_restored(ctx):
+        raise PreconditionFailed(f"upstream order is {ctx.adapters.ingress.upstream_order()}, "
+                                 f"expected {old_order(ctx)}")
+
+
+def clone_gone(ctx: Context) -> bool:
+    return up._dataset(ctx, up._idle(ctx).data) is None
+
+
+def verify_clone_gone(ctx: Context) -> None:
+    if not clone_gone(ctx):
+        raise PreconditionFailed(f"{up._idle(ctx).data} still exists")
+
+
+AFTER_CLEANUP = Procedure(
+    name="agave-rollback",
+    summary="roll the agave upgrade back after its cleanup: old data, old version, old colour serving",
+    steps=(
+        Step("restore-data", "roll the old colour's data back to the pre-upgrade snapshot", restore_data,
+             lambda ctx: None, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_old_gone,
+             plan=lambda ctx: ctx.adapters.storage.plan("rollback", up._snapshot(ctx))),
+        Step("redeploy-old", "redeploy the old colour with its old version; wait until caught up", redeploy_old,
+             old_caught_up, is_done=old_deployed,
+             plan=lambda ctx: [f"{up._kubectl(ctx)} apply -f -   # Deployment {up._live(ctx).name} image "
+                               f"{ctx.facts['live_image']}"]),
+        Step("shift-back", "stop the new colour gracefully; the ingress retries onto the old one", shift_back,
+             served_by_old, is_done=lambda ctx: not ctx.adapters.workloads.pods(up._idle(ctx).name),
+             precondition=_require_old_ok,
+             plan=lambda ctx: [f"{up._kubectl(ctx)} delete deployment {up._idle(ctx).name}"]),
+        Step("restore-order", "put the old colour first in the upstream order again", up.restore_order,
+             verify_order_restored, is_done=order_restored,
+             plan=lambda ctx: [f"PATCH {ctx.env.ingress.admin}/config/<reverse_proxy>/upstreams   # {old_order(ctx)}"]),
+        Step("destroy-clone", "destroy the new colour's clone",
+             lambda ctx: ctx.adapters.storage.destroy(up._idle(ctx).data, recursive=True), verify_clone_gone,
+             is_done=clone_gone, plan=lambda ctx: ctx.adapters.storage.plan("destroy", up._idle(ctx).data)),
+    ),
+)
+
+
+def rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
+    """Roll the upgrade back from wherever its journal says it stopped."""
+    state = upgrade_journal.load()
+    if not state or state.get("procedure") != up.PROCEDURE.name:
+        raise RunbookError("no agave-upgrade in the journal: nothing to roll back", obj=str(upgrade_journal.path))
+    ctx.facts.update(state.get("facts", {}))
+    if state.get("status") == "rolled back":
+        ctx.progress("the upgrade was already rolled back")
+        return []
+    if state.get("status") != "done":
+        up.PROCEDURE.roll_back(ctx, upgrade_journal)
+        return [StepOutcome("(rollback before cleanup)", "rolled back")]
+    result = AFTER_CLEANUP.run(ctx, journal=rollback_journal, rollback="none")
+    if not result.ok:
+        raise RunbookError(f"ROLLBACK AFTER CLEANUP FAILED: {result.error}", procedure=AFTER_CLEANUP.name)
+    state["status"] = "rolled back"
+    upgrade_journal.save(state)
+    rollback_journal.clear()
+    return result.steps
