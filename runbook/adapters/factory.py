@@ -79,6 +79,6 @@ def plan_adapters(env: Env) -> Adapters:
         tb = Testbed(env)
         storage = tb.storage if tb.running() else make_storage("copy", tb.state_dir / "storage")
     else:
-        storage = storage_for(env, _Unconnected("host"))  # type: ignore[arg-type]
-    return Adapters(env=env, host=_Unconnected("host"), workloads=_Unconnected("workloads"),  # type: ignore[arg-type]
-                    ingress=_Unconnected("ingress"), storage=storage)  # type: ignore[arg-type]
+        storage = storage_for(env, _Unconnected("host"))
+    return Adapters(env=env, host=_Unconnected("host"), workloads=_Unconnected("workloads"),
+                    ingress=_Unconnected("ingress"), storage=storage)
