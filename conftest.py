@@ -1,8 +1,10 @@
-"""Thin: load the runbook plugin and the step modules (feature -> step -> runbook function)."""
+"""Thin: load the runbook plugins and the step modules (feature -> step -> runbook function)."""
 
 pytest_plugins = [
     "runbook.plugin",
+    "runbook.pytest_procedures",
     "steps.common",
     "steps.caddy",
     "steps.doublezero",
+    "steps.upgrade",
 ]

@@ -40,7 +40,9 @@ _SECRET_FIELD = re.compile(
     r"(?:(?P<q>[\"'])(?P<quoted>(?:\\.|(?!(?P=q)).)*)(?P=q)|(?P<bare>[^\s,;}\])\"']+))"
 )
 # --password x, --token=x (-p is too ambiguous to touch)
-_SECRET_FLAG = re.compile(rf"(?i)(?P<flag>--[\w.-]*{_KEYWORD}[\w.-]*)(?P<sep>=|\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"']+)")
+_SECRET_FLAG = re.compile(
+    rf"(?i)(?P<flag>--[\w.-]*{_KEYWORD}[\w.-]*)(?P<sep>=|\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"']+)"
+)
 
 # A screen on bytes (C speed: lower(), translate(), find()) decides which patterns can match at all, so
 # that megabytes of probe records without a keyword cost milliseconds. It must find a superset of what

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,35 +32,46 @@ REQUESTS = "requests.jsonl"
 EVENTS = "events.jsonl"
 PHASES = ("before", "during", "after")
 
-# The fields the aggregation needs, found without a full JSON parse (a regex is 3x faster than
-# json.loads). A key cannot occur inside a JSON string unescaped, so a match is always a real field;
-# a line the regex cannot read completely is parsed with json.loads, and counted if that fails too.
-_FIELDS = re.compile(rb'"(sched|sent|latency_ms|upstream|ok)"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\s]+)')
+_DECODER = json.JSONDecoder()
 _LOG_R = math.log(1.005)
+_INV_LOG_R = 1.0 / _LOG_R
+_LOG_FLOOR = int(math.log(0.001) * _INV_LOG_R)
 
 
-class LogHistogram:
-    """Counts in logarithmic bins 0.5 % wide: percentiles within 0.25 %, memory a few thousand ints at most."""
+class Histogram:
+    """Counts per bin, for percentiles in bounded memory. Log bins (0.5 % wide: a percentile is within
+    0.25 % of the exact value) for latency; linear 10 us bins for the send lag, which sits near zero."""
 
-    __slots__ = ("bins", "count", "max", "min")
+    __slots__ = ("bins", "count", "log", "max", "min")
 
-    def __init__(self) -> None:
+    def __init__(self, *, log: bool = True) -> None:
         self.bins: dict[int, int] = {}
         self.count = 0
         self.max = 0.0
         self.min = math.inf
+        self.log = log
+
+    def bin(self, value: float) -> int:
+        if self.log:
+            return int(math.log(value) * _INV_LOG_R) if value > 0.001 else _LOG_FLOOR
+        return int(value * 100.0)
 
     def add(self, value: float) -> None:
-        b = int(math.log(value) / _LOG_R) if value > 0.001 else -1386  # 0.001 ms floor
+        b = self.bin(value)
         self.bins[b] = self.bins.get(b, 0) + 1
         self.count += 1
-        if value > self.max:
-            self.max = value
-        if value < self.min:
-            self.min = value
+        self.max = max(self.max, value)
+        self.min = min(self.min, value)
+
+    def merge(self, other: Histogram) -> None:
+        for b, c in other.bins.items():
+            self.bins[b] = self.bins.get(b, 0) + c
+        self.count += other.count
+        self.max = max(self.max, other.max)
+        self.min = min(self.min, other.min)
 
     def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0..100): the geometric middle of the bin holding it, clamped to min/max."""
+        """The q-th percentile (0..100, nearest rank) from the middle of its bin, clamped to min and max."""
         if not self.count:
             return None
         rank = max(1, math.ceil(q / 100.0 * self.count))
@@ -69,7 +79,8 @@ class LogHistogram:
         for b in sorted(self.bins):
             seen += self.bins[b]
             if seen >= rank:
-                return min(max(math.exp((b + 0.5) * _LOG_R), self.min), self.max)
+                mid = math.exp((b + 0.5) * _LOG_R) if self.log else (b + 0.5) / 100.0
+                return min(max(mid, self.min), self.max)
         return self.max
 
 
@@ -170,19 +181,31 @@ class _Phase:
     __slots__ = ("by_upstream", "end", "failures", "lag", "latency", "ok", "requests", "start")
 
     def __init__(self) -> None:
-        self.latency = LogHistogram()
-        self.lag = LogHistogram()
+        self.latency = Histogram()
+        self.lag = Histogram(log=False)
         self.requests = 0
         self.ok = 0
         self.failures = 0
-        self.start: float | None = None
-        self.end: float | None = None
+        self.start = math.inf
+        self.end = -math.inf
         self.by_upstream: dict[str | None, int] = {}
+
+    def merge(self, other: _Phase) -> None:
+        self.latency.merge(other.latency)
+        self.lag.merge(other.lag)
+        self.requests += other.requests
+        self.ok += other.ok
+        self.failures += other.failures
+        self.start = min(self.start, other.start)
+        self.end = max(self.end, other.end)
+        for k, v in other.by_upstream.items():
+            self.by_upstream[k] = self.by_upstream.get(k, 0) + v
 
     def stats(self, name: str) -> PhaseStats:
         lat, lag = self.latency, self.lag
         return PhaseStats(
-            name=name, start=self.start, end=self.end, requests=self.requests, ok=self.ok, failures=self.failures,
+            name=name, start=self.start if self.requests else None, end=self.end if self.requests else None,
+            requests=self.requests, ok=self.ok, failures=self.failures,
             p50=lat.percentile(50), p90=lat.percentile(90), p99=lat.percentile(99), p999=lat.percentile(99.9),
             max=lat.max if lat.count else None, lag_p99=lag.percentile(99), lag_max=lag.max if lag.count else None,
             by_upstream={_name(k): v for k, v in sorted(self.by_upstream.items(), key=lambda kv: -kv[1])},
@@ -216,25 +239,26 @@ def read_events(path: Path, cutover_events: Sequence[str] | None = None) -> tupl
 
 
 class _Aggregator:
+    """The per-request hot path (a few microseconds per line: millions of lines): kept flat on purpose."""
+
     def __init__(self, *, origin: float, target_buckets: int, cutover: tuple[float, float] | None,
                  max_failures: int) -> None:
         self.origin = origin
         self.cap = max(2, 2 * target_buckets)
         self.width = 0.001
-        self.used = 0
         self.counts: dict[str | None, list[int]] = {}
         self.maxlat: dict[str | None, list[float]] = {}
         self.fails = [0] * self.cap
         self.cutover = cutover
         self.phases = {name: _Phase() for name in (PHASES if cutover else ("run",))}
-        self.overall = _Phase()
+        phases = list(self.phases.values()) * 3
+        self._before, self._during, self._after = phases[0], phases[1], phases[2]
+        self._c0, self._c1 = cutover if cutover else (math.inf, math.inf)
         self.seen: dict[str | None, list[float]] = {}  # upstream -> [requests, ok, first, last]
         self.verdicts: dict[str, int] = {}
         self.failures: list[FailedRequest] = []
         self.failures_total = 0
         self.max_failures = max_failures
-        self.start = math.inf
-        self.end = -math.inf
 
     def _merge(self) -> None:
         half = self.cap // 2
@@ -246,66 +270,76 @@ class _Aggregator:
         f = self.fails
         self.fails = [a + b for a, b in zip(f[0::2], f[1::2], strict=True)] + pad
         self.width *= 2
-        self.used = (self.used + 1) // 2
 
     def add(self, t: float, sched: float | None, latency: float | None, upstream: str | None, ok: bool,
             verdict: str, failure: FailedRequest | None) -> None:
-        if t < self.start:
-            self.start = t
-        if t > self.end:
-            self.end = t
         idx = int((t - self.origin) / self.width) if t > self.origin else 0
         while idx >= self.cap:
             self._merge()
             idx = int((t - self.origin) / self.width)
-        if idx >= self.used:
-            self.used = idx + 1
         counts = self.counts.get(upstream)
         if counts is None:
             counts = self.counts[upstream] = [0] * self.cap
             self.maxlat[upstream] = [0.0] * self.cap
         counts[idx] += 1
-        if latency is not None and latency > self.maxlat[upstream][idx]:
-            self.maxlat[upstream][idx] = latency
-        cut = self.cutover
-        if cut is None:
-            phase = self.phases["run"]
-        else:
-            phase = self.phases["before" if t < cut[0] else "during" if t <= cut[1] else "after"]
-        for p in (phase, self.overall):
-            p.requests += 1
-            if p.start is None:
-                p.start = t
+        p = self._before if t < self._c0 else self._during if t <= self._c1 else self._after
+        p.requests += 1
+        if t < p.start:
+            p.start = t
+        if t > p.end:
             p.end = t
-            p.by_upstream[upstream] = p.by_upstream.get(upstream, 0) + 1
-            if ok:
-                p.ok += 1
-                if latency is not None:
-                    p.latency.add(latency)
-            else:
-                p.failures += 1
-            if sched is not None:
-                p.lag.add(max(0.0, (t - sched) * 1000.0))
+        bu = p.by_upstream
+        bu[upstream] = bu.get(upstream, 0) + 1
+        if ok:
+            p.ok += 1
+            if latency is not None:
+                ml = self.maxlat[upstream]
+                if latency > ml[idx]:
+                    ml[idx] = latency
+                h = p.latency
+                b = int(math.log(latency) * _INV_LOG_R) if latency > 0.001 else _LOG_FLOOR
+                h.bins[b] = h.bins.get(b, 0) + 1
+                h.count += 1
+                if latency > h.max:
+                    h.max = latency
+                if latency < h.min:
+                    h.min = latency
+        else:
+            p.failures += 1
+        if sched is not None:
+            lag = (t - sched) * 1000.0 if t > sched else 0.0
+            g = p.lag
+            b = int(lag * 100.0)
+            g.bins[b] = g.bins.get(b, 0) + 1
+            g.count += 1
+            if lag > g.max:
+                g.max = lag
+            if lag < g.min:
+                g.min = lag
         s = self.seen.get(upstream)
         if s is None:
             self.seen[upstream] = [1, 1 if ok else 0, t, t]
         else:
             s[0] += 1
-            s[1] += ok
-            s[2] = min(s[2], t)
-            s[3] = max(s[3], t)
+            if ok:
+                s[1] += 1
+            if t < s[2]:
+                s[2] = t
+            elif t > s[3]:
+                s[3] = t
+        if ok:
+            return
         self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
-        if not ok:
-            self.fails[idx] += 1
-            self.failures_total += 1
-            if failure is not None and len(self.failures) < self.max_failures:
-                self.failures.append(failure)
+        self.fails[idx] += 1
+        self.failures_total += 1
+        if failure is not None and len(self.failures) < self.max_failures:
+            self.failures.append(failure)
 
-
-def _num(raw: bytes | None) -> float | None:
-    if raw is None or raw == b"null":
-        return None
-    return float(raw)
+    def overall(self) -> _Phase:
+        total = _Phase()
+        for p in self.phases.values():
+            total.merge(p)
+        return total
 
 
 def _failure(rec: dict[str, Any], t: float) -> FailedRequest:
@@ -314,16 +348,10 @@ def _failure(rec: dict[str, Any], t: float) -> FailedRequest:
     return FailedRequest(
         seq=rec.get("seq") if isinstance(rec.get("seq"), int) else None, t=t, kind=str(rec.get("kind") or ""),
         verdict=str(rec.get("verdict") or "failed"), status=status if isinstance(status, int) else None,
-        error=str(rec.get("error") or ""), upstream=rec.get("upstream") if isinstance(rec.get("upstream"), str) else None,
+        error=str(rec.get("error") or ""),
+        upstream=rec.get("upstream") if isinstance(rec.get("upstream"), str) else None,
         latency_ms=float(lat) if isinstance(lat, int | float) else None,
     )
-
-
-def _records(path: Path) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                yield line, dict(_FIELDS.findall(line))
 
 
 def read_probe(directory: str | Path, *, cutover_events: Sequence[str] | None = None, target_buckets: int = 600,
@@ -333,61 +361,53 @@ def read_probe(directory: str | Path, *, cutover_events: Sequence[str] | None = 
     req_path = d / REQUESTS
     if not req_path.is_file():
         raise RunbookError(f"not a prober directory: {d} has no {REQUESTS}", obj=str(d))
-    events, bad_events = read_events(d / EVENTS, cutover_events)
+    events, malformed = read_events(d / EVENTS, cutover_events)
     cut_times = [e.t for e in events if e.cutover]
     cutover = (min(cut_times), max(cut_times)) if cut_times else None
-    origin = 0.0
-    malformed = bad_events
     examples: list[str] = []
     agg: _Aggregator | None = None
-    for line, f in _records(req_path):
-        ok_raw = f.get(b"ok")
-        upstream_raw = f.get(b"upstream")
-        try:
-            if ok_raw == b"true" and (b"sent" in f or b"sched" in f):
-                sched = _num(f.get(b"sched"))
-                sent = _num(f.get(b"sent"))
-                t = sent if sent is not None else sched
-                if t is None:
-                    raise ValueError("no time")
-                latency = _num(f.get(b"latency_ms"))
-                upstream = None if upstream_raw is None or upstream_raw == b"null" else json.loads(upstream_raw)
-                ok, verdict, failure = True, "ok", None
-            else:
-                rec = json.loads(line)
-                sched = rec.get("sched")
-                sent = rec.get("sent")
-                t = float(sent if sent is not None else sched)
-                sched = float(sched) if sched is not None else None
-                lat = rec.get("latency_ms")
+    scan = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner without json.loads' wrappers: 2x faster on short lines
+    with req_path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                rec, _ = scan(line, 0)
+                sched_v, sent_v, lat = rec.get("sched"), rec.get("sent"), rec.get("latency_ms")
+                t = float(sent_v if sent_v is not None else sched_v)
+                sched = float(sched_v) if sched_v is not None else None
                 latency = float(lat) if lat is not None else None
-                upstream = rec.get("upstream") if isinstance(rec.get("upstream"), str) else None
+                upstream = rec.get("upstream")
+                if upstream is not None and not isinstance(upstream, str):
+                    upstream = str(upstream)
                 ok = rec.get("ok") is True
-                verdict = str(rec.get("verdict") or ("ok" if ok else "failed"))
-                failure = None if ok else _failure(rec, t)
-        except (ValueError, TypeError, AttributeError):
-            malformed += 1
-            if len(examples) < 5:
-                examples.append(line[:300].decode("utf-8", "replace").rstrip())
-            continue
-        if agg is None:
-            if not (0.0 <= t < 1e6):  # not "seconds since start": start the axis just before the first request
-                origin = min([t - 30.0, *(e.t for e in events)])
-            origin = min([origin, *(e.t for e in events)])
-            agg = _Aggregator(origin=origin, target_buckets=target_buckets, cutover=cutover,
-                              max_failures=max_failures)
-        agg.add(t, sched, latency, upstream, ok, verdict, failure)
+                if ok:
+                    verdict, failure = "ok", None
+                else:
+                    verdict = str(rec.get("verdict") or "failed")
+                    failure = _failure(rec, t)
+            except (StopIteration, ValueError, TypeError, AttributeError):
+                if not line.strip():
+                    continue
+                malformed += 1
+                if len(examples) < 5:
+                    examples.append(line[:300].rstrip())
+                continue
+            if agg is None:
+                # "seconds since start" puts the axis origin at 0; any other clock starts just before the first request
+                origin = 0.0 if 0.0 <= t < 1e6 else t - 30.0
+                agg = _Aggregator(origin=min([origin, *(e.t for e in events)]), target_buckets=target_buckets,
+                                  cutover=cutover, max_failures=max_failures)
+            agg.add(t, sched, latency, upstream, ok, verdict, failure)
     if agg is None:
-        agg = _Aggregator(origin=origin, target_buckets=target_buckets, cutover=cutover, max_failures=max_failures)
+        agg = _Aggregator(origin=min([0.0, *(e.t for e in events)]), target_buckets=target_buckets,
+                          cutover=cutover, max_failures=max_failures)
     return _summary(str(d), agg, events, cutover, malformed, examples)
 
 
 def _summary(source: str, agg: _Aggregator, events: list[ProbeEvent], cutover: tuple[float, float] | None,
              malformed: int, examples: list[str]) -> ProbeSummary:
-    n = agg.used
-    times = [e.t for e in events]
-    start = min([agg.start, *times]) if (agg.overall.requests or times) else 0.0
-    end = max([agg.end, *times]) if (agg.overall.requests or times) else 0.0
+    overall = agg.overall()
+    n = min(agg.cap, int((overall.end - agg.origin) / agg.width) + 1) if overall.requests else 0
+    times = [e.t for e in events] + ([overall.start, overall.end] if overall.requests else [])
     buckets = Buckets(
         origin=agg.origin, width=agg.width, n=n,
         counts={k: v[:n] for k, v in agg.counts.items()},
@@ -398,11 +418,12 @@ def _summary(source: str, agg: _Aggregator, events: list[ProbeEvent], cutover: t
         UpstreamStats(upstream=k, requests=int(v[0]), ok=int(v[1]), first=v[2], last=v[3])
         for k, v in sorted(agg.seen.items(), key=lambda kv: kv[1][2])
     )
+    verdicts = {"ok": overall.ok} if overall.ok else {}
+    verdicts.update(sorted(agg.verdicts.items(), key=lambda kv: -kv[1]))
     return ProbeSummary(
-        source=source, requests=agg.overall.requests, ok=agg.overall.ok, failures_total=agg.failures_total,
-        start=start, end=end, events=tuple(events), cutover=cutover,
-        phases=tuple(p.stats(name) for name, p in agg.phases.items()), overall=agg.overall.stats("overall"),
-        upstreams=upstreams, verdicts=dict(sorted(agg.verdicts.items(), key=lambda kv: -kv[1])),
-        failures=tuple(sorted(agg.failures, key=lambda f: f.t)), malformed=malformed,
-        malformed_examples=tuple(examples), buckets=buckets,
+        source=source, requests=overall.requests, ok=overall.ok, failures_total=agg.failures_total,
+        start=min(times, default=0.0), end=max(times, default=0.0), events=tuple(events), cutover=cutover,
+        phases=tuple(p.stats(name) for name, p in agg.phases.items()), overall=overall.stats("overall"),
+        upstreams=upstreams, verdicts=verdicts, failures=tuple(sorted(agg.failures, key=lambda f: f.t)),
+        malformed=malformed, malformed_examples=tuple(examples), buckets=buckets,
     )

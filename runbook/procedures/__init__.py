@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import ConfigError
@@ -11,9 +12,9 @@ from runbook.procedures.framework import Journal, Procedure
 
 
 def registry() -> dict[str, Procedure]:
-    from runbook.procedures import agave_upgrade
+    from runbook.procedures import agave_rollback, agave_upgrade, seed
 
-    procs = [agave_upgrade.PROCEDURE]
+    procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, seed.PROCEDURE]
     return {p.name: p for p in procs}
 
 
@@ -32,3 +33,12 @@ def journal_for(env: Env, procedure: str) -> Journal:
     else:
         base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "runbook" / env.name
     return Journal(base / f"{procedure}.json")
+
+
+def procedure_for(config: Any, name: str) -> Procedure:
+    """The procedure a scenario runs for ``name``, after ``--procedure-override NAME=OTHER``."""
+    for item in config.getoption("procedure_override") or []:
+        src, _, dst = str(item).partition("=")
+        if src == name and dst:
+            return get(dst)
+    return get(name)

@@ -6,13 +6,13 @@ facts derived at the start of a run are kept in its journal so a resumed run see
 
 from __future__ import annotations
 
-import hashlib
+import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from runbook.adapters.base import Host
 from runbook.adapters.rpc import RpcClient
 from runbook.env import DeploymentConfig, Env
 from runbook.errors import AdapterError, CheckFailed, ConfigError
@@ -97,16 +97,15 @@ def observe_node(env: Env, colour: str) -> NodeState:
     return NodeState(colour, health, slot, tip, version)
 
 
-def ledger_checksum(ledger: Path) -> str:
-    """sha256 over a ledger's data blocks and manifest (what a procedure must never change)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in ledger.rglob("*") if p.is_file() and (p.name == "MANIFEST.sha256" or "data" in p.parts))
-    if not files:
-        raise CheckFailed(f"no ledger data under {ledger}", obj=str(ledger))
-    for p in files:
-        h.update(str(p.relative_to(ledger)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
+def ledger_checksum(host: Host, ledger: str) -> str:
+    """sha256 over a ledger's data blocks and manifest, read on the host (what a procedure must never
+    change; the progress marker a running validator rewrites is left out)."""
+    q = shlex.quote(ledger)
+    r = host.run(f"cd {q} && find data MANIFEST.sha256 -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum")
+    digest = r.stdout.split()[0] if r.stdout.strip() else ""
+    if not digest or "data/" not in host.run(f"cd {q} && find data -type f | head -1", check=False).stdout:
+        raise CheckFailed(f"no ledger data under {ledger} on {host.url}", obj=ledger)
+    return digest
 
 
 def deployment_config(env: Env, colour: str) -> DeploymentConfig:

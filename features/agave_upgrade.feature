@@ -1,0 +1,27 @@
+@mutating @upgrade
+Feature: agave version upgrade, blue-green, with zero dropped requests (procedure 2, spec step 5)
+  The idle colour is deployed from a copy-on-write clone of the live ledger with the target version, and
+  traffic moves only once it is caught up: the live colour is stopped gracefully while Caddy's passive
+  health checks and retries carry every request, GET and JSON-RPC POST, to the new colour. A prober
+  sends what RPC clients send through the public ingress for the whole run and records every answer; a
+  `behind` or stale answer counts as a failure.
+
+  Scenario: The whole upgrade drops no request and never serves a node that is behind
+    Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
+    And the checksum of the live colour's ledger
+    When the agave upgrade runs to the target version
+    Then every step of the upgrade completed
+    And the prober saw no failed request, none answered by a node that is behind
+    And the live colour served until the shift and the new colour after it
+    And the new colour serves on its target version
+    And the old colour's ledger is unchanged
+
+  Scenario: A new version that never catches up is rolled back automatically, with nothing dropped
+    Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
+    And the checksum of the live colour's ledger
+    When the agave upgrade runs to "v2.2.1-stuck", a build that never catches up, with a catch-up deadline of 12 seconds
+    Then the upgrade failed and was rolled back automatically
+    And the idle colour's deployment and clone are gone
+    And the live colour serves on its old version
+    And the prober saw no failed request
+    And the live colour's ledger is unchanged

@@ -1,0 +1,234 @@
+"""Sidecar restart isolation (spec step 2, design traps 5 and 6).
+
+Patching a running pod's native-sidecar image must restart *only* that sidecar. The check compares two
+observations of the same pod, one before and one after the patch, and must not pass vacuously: it proves
+the sidecar DID restart (restartCount + 1, running, on the new image, with a new imageID) as well as that
+agave did not (same pod, same startedAt, same restartCount), and that the tunnel's routes stayed in the
+kernel. A Deployment-template patch (the pod replaced, agave included) and a patch that restarts nothing
+both fail it, each with what was expected and what was observed.
+
+Observations are plain, JSON-able values: a procedure keeps its "before" in its journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runbook.adapters.base import ContainerStatus, Host, PodInfo, Workloads
+from runbook.errors import CheckFailed, PreconditionFailed
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """What the isolation check compares of one container (from its status, never from a stand-in flag)."""
+
+    name: str
+    kind: str
+    image: str
+    image_id: str
+    state: str
+    started_at: str  # ISO 8601; "" when not running
+    restart_count: int
+
+    @classmethod
+    def of(cls, c: ContainerStatus) -> ContainerView:
+        return cls(c.name, c.kind, c.image, c.image_id, c.state,
+                   c.started_at.isoformat() if c.started_at else "", c.restart_count)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One pod of a Deployment, its sidecar and app containers, and the tunnel's routes on the host."""
+
+    deployment: str
+    pod: str  # the pod asked about
+    pods: tuple[str, ...]  # the Deployment's pods when observed
+    sidecar: ContainerView | None  # None: the pod is gone
+    app: ContainerView | None
+    spec_image: str  # the sidecar's image in the pod spec ("" when the pod is gone)
+    template_image: str  # the sidecar's image in the Deployment's pod template
+    routes: tuple[str, ...] | None = None  # None: not observed
+
+    @property
+    def present(self) -> bool:
+        return self.pod in self.pods and self.sidecar is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Observation:
+        def view(v: dict[str, Any] | None) -> ContainerView | None:
+            return ContainerView(**v) if v else None
+
+        routes = d.get("routes")
+        return cls(deployment=d["deployment"], pod=d["pod"], pods=tuple(d["pods"]), sidecar=view(d["sidecar"]),
+                   app=view(d["app"]), spec_image=d["spec_image"], template_image=d["template_image"],
+                   routes=tuple(routes) if routes is not None else None)
+
+
+def _view(pod: PodInfo, name: str) -> ContainerView | None:
+    try:
+        return ContainerView.of(pod.container(name))
+    except KeyError:
+        return None
+
+
+def observe(workloads: Workloads, host: Host | None, *, deployment: str, pod: str, sidecar: str, app: str,
+            interface: str | None = None) -> Observation:
+    """Read the pod (found among the Deployment's pods, so a replaced pod shows as gone) and the routes."""
+    pods = workloads.pods(deployment)
+    mine = next((p for p in pods if p.name == pod), None)
+    template = next((p.template_images.get(sidecar, "") for p in pods), "")
+    routes = tuple(sorted(host.routes(interface))) if host is not None and interface else None
+    if mine is None:
+        return Observation(deployment, pod, tuple(p.name for p in pods), None, None, "", template, routes)
+    return Observation(deployment, pod, tuple(p.name for p in pods), _view(mine, sidecar), _view(mine, app),
+                       mine.spec_images.get(sidecar, ""), mine.template_images.get(sidecar, template), routes)
+
+
+# ----------------------------------------------------------------------------------- problems
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    expected: Any
+    observed: Any
+
+    def __str__(self) -> str:
+        return f"{self.what}: expected {self.expected!r}, observed {self.observed!r}"
+
+
+def app_problems(before: Observation, after: Observation) -> list[Problem]:
+    """agave must not have restarted: same pod, same startedAt, same restartCount, still running; and the
+    Deployment template untouched (a template change makes the controller replace the whole pod)."""
+    out: list[Problem] = []
+    if after.template_image != before.template_image:
+        out.append(Problem("agave restarted or will: the Deployment template was changed (its sidecar image), so "
+                           "the controller replaces the whole pod, agave included",
+                           before.template_image, after.template_image))
+    if not after.present:
+        out.append(Problem(f"agave restarted: pod {before.pod} was replaced (the Deployment's pods now)",
+                           [before.pod], list(after.pods)))
+        return out
+    b, a = before.app, after.app
+    if b is None or a is None:
+        out.append(Problem("agave container status", b and b.name, a and a.name))
+        return out
+    if a.restart_count != b.restart_count:
+        out.append(Problem(f"agave restarted: {a.name} restartCount", b.restart_count, a.restart_count))
+    if a.started_at != b.started_at:
+        out.append(Problem(f"agave restarted: {a.name} startedAt", b.started_at, a.started_at))
+    if a.state != "running":
+        out.append(Problem(f"{a.name} state", "running", a.state))
+    return out
+
+
+def sidecar_problems(before: Observation, after: Observation, *, image: str) -> list[Problem]:
+    """The sidecar must have restarted exactly once, be running, on ``image``, with a new imageID."""
+    if not after.present or before.sidecar is None:
+        return [Problem(f"the sidecar of pod {before.pod} (the pod is gone)", "the same pod", list(after.pods))]
+    b, a = before.sidecar, after.sidecar
+    assert a is not None
+    out: list[Problem] = []
+    if a.restart_count != b.restart_count + 1:
+        why = "the sidecar did not restart" if a.restart_count == b.restart_count else "the sidecar restarted " \
+            f"{a.restart_count - b.restart_count} times"
+        out.append(Problem(f"{why}: {a.name} restartCount", b.restart_count + 1, a.restart_count))
+    if a.state != "running":
+        out.append(Problem(f"{a.name} state", "running", f"{a.state}"))
+    if a.image != image:
+        out.append(Problem(f"{a.name} running image", image, a.image))
+    if after.spec_image != image:
+        out.append(Problem(f"{a.name} image in the pod spec", image, after.spec_image))
+    if a.image_id == b.image_id:
+        out.append(Problem(f"{a.name} imageID unchanged (the old image still runs)", f"not {b.image_id}", a.image_id))
+    return out
+
+
+def sidecar_back_problems(before: Observation, after: Observation, *, restarts: int) -> list[Problem]:
+    """After an upgrade and its rollback: the same sidecar image (and imageID) as ``before`` runs again, after
+    exactly ``restarts`` restarts."""
+    if not after.present or before.sidecar is None:
+        return [Problem(f"the sidecar of pod {before.pod} (the pod is gone)", "the same pod", list(after.pods))]
+    b, a = before.sidecar, after.sidecar
+    assert a is not None
+    out: list[Problem] = []
+    if a.restart_count != b.restart_count + restarts:
+        out.append(Problem(f"{a.name} restartCount", b.restart_count + restarts, a.restart_count))
+    if (a.image, a.image_id, a.state) != (b.image, b.image_id, "running"):
+        out.append(Problem(f"{a.name} image, imageID, state", [b.image, b.image_id, "running"],
+                           [a.image, a.image_id, a.state]))
+    if after.spec_image != before.spec_image:
+        out.append(Problem(f"{a.name} image in the pod spec", before.spec_image, after.spec_image))
+    return out
+
+
+def route_problems(before: Observation, after: Observation, *, interface: str) -> list[Problem]:
+    """The routes on the tunnel interface are the same set as before (and there were some to compare)."""
+    if before.routes is None or after.routes is None:
+        return [Problem(f"routes on {interface} were not observed", "observed before and after",
+                        {"before": before.routes, "after": after.routes})]
+    if not before.routes:
+        return [Problem(f"no routes on {interface} before the restart: their survival proves nothing",
+                        "at least one route", [])]
+    if set(after.routes) != set(before.routes):
+        missing = sorted(set(before.routes) - set(after.routes))
+        extra = sorted(set(after.routes) - set(before.routes))
+        return [Problem(f"routes on {interface} changed (missing {missing}, new {extra})",
+                        sorted(before.routes), sorted(after.routes))]
+    return []
+
+
+def restart_settled(before: Observation, after: Observation, *, image: str) -> bool:
+    """Stop waiting: the sidecar is back on ``image`` after a restart, or agave was disturbed (no point
+    waiting for a pod that is gone or a template that changed)."""
+    if app_problems(before, after):
+        return True
+    a, b = after.sidecar, before.sidecar
+    return (a is not None and b is not None and a.state == "running" and a.image == image
+            and a.restart_count > b.restart_count and a.image_id != b.image_id)
+
+
+def raise_problems(problems: list[Problem], *, title: str, obj: str) -> None:
+    if problems:
+        raise CheckFailed(f"{title}: " + "; ".join(str(p) for p in problems),
+                          expected={p.what: p.expected for p in problems},
+                          observed={p.what: p.observed for p in problems}, obj=obj)
+
+
+def check_isolation(before: Observation, after: Observation, *, image: str, interface: str | None) -> None:
+    """Everything at once: agave untouched, the sidecar restarted once on ``image``, routes kept
+    (``interface`` None: routes not checked, the caller states why)."""
+    problems = app_problems(before, after) + sidecar_problems(before, after, image=image)
+    if interface is not None:
+        problems += route_problems(before, after, interface=interface)
+    raise_problems(problems, title=f"sidecar restart isolation failed in pod {before.pod}", obj=before.pod)
+
+
+# ----------------------------------------------------------------------------------- native sidecar
+def check_native_sidecar(pod: PodInfo, sidecar: str) -> None:
+    """``sidecar`` must be a native sidecar (an initContainer with ``restartPolicy: Always``, status in
+    ``initContainerStatuses``) and running; a regular container is refused, as is a missing one."""
+    kinds = {c.name: c.kind for c in pod.containers}
+    if sidecar not in kinds:
+        raise PreconditionFailed(
+            f"pod {pod.name} has no {sidecar} container: expected a native sidecar (initContainer with "
+            f"restartPolicy: Always), observed containers {kinds}", obj=pod.name)
+    c = pod.container(sidecar)
+    if c.kind != "sidecar":
+        raise PreconditionFailed(
+            f"{sidecar} in pod {pod.name} is a regular container (status.containerStatuses), not a native sidecar: "
+            f"expected kind 'sidecar' (an initContainer with restartPolicy: Always), observed kind {c.kind!r}; "
+            "without that it does not start before agave and outlive it, so an in-place image patch is not the "
+            "supported, isolated restart this procedure relies on", obj=pod.name)
+    if c.state != "running":
+        raise PreconditionFailed(f"{sidecar} in pod {pod.name} is not running: expected 'running', observed "
+                                 f"{c.state!r} ({c.reason})", obj=pod.name)
+
+
+def sidecar_index(pod: PodInfo, sidecar: str) -> int | None:
+    """Position of ``sidecar`` in ``spec.initContainers`` (native sidecars are listed in spec order;
+    run-to-completion init containers, which the adapters do not report, would shift it)."""
+    sidecars = [c.name for c in pod.containers if c.kind == "sidecar"]
+    return sidecars.index(sidecar) if sidecar in sidecars else None

@@ -1,0 +1,391 @@
+"""Procedure 1: the DoubleZero binary upgrade, zero downtime, in the running pod.
+
+doublezerod is a native sidecar (an initContainer with ``restartPolicy: Always``). Patching its image in
+the *running pod* restarts only that container (Kubernetes >= 1.32; design trap 5); the GRE tunnel and
+its BGP routes live in the kernel and survive the daemon's restart. Patching the Deployment *template*
+instead would replace the whole pod, agave included: never do that here.
+
+Steps:
+  patch-sidecar  precondition: the colour's pod runs, doublezerod is a native sidecar in it, the BGP session
+                 is up, routes are on doublezero0. Action: patch the pod's sidecar image (nothing if it is
+                 already at the target). Verify, with deadlines: the sidecar restarted exactly once and runs
+                 the target image (new imageID), ``doublezero --version`` reports the target,
+                 ``doublezero status`` is back to BGP Session Up on the expected device, agave was NOT
+                 restarted (same pod, startedAt, restartCount), the routes are the same set as before.
+                 Rollback: patch the old image back, verified the same way.
+  record-drift   the pod now drifts from its Deployment template: the next rollout of the template (an
+                 apply, a restart, the agave upgrade's redeploy) REVERTS the sidecar image. Recorded loudly.
+
+Parameters: ``target_version`` (``v0.6.1``), ``colour`` (default: the colour serving the ingress),
+``skip_routes_reason`` (non-empty: routes are not observable here, e.g. a testbed without a network
+namespace; the route checks are skipped with that reason), ``plan`` (render without reading anything).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from runbook.adapters.base import PodInfo
+from runbook.checks import doublezero as dzc
+from runbook.checks import isolation as iso
+from runbook.checks.workloads import running_pod
+from runbook.errors import AdapterError, CheckFailed, PreconditionFailed, WaitTimeout
+from runbook.manifests import APP_CONTAINER, render_deployment
+from runbook.procedures import bluegreen as bg
+from runbook.procedures.framework import Context, Procedure, Step
+from runbook.wait import wait_for
+
+NAME = "dz-upgrade"
+SESSION_UP = "BGP Session Up"
+
+
+# ------------------------------------------------------------------------------------------- facts
+def context(adapters: Any, *, target_version: str, colour: str | None = None, skip_routes_reason: str = "",
+            progress: Callable[[str], None] = print, record: Callable[[str, Any], None] = lambda t, d: None) -> Context:
+    """A Context for this procedure (what steps and tests build)."""
+    params: dict[str, Any] = {"target_version": target_version}
+    if colour:
+        params["colour"] = colour
+    if skip_routes_reason:
+        params["skip_routes_reason"] = skip_routes_reason
+    return Context(adapters=adapters, params=params, progress=progress, record=record)
+
+
+def colour_of(env: Any, deployment: str) -> str:
+    for colour in bg.COLOURS:
+        if env.deployments.colour(colour).name == deployment:
+            return colour
+    raise PreconditionFailed(f"deployment {deployment} is neither colour's (green, blue)", env=env.name, obj=deployment)
+
+
+def prepare(ctx: Context) -> None:
+    """Derive the facts from real state: pod, images, sidecar index, and the "before" observation."""
+    env, a = ctx.env, ctx.adapters
+    target = str(ctx.params["target_version"])
+    sidecar = env.doublezero.sidecar
+    if ctx.params.get("plan"):
+        colour = str(ctx.params.get("colour") or "green")
+        dep = env.deployments.colour(colour)
+        manifest = render_deployment(env, colour)
+        inits = [c["name"] for c in manifest["spec"]["template"]["spec"].get("initContainers", [])]
+        old = next(c["image"] for c in manifest["spec"]["template"]["spec"]["initContainers"] if c["name"] == sidecar)
+        ctx.facts.update({"colour": colour, "deployment": dep.name, "pod": f"<the running pod of {dep.name}>",
+                          "target_version": target,
+                          "index": inits.index(sidecar) if sidecar in inits else None, "old_image": old,
+                          "target_image": bg.image_with_tag(old, target), "already_at_target": False, "before": {}})
+        return
+    colour = str(ctx.params.get("colour") or bg.served_by(env) or "")
+    if colour not in bg.COLOURS:
+        raise PreconditionFailed(f"the ingress {env.ingress.url} is not served by green or blue: refusing to guess "
+                                 "which pod to upgrade (pass colour)", env=env.name, procedure=NAME)
+    dep = env.deployments.colour(colour)
+    pod = running_pod(a.workloads, dep.name)
+    old = pod.spec_images.get(sidecar)
+    if not old:
+        raise PreconditionFailed(f"pod {pod.name} has no {sidecar} container (observed {sorted(pod.spec_images)})",
+                                 env=env.name, procedure=NAME, obj=pod.name)
+    target_image = bg.image_with_tag(old, target)
+    ctx.facts.update({"colour": colour, "deployment": dep.name, "pod": pod.name, "target_version": target,
+                      "index": iso.sidecar_index(pod, sidecar), "old_image": old, "target_image": target_image,
+                      "already_at_target": old == target_image})
+    ctx.facts["before"] = observe_now(ctx).as_dict()
+    ctx.record("before the upgrade", ctx.facts["before"])
+
+
+def _interface(ctx: Context) -> str | None:
+    return None if ctx.params.get("skip_routes_reason") else str(ctx.env.doublezero.interface)
+
+
+def observe_now(ctx: Context) -> iso.Observation:
+    f = ctx.facts
+    return iso.observe(ctx.adapters.workloads, ctx.adapters.host, deployment=f["deployment"], pod=f["pod"],
+                       sidecar=ctx.env.doublezero.sidecar, app=APP_CONTAINER, interface=_interface(ctx))
+
+
+def before(ctx: Context) -> iso.Observation:
+    return iso.Observation.from_dict(ctx.facts["before"])
+
+
+def _pod(ctx: Context) -> PodInfo:
+    return ctx.adapters.workloads.pod(ctx.facts["pod"])
+
+
+def _where(ctx: Context, step: str) -> dict[str, Any]:
+    return {"env": ctx.env.name, "procedure": NAME, "step": step, "obj": str(ctx.facts.get("pod"))}
+
+
+# ------------------------------------------------------------------------------------------- checks
+def check_version(ctx: Context, version: str) -> str:
+    """``doublezero --version`` in the sidecar reports ``version`` (polled: the container may be starting)."""
+    f, sidecar, want = ctx.facts, ctx.env.doublezero.sidecar, bg.bare_version(version)
+
+    def observe() -> str:
+        r = ctx.adapters.workloads.exec(f["pod"], sidecar, ["doublezero", "--version"])
+        return r.stdout.strip() if r.ok else f"exit {r.rc}: {(r.stderr or r.stdout).strip()}"
+
+    def matches(out: str) -> bool:
+        return bool(out.split()) and bg.bare_version(out.split()[-1]) == want
+
+    try:
+        out = wait_for(observe, matches, timeout=ctx.env.timeouts.sidecar_restart, interval=0.2,
+                       tolerate=(AdapterError,), what=f"`doublezero --version` to report {want}",
+                       **_where(ctx, "verify"))
+    except WaitTimeout as exc:
+        raise CheckFailed(f"`doublezero --version` in {f['pod']}/{sidecar}: expected {want!r}, observed "
+                          f"{exc.last_state!r}", expected=want, observed=str(exc.last_state),
+                          **_where(ctx, "verify")) from None
+    ctx.record(f"exec {f['pod']}/{sidecar}: doublezero --version", out)
+    return out
+
+
+def check_session_up(ctx: Context) -> dzc.DzStatus:
+    """``doublezero status`` back to BGP Session Up on the expected device (polled with a deadline)."""
+    f, sidecar, device = ctx.facts, ctx.env.doublezero.sidecar, ctx.env.doublezero.expected_device
+    try:
+        st = wait_for(lambda: dzc.sidecar_status(ctx.adapters.workloads, f["pod"], sidecar),
+                      lambda s: s.session == SESSION_UP and s.device == device,
+                      timeout=ctx.env.timeouts.sidecar_restart, interval=0.2, tolerate=(AdapterError,),
+                      what=f"{SESSION_UP} on {device}", **_where(ctx, "verify"))
+    except WaitTimeout as exc:
+        last = exc.last_state
+        if isinstance(last, dzc.DzStatus):
+            dzc.check_session(last, device=device)
+        raise CheckFailed(f"`doublezero status` in {f['pod']}/{sidecar}: expected {SESSION_UP!r} on {device!r}, "
+                          f"observed {last!r}", expected=SESSION_UP, observed=str(last),
+                          **_where(ctx, "verify")) from None
+    ctx.record(f"exec {f['pod']}/{sidecar}: doublezero status", st.raw)
+    return st
+
+
+def wait_restart(ctx: Context, start: iso.Observation, *, image: str) -> tuple[iso.Observation, list[iso.Observation]]:
+    """Poll until the sidecar is back on ``image`` after a restart, or agave was disturbed, or the deadline:
+    returns the last observation (the checks judge it) and every sample taken (routes throughout)."""
+    samples: list[iso.Observation] = []
+
+    def observe() -> iso.Observation:
+        samples.append(observe_now(ctx))
+        return samples[-1]
+
+    try:
+        last = wait_for(observe, lambda o: iso.restart_settled(start, o, image=image),
+                        timeout=ctx.env.timeouts.sidecar_restart, interval=0.2, tolerate=(AdapterError,),
+                        what=f"the {ctx.env.doublezero.sidecar} sidecar to restart on {image}", **_where(ctx, "verify"))
+    except WaitTimeout:
+        last = observe_now(ctx)
+        ctx.progress(f"[{NAME}] the sidecar did not restart on {image} within {ctx.env.timeouts.sidecar_restart:.0f}s")
+    return last, samples
+
+
+def route_problems_throughout(start: iso.Observation, samples: list[iso.Observation], end: iso.Observation,
+                              interface: str) -> list[iso.Problem]:
+    """Routes equal before and after, and none missing from any sample taken during the restart."""
+    problems = iso.route_problems(start, end, interface=interface)
+    if not problems and start.routes:
+        gaps = [sorted(set(start.routes) - set(s.routes)) for s in samples if s.routes is not None
+                and not set(start.routes) <= set(s.routes)]
+        if gaps:
+            problems.append(iso.Problem(f"routes on {interface} went missing during the restart ({len(gaps)} of "
+                                        f"{len(samples)} samples)", "always present", gaps[0]))
+    return problems
+
+
+def verify_restart(ctx: Context, start: iso.Observation, *, image: str, version: str, title: str) -> iso.Observation:
+    """The whole isolation proof after a patch to ``image``: raises CheckFailed with expected vs observed."""
+    interface = _interface(ctx)
+    after, samples = wait_restart(ctx, start, image=image)
+    iso.raise_problems(iso.app_problems(start, after) + iso.sidecar_problems(start, after, image=image),
+                       title=f"{title}: sidecar restart isolation failed in pod {start.pod}", obj=start.pod)
+    check_version(ctx, version)
+    check_session_up(ctx)
+    end = observe_now(ctx)
+    problems = iso.app_problems(start, end)
+    if interface is None:
+        ctx.progress(f"[{NAME}] routes not checked: {ctx.params.get('skip_routes_reason')}")
+    else:
+        problems += route_problems_throughout(start, samples, end, interface)
+    iso.raise_problems(problems, title=f"{title}: after the sidecar restart", obj=start.pod)
+    ctx.record(f"{title}: restart isolation", {"before": start.as_dict(), "after": end.as_dict(),
+                                                "route samples": len(samples)})
+    return end
+
+
+# ------------------------------------------------------------------------------------------- patch-sidecar
+def sidecar_at(ctx: Context, image: str) -> bool:
+    pod = _pod(ctx)
+    c = pod.container(ctx.env.doublezero.sidecar)
+    return pod.spec_images.get(c.name) == image and c.image == image and c.state == "running"
+
+
+def sidecar_at_target(ctx: Context) -> bool:
+    return sidecar_at(ctx, ctx.facts["target_image"])
+
+
+def require_ready(ctx: Context) -> None:
+    """The pod runs, doublezerod is a native sidecar in it; before patching: session up, routes present."""
+    pod = _pod(ctx)
+    iso.check_native_sidecar(pod, ctx.env.doublezero.sidecar)
+    if sidecar_at_target(ctx):
+        return  # converged already (a resumed run): the verification checks the rest
+    st = dzc.sidecar_status(ctx.adapters.workloads, pod.name, ctx.env.doublezero.sidecar)
+    if st.session != SESSION_UP or st.device != ctx.env.doublezero.expected_device:
+        raise PreconditionFailed(f"the DoubleZero session is not up before the upgrade: expected {SESSION_UP!r} on "
+                                 f"{ctx.env.doublezero.expected_device!r}, observed {st.session!r} on {st.device!r}",
+                                 **_where(ctx, "patch-sidecar"))
+    if _interface(ctx) is not None and not before(ctx).routes:
+        raise PreconditionFailed(f"no routes on {_interface(ctx)} before the upgrade: expected the tunnel's routes, "
+                                 "observed none, so their survival could not be shown", **_where(ctx, "patch-sidecar"))
+
+
+def patch_sidecar(ctx: Context) -> None:
+    f = ctx.facts
+    ctx.mark("dz sidecar patch", f"{f['pod']}: {f['old_image']} -> {f['target_image']}")
+    ctx.adapters.workloads.patch_pod_container_image(f["pod"], ctx.env.doublezero.sidecar, f["target_image"])
+    ctx.record("patched the running pod's sidecar image", {"pod": f["pod"], "container": ctx.env.doublezero.sidecar,
+                                                          "from": f["old_image"], "to": f["target_image"]})
+
+
+def verify_upgrade(ctx: Context) -> None:
+    f = ctx.facts
+    if f["already_at_target"]:
+        ctx.progress(f"[{NAME}] {f['pod']} already ran {f['target_image']}: nothing was patched, nothing restarted")
+        if not sidecar_at_target(ctx):
+            raise CheckFailed(f"{ctx.env.doublezero.sidecar} is not running {f['target_image']}",
+                              expected=f["target_image"], observed=_pod(ctx).spec_images, **_where(ctx, "verify"))
+        check_version(ctx, f["target_version"])
+        check_session_up(ctx)
+        return
+    verify_restart(ctx, before(ctx), image=f["target_image"], version=f["target_version"], title="upgrade")
+
+
+def old_version(ctx: Context) -> str:
+    return str(ctx.facts["old_image"]).rsplit(":", 1)[-1]
+
+
+def patch_back(ctx: Context) -> iso.Observation:
+    """Patch the old image back into the running pod; returns the observation taken just before."""
+    f = ctx.facts
+    start = observe_now(ctx)
+    ctx.mark("dz sidecar rollback", f"{f['pod']}: -> {f['old_image']}")
+    ctx.adapters.workloads.patch_pod_container_image(f["pod"], ctx.env.doublezero.sidecar, f["old_image"])
+    ctx.record("patched the old sidecar image back", {"pod": f["pod"], "to": f["old_image"]})
+    return start
+
+
+def roll_back_patch(ctx: Context) -> None:
+    """Patch the old image back into the running pod, verified like the upgrade (isolation, version, session)."""
+    f = ctx.facts
+    if sidecar_at(ctx, f["old_image"]):
+        ctx.progress(f"[{NAME}] {f['pod']} already runs {f['old_image']}: nothing to roll back")
+        return
+    start = patch_back(ctx)
+    verify_restart(ctx, start, image=f["old_image"], version=old_version(ctx), title="rollback")
+
+
+def sidecar_restored(ctx: Context) -> None:
+    """Steady state after a rollback: the same pod, agave untouched, the sidecar on its old image, session up."""
+    end = observe_now(ctx)
+    problems = iso.app_problems(before(ctx), end)
+    if end.sidecar is None or end.sidecar.image != ctx.facts["old_image"] or end.sidecar.state != "running":
+        problems.append(iso.Problem("sidecar after the rollback", ctx.facts["old_image"],
+                                    end.sidecar and f"{end.sidecar.image} ({end.sidecar.state})"))
+    iso.raise_problems(problems, title="not as before the upgrade", obj=ctx.facts["pod"])
+    check_session_up(ctx)
+
+
+# ------------------------------------------------------------------------------------------- record-drift
+def drift_message(pod: str, deployment: str, sidecar: str, template: str, running: str) -> str:
+    return (f"DRIFT: pod {pod} runs {sidecar} {running} but Deployment {deployment}'s template says {template}. "
+            f"The NEXT ROLLOUT of the template (an apply, a restart, an agave upgrade's redeploy) REVERTS the "
+            f"sidecar to {template}: put {running} in the template (deploy/k8s) before then.")
+
+
+def record_drift(ctx: Context) -> dict[str, tuple[str, str]]:
+    """Record (loudly) how the pod differs from its Deployment template; the template must be untouched."""
+    f, sidecar = ctx.facts, ctx.env.doublezero.sidecar
+    pod = _pod(ctx)
+    drift = pod.drift
+    template, running = pod.template_images.get(sidecar, ""), pod.spec_images.get(sidecar, "")
+    want_template = before(ctx).template_image
+    if template != want_template or running != f["target_image"]:
+        raise CheckFailed(f"drift of {pod.name} from {f['deployment']}: expected the template to keep "
+                          f"{want_template!r} and the pod to run {f['target_image']!r}, observed template "
+                          f"{template!r}, pod {running!r}",
+                          expected={"template": want_template, "pod": f["target_image"]},
+                          observed={"template": template, "pod": running}, **_where(ctx, "record-drift"))
+    if sidecar in drift:
+        msg = drift_message(pod.name, f["deployment"], sidecar, template, running)
+        ctx.progress(f"[{NAME}] WARNING {msg}")
+        ctx.mark("drift", msg)
+    else:
+        msg = f"no drift: Deployment {f['deployment']}'s template already has {running}"
+        ctx.progress(f"[{NAME}] {msg}")
+    ctx.record("drift from the Deployment template", {"drift": {k: list(v) for k, v in drift.items()}, "note": msg})
+    ctx.facts["drift"] = {k: list(v) for k, v in drift.items()}
+    return drift
+
+
+def verify_drift(ctx: Context) -> None:
+    record_drift(ctx)
+
+
+# ------------------------------------------------------------------------------------------- plans
+def _kubectl(ctx: Context) -> str:
+    kube = ctx.env.kube
+    return f"kubectl --context {kube.context} -n {kube.namespace}" if kube else "kubectl (local kubelet)"
+
+
+def _jsonpath(ctx: Context, pod: str, expr: str) -> str:
+    return f"{_kubectl(ctx)} get pod {pod} -o jsonpath='{expr}'"
+
+
+def _plan_patch(ctx: Context) -> list[str]:
+    f, env = ctx.facts, ctx.env
+    sc, pod, k = env.doublezero.sidecar, f["pod"], _kubectl(ctx)
+    idx = "<i>" if f["index"] is None else f["index"]
+
+    def patch(image: str) -> str:
+        ops = [{"op": "replace", "path": f"/spec/initContainers/{idx}/image", "value": image}]
+        body = json.dumps(ops, separators=(",", ":"))
+        return f"{k} patch pod {pod} --type=json -p '{body}'"
+
+    init_status = f'{{.status.initContainerStatuses[?(@.name=="{sc}")]}}'
+    app_status = f'{{.status.containerStatuses[?(@.name=="{APP_CONTAINER}")]}}'
+    return [
+        _jsonpath(ctx, pod, init_status) + "   # before: restartCount, imageID, running; must be a native sidecar",
+        _jsonpath(ctx, pod, app_status) + "   # before: startedAt, restartCount",
+        f"{k} exec {pod} -c {sc} -- doublezero status   # precondition: {SESSION_UP} on "
+        f"{env.doublezero.expected_device}",
+        f"ip route show dev {env.doublezero.interface}   # on {env.host}: the routes before",
+        patch(f["target_image"]),
+        _jsonpath(ctx, pod, init_status) + f"   # poll (deadline {env.timeouts.sidecar_restart:.0f}s): restartCount "
+        f"before+1, running {f['target_image']}, imageID changed",
+        _jsonpath(ctx, pod, app_status) + "   # agave NOT restarted: same pod, startedAt, restartCount",
+        f"{k} exec {pod} -c {sc} -- doublezero --version   # DoubleZero {bg.bare_version(f['target_version'])}",
+        f"{k} exec {pod} -c {sc} -- doublezero status   # {SESSION_UP} on {env.doublezero.expected_device}",
+        f"ip route show dev {env.doublezero.interface}   # the same routes as before",
+        f"# rollback: {patch(f['old_image'])}   (then the same verification)",
+    ]
+
+
+def _plan_drift(ctx: Context) -> list[str]:
+    f = ctx.facts
+    idx = "<i>" if f["index"] is None else f["index"]
+    return [f"{_kubectl(ctx)} get deployment {f['deployment']} -o jsonpath='{{.spec.template.spec.initContainers[{idx}]"
+            f".image}}'   # still {f['old_image']}: the pod drifts; the next rollout reverts the sidecar"]
+
+
+PROCEDURE = Procedure(
+    name=NAME,
+    summary="DoubleZero binary upgrade: patch the running pod's doublezerod sidecar only, zero downtime",
+    prepare=prepare,
+    steady_state=sidecar_restored,
+    steps=(
+        Step("patch-sidecar", "patch the running pod's doublezerod image (only the sidecar restarts)", patch_sidecar,
+             verify_upgrade, is_done=sidecar_at_target, precondition=require_ready, rollback=roll_back_patch,
+             plan=_plan_patch),
+        Step("record-drift", "record the pod's drift from its Deployment template (the next rollout reverts it)",
+             lambda ctx: None, verify_drift, plan=_plan_drift),
+    ),
+)

@@ -1,0 +1,37 @@
+"""The seed document's procedure 2, kept ONLY to show what the suite catches. Never run it in production.
+
+It differs from ours exactly where the seed is wrong (design section 5): it waits for blue's /health to
+return HTTP 200 (`curl -sf`), which agave does while still `behind` (trap 1); it stops green without
+checking that the ingress retries (trap 3); and it never touches Caddy's upstream order.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from runbook.procedures import agave_upgrade as up
+from runbook.procedures.framework import Context, Procedure, Step
+from runbook.wait import wait_for
+
+
+def wait_http_200(ctx: Context) -> None:
+    port = up._idle(ctx).rpc_port
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code, lambda s: s == 200,
+             timeout=ctx.env.timeouts.healthy, interval=0.5, what=f"curl -sf http://localhost:{port}/health",
+             tolerate=(httpx.HTTPError,))
+    ctx.mark(f"{ctx.facts['idle']} healthy", "HTTP 200 (status only, as the seed checks)")
+
+
+_ours = {s.name: s for s in up.PROCEDURE.steps}
+
+PROCEDURE = Procedure(
+    name="seed-upgrade",
+    summary="the seed's blue-green upgrade (for negative tests only)",
+    prepare=up.prepare,
+    steady_state=up.live_serving,
+    steps=(
+        _ours["snapshot"], _ours["clone"], _ours["copy-accounts"], _ours["deploy-idle"],
+        Step("catch-up", "wait until blue's /health returns HTTP 200", lambda ctx: None, wait_http_200),
+        Step("shift", "stop green", up.stop_live, lambda ctx: None, is_done=up.shifted, rollback=up.restart_live),
+    ),
+)

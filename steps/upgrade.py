@@ -1,0 +1,225 @@
+"""Blue-green upgrade steps -> runbook.procedures (agave_upgrade, agave_rollback) and runbook.probes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_bdd import given, parsers, then, when
+
+from runbook.adapters.factory import Adapters
+from runbook.checks import zero_drop
+from runbook.errors import CheckFailed
+from runbook.evidence.recorder import Recorder
+from runbook.probes.prober import Prober
+from runbook.probes.summary import ProbeSummary
+from runbook.procedures import agave_rollback, journal_for, procedure_for
+from runbook.procedures import bluegreen as bg
+from runbook.procedures.framework import Context, Interrupted, RunResult
+
+log = logging.getLogger("runbook.progress")
+
+
+@dataclass
+class ProbeRun:
+    prober: Prober
+    summary: ProbeSummary | None = None
+
+    def finish(self) -> ProbeSummary:
+        if self.summary is None:
+            self.summary = self.prober.stop()
+        return self.summary
+
+
+@dataclass
+class UpgradeRun:
+    ctx: Context
+    result: RunResult | None = None
+    interrupted: str = ""
+    rollback_steps: list[Any] = field(default_factory=list)
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.ctx.facts
+
+
+def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, params: dict[str, Any]) -> Context:
+    def progress(msg: str) -> None:
+        log.info(msg)
+        evidence.note(msg)
+
+    def mark(name: str, detail: str) -> None:
+        if probe is not None:
+            probe.prober.event(name, detail)
+
+    return Context(adapters=adapters, params=params, progress=progress, record=evidence.call, mark=mark)
+
+
+# ------------------------------------------------------------------------------------------- given
+@given(parsers.parse("a prober sending JSON-RPC getSlot and GET /health through the ingress at {rate:d} "
+                     "requests/s"), target_fixture="probe")
+def start_prober(adapters: Adapters, rate: int, request: pytest.FixtureRequest, evidence: Recorder) -> ProbeRun:
+    env = adapters.env
+    out = Path(request.config.rootpath) / "reports" / "probes" / _safe(request.node.nodeid)
+    # A client's patience, not the prober's: Caddy may hold a request while it retries (lb_try_duration),
+    # so requests get a 10 s timeout and enough of them may be in flight for that to never cap the schedule.
+    prober = Prober(url=env.ingress.url, rate=rate, out_dir=out, upstream_header=env.ingress.upstream_header,
+                    timeout=10.0, max_in_flight=rate * 12, max_duration=env.timeouts.catch_up + 600,
+                    stale_slots=env.catch_up_distance * 4)
+    run = ProbeRun(prober.start())
+    request.addfinalizer(run.finish)
+    evidence.call(f"prober: {rate} requests/s through {env.ingress.url} (records in {out})")
+    return run
+
+
+@given("the checksum of the live colour's ledger", target_fixture="ledger_before")
+def ledger_before(adapters: Adapters, evidence: Recorder) -> dict[str, str]:
+    live = bg.served_by(adapters.env)
+    if live is None:
+        raise CheckFailed("the ingress is served by no known colour", obj=adapters.env.ingress.url)
+    path = str(Path(adapters.storage.path(adapters.env.deployments.colour(live).data)) / "ledger")
+    digest = bg.ledger_checksum(adapters.host, path)
+    evidence.call(f"sha256 of {live}'s ledger data ({path})", digest)
+    return {"colour": live, "path": path, "checksum": digest}
+
+
+# ------------------------------------------------------------------------------------------- when
+def _upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, params: dict[str, Any],
+             request: pytest.FixtureRequest, interrupt_after: str | None = None) -> UpgradeRun:
+    proc = procedure_for(request.config, "agave-upgrade")
+    ctx = _context(adapters, evidence, probe, params)
+    run = UpgradeRun(ctx)
+    journal = journal_for(adapters.env, "agave-upgrade")
+    journal.clear()
+    try:
+        run.result = proc.run(ctx, journal=journal, interrupt_after=interrupt_after)
+    except Interrupted as exc:
+        run.interrupted = str(exc)
+    evidence.attach("procedure outcome", [vars(s) for s in run.result.steps] if run.result else run.interrupted)
+    return run
+
+
+@when("the agave upgrade runs to the target version", target_fixture="upgrade")
+def run_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str,
+                request: pytest.FixtureRequest) -> UpgradeRun:
+    return _upgrade(adapters, evidence, probe, {"target_version": target_version}, request)
+
+
+@when(parsers.parse('the agave upgrade runs to the target version and stops after "{step}"'),
+      target_fixture="upgrade")
+def run_upgrade_until(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str, step: str,
+                      request: pytest.FixtureRequest) -> UpgradeRun:
+    run = _upgrade(adapters, evidence, probe, {"target_version": target_version}, request, interrupt_after=step)
+    if not run.interrupted:
+        raise CheckFailed(f"the upgrade did not stop after {step}", observed=run.result)
+    return run
+
+
+@when(parsers.parse('the agave upgrade runs to "{version}", a build that never catches up, with a catch-up '
+                    "deadline of {seconds:d} seconds"), target_fixture="upgrade")
+def run_stuck_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, version: str, seconds: int,
+                      request: pytest.FixtureRequest) -> UpgradeRun:
+    env = adapters.env
+    patched = env.model_copy(update={"timeouts": env.timeouts.model_copy(update={"catch_up": float(seconds)})})
+    short = Adapters(env=patched, host=adapters.host, workloads=adapters.workloads, ingress=adapters.ingress,
+                     storage=adapters.storage)
+    return _upgrade(short, evidence, probe, {"target_version": version}, request)
+
+
+@when("the upgrade is rolled back")
+def roll_back(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    env = adapters.env
+    upgrade.rollback_steps = agave_rollback.rollback(upgrade.ctx, journal_for(env, "agave-upgrade"),
+                                                     journal_for(env, "agave-rollback"))
+    evidence.attach("rollback outcome", [vars(s) for s in upgrade.rollback_steps])
+
+
+# ------------------------------------------------------------------------------------------- then
+@then("every step of the upgrade completed")
+def all_steps_done(upgrade: UpgradeRun, evidence: Recorder) -> None:
+    r = upgrade.result
+    ok = r is not None and r.ok
+    evidence.compare("procedure result", expected="every step done",
+                     observed=[f"{s.name}: {s.status}" for s in r.steps] if r else upgrade.interrupted, ok=ok)
+    if not ok:
+        raise CheckFailed(f"the upgrade did not complete: {r.error if r else upgrade.interrupted}", observed=r)
+
+
+@then("the upgrade failed and was rolled back automatically")
+def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Recorder) -> None:
+    r = upgrade.result
+    state = journal_for(adapters.env, "agave-upgrade").load()
+    ok = r is not None and not r.ok and r.rolled_back and state.get("status") == "rolled back"
+    evidence.compare("procedure result", expected="failed, then rolled back",
+                     observed={"ok": r.ok if r else None, "rolled_back": r.rolled_back if r else None,
+                               "error": r.error if r else upgrade.interrupted, "journal": state.get("status")}, ok=ok)
+    if not ok:
+        raise CheckFailed("expected a failed upgrade with an automatic rollback", observed=r)
+
+
+@then("the prober saw no failed request")
+@then("the prober saw no failed request, none answered by a node that is behind")
+def no_failed_request(probe: ProbeRun, evidence: Recorder) -> None:
+    summary = probe.finish()
+    evidence.attach("prober summary", summary.to_dict())
+    evidence.compare("failed requests", expected=0, observed=f"{summary.failed} of {summary.total}",
+                     ok=summary.ok and summary.total > 0)
+    zero_drop.check_no_failures(summary)
+
+
+@then("the live colour served until the shift and the new colour after it")
+def served_in_phases(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    summary = probe.finish()
+    live, idle = upgrade.facts["live"], upgrade.facts["idle"]
+    before, after = zero_drop.served_before_and_after(summary, cut_start="shift", cut_end=f"{live} stopped")
+    evidence.attach("upstream per phase", {p.name: dict(p.upstreams) for p in summary.phases})
+    evidence.compare("served before the shift", expected=bg.upstream_address(adapters.env, live), observed=before,
+                     ok=set(before) == {bg.upstream_address(adapters.env, live)})
+    evidence.compare(f"served after {live} stopped", expected=bg.upstream_address(adapters.env, idle),
+                     observed=after, ok=set(after) == {bg.upstream_address(adapters.env, idle)})
+    zero_drop.check_served_only_by(before, bg.upstream_address(adapters.env, live), when="before the shift")
+    zero_drop.check_served_only_by(after, bg.upstream_address(adapters.env, idle), when=f"after {live} stopped")
+
+
+@then(parsers.parse("the {which} colour's ledger is unchanged"))
+def ledger_unchanged(adapters: Adapters, ledger_before: dict[str, str], evidence: Recorder, which: str) -> None:
+    now = bg.ledger_checksum(adapters.host, ledger_before["path"])
+    evidence.compare(f"sha256 of {ledger_before['colour']}'s ledger data", expected=ledger_before["checksum"],
+                     observed=now, ok=now == ledger_before["checksum"])
+    if now != ledger_before["checksum"]:
+        raise CheckFailed(f"{ledger_before['colour']}'s ledger changed", expected=ledger_before["checksum"],
+                          observed=now)
+
+
+@then("the idle colour's deployment and clone are gone")
+def idle_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    idle = adapters.env.deployments.colour(upgrade.facts["idle"])
+    pods = adapters.workloads.pods(idle.name)
+    datasets = [d.name for d in adapters.storage.datasets()]
+    ok = not pods and idle.data not in datasets
+    evidence.compare(f"{idle.name} pods and {idle.data}", expected="none",
+                     observed={"pods": [p.name for p in pods], "datasets": datasets}, ok=ok)
+    if not ok:
+        raise CheckFailed(f"{idle.name} or its clone {idle.data} still exists",
+                          observed={"pods": [p.name for p in pods], "datasets": datasets})
+
+
+@then(parsers.parse("the {which} colour serves on its {version} version"))
+def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, which: str, version: str) -> None:
+    colour = upgrade.facts["live"] if which in ("live", "old") else upgrade.facts["idle"]
+    image = upgrade.facts["live_image"] if version == "old" else upgrade.facts["target_image"]
+    served = bg.served_by(adapters.env)
+    st = bg.observe_node(adapters.env, colour)
+    want = bg.bare_version(image.rsplit(":", 1)[-1])
+    ok = served == colour and st.health == "ok" and st.version == want
+    evidence.compare(f"{which} colour serving", expected={"served_by": colour, "health": "ok", "version": want},
+                     observed={"served_by": served, **st.as_dict()}, ok=ok)
+    if not ok:
+        raise CheckFailed(f"{colour} should serve on {want}", expected=colour, observed=st.as_dict())
+
+
+def _safe(nodeid: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in nodeid)[-120:]
