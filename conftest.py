@@ -7,4 +7,5 @@ pytest_plugins = [
     "steps.caddy",
     "steps.doublezero",
     "steps.upgrade",
+    "steps.audit",
 ]

@@ -16,8 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verified run
 testbed_app = typer.Typer(no_args_is_help=True, help="The local testbed (or the kind cluster with --env=kind).")
 app.add_typer(testbed_app, name="testbed")
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EnvOption = typer.Option("local", "--env", help="environment name under envs/ or a path to a YAML file")
 

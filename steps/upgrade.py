@@ -77,9 +77,9 @@ def start_prober(adapters: Adapters, rate: int, request: pytest.FixtureRequest, 
 
 @given("the checksum of the live colour's ledger", target_fixture="ledger_before")
 def ledger_before(adapters: Adapters, evidence: Recorder) -> dict[str, str]:
-    live = bg.served_by(adapters.env)
+    live, how = bg.live_colour(adapters.env, adapters.workloads)
     if live is None:
-        raise CheckFailed("the ingress is served by no known colour", obj=adapters.env.ingress.url)
+        raise CheckFailed(f"cannot tell which colour is live: {how}", obj=adapters.env.ingress.url)
     path = str(Path(adapters.storage.path(adapters.env.deployments.colour(live).data)) / "ledger")
     digest = bg.ledger_checksum(adapters.host, path)
     evidence.call(f"sha256 of {live}'s ledger data ({path})", digest)
@@ -219,6 +219,54 @@ def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, w
                      observed={"served_by": served, **st.as_dict()}, ok=ok)
     if not ok:
         raise CheckFailed(f"{colour} should serve on {want}", expected=colour, observed=st.as_dict())
+
+
+@then("the idle colour runs from a copy-on-write clone of the live colour's snapshot")
+def idle_from_clone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    idle = adapters.env.deployments.colour(upgrade.facts["idle"])
+    live = adapters.env.deployments.colour(upgrade.facts["live"])
+    snapshot = f"{live.data}@{upgrade.facts['snapshot']}"
+    ds = next((d for d in adapters.storage.datasets() if d.name == idle.data), None)
+    origin = ds.origin if ds else None
+    evidence.compare(f"origin of {idle.data} ({adapters.storage.backend})", expected=snapshot, observed=origin,
+                     ok=origin == snapshot)
+    if origin != snapshot:
+        raise CheckFailed(f"{idle.data} is not a clone of {snapshot}", expected=snapshot, observed=origin)
+    if adapters.storage.backend == "copy":
+        evidence.note("storage backend `copy`: the clone is a full copy, not copy-on-write (not root here)")
+
+
+@then("the idle colour was behind the cluster before it caught up")
+def was_behind(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    seen = upgrade.facts.get("catch_up_seen") or {}
+    ok = "behind" in seen.get("healths", []) and seen.get("max_behind", 0) > adapters.env.catch_up_distance
+    evidence.compare("health answers and the largest distance seen while catching up",
+                     expected=f"`behind`, more than {adapters.env.catch_up_distance} slots", observed=seen, ok=ok)
+    if not ok:
+        raise CheckFailed("the clone was never seen behind: the catch-up was not exercised", observed=seen)
+
+
+@then('the idle colour answers "ok" on the target version beside the live colour')
+def both_ok(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    idle = bg.observe_node(adapters.env, upgrade.facts["idle"])
+    live = bg.observe_node(adapters.env, upgrade.facts["live"])
+    want = bg.bare_version(upgrade.facts["target_version"])
+    ok = idle.health == "ok" and idle.version == want and live.health == "ok"
+    evidence.compare("both colours", expected={"idle": {"health": "ok", "version": want}, "live": "ok"},
+                     observed={"idle": idle.as_dict(), "live": live.as_dict()}, ok=ok)
+    if not ok:
+        raise CheckFailed("both colours should answer ok, the idle one on the target version",
+                          observed={"idle": idle.as_dict(), "live": live.as_dict()})
+
+
+@then("every request was served by the live colour")
+def all_served_by_live(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    summary = probe.finish()
+    live = bg.upstream_address(adapters.env, upgrade.facts["live"])
+    counts = {k: v for k, v in summary.upstreams.items()}
+    evidence.compare("requests per upstream", expected={live: summary.total}, observed=counts,
+                     ok=counts == {live: summary.total})
+    zero_drop.check_served_only_by(counts, live, when="with both colours healthy under lb_policy first")
 
 
 def _safe(nodeid: str) -> str:

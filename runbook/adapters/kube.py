@@ -253,6 +253,10 @@ class KubeWorkloads:
         data = self._json(self.apps.list_namespaced_deployment, self.namespace, action="list", obj="deployments")
         return sorted(d["metadata"]["name"] for d in data.get("items") or [])
 
+    def daemonsets(self) -> list[str]:
+        data = self._json(self.apps.list_namespaced_daemon_set, self.namespace, action="list", obj="daemonsets")
+        return sorted(d["metadata"]["name"] for d in data.get("items") or [])
+
     def rollout_state(self, name: str) -> RolloutState:
         dep = self._read_deployment(name)
         spec, status = dep.get("spec") or {}, dep.get("status") or {}

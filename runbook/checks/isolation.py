@@ -12,6 +12,7 @@ Observations are plain, JSON-able values: a procedure keeps its "before" in its 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,7 +56,8 @@ class Observation:
         return self.pod in self.pods and self.sidecar is not None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-native (lists, not tuples): the same before and after a trip through a journal."""
+        return dict(json.loads(json.dumps(asdict(self))))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Observation:

@@ -128,6 +128,8 @@ class Recorder:
         self.outcome = outcome
         self.reason = redact(reason) if reason else None
         self.end = time.time()
+        self._loose.end = self.end
+        self._loose.status = "failed" if outcome == "error" else "passed"  # fixtures' evidence, outside steps
         for s in self.steps:
             if s.status == "running":
                 s.end = self.end
@@ -195,13 +197,17 @@ class Recorder:
                     self.artifacts.append(art)
                     files.append(art.to_dict())
                     href = href or self._store.href(art)
-            page = timeline_page(summary, title=title, upstream_names=upstream_names, records_href=REQUESTS)
+            page = timeline_page(summary, title=title, upstream_names=upstream_names, records_href=REQUESTS,
+                                 links=[(name, name) for name in (REQUESTS, EVENTS) if (src / name).is_file()])
             for name, text, media in (("timeline.html", page, "text/html"),
                                       ("summary.json", json.dumps(summary.to_dict(), indent=1), "application/json")):
                 art = self._store.write_text(name, text, media=media, subdir=sub)
                 self.artifacts.append(art)
                 files.append(art.to_dict())
-        fragment = render_timeline(summary, title=title, upstream_names=upstream_names, records_href=href)
+        prefix = self._store.href_prefix if self._store else ""
+        links = [(f["path"].rsplit("/", 1)[1], prefix + f["path"]) for f in files]
+        fragment = render_timeline(summary, title=title, upstream_names=upstream_names, records_href=href,
+                                   links=links)
         data = summary.to_dict()
         data["failures"] = data["failures"][:PROBE_FAILURES_KEPT]
         data.update(cutover_events=list(cutover_events) if cutover_events is not None else None,

@@ -30,9 +30,13 @@ def _e(text: object) -> str:
 
 
 def _text(data: Any) -> str:
+    """Text as is; JSON on one line when short, indented otherwise."""
     if isinstance(data, str):
         return data
-    return json.dumps(data, indent=1, default=str, ensure_ascii=False)
+    flat = json.dumps(data, default=str, ensure_ascii=False)
+    if len(flat) <= 110:
+        return flat
+    return json.dumps(data, indent=2, default=str, ensure_ascii=False)
 
 
 def _pre(body: str) -> str:
@@ -165,7 +169,7 @@ def render_scenario(rec: Recorder) -> str:
     if rec.outcome in ("skipped", "xfailed") and rec.reason:
         reason = f'<div class="rb-reason">Skipped: {_e(rec.reason)}</div>'
     elif rec.outcome in ("failed", "error") and rec.reason:
-        reason = f'<div class="rb-reason failed">{_e(rec.outcome.capitalize())}: {_e(rec.reason)}</div>'
+        reason = f'<div class="rb-reason failed">{_e(rec.outcome.capitalize())}: {_e(_first_line(rec.reason))}</div>'
     steps = "".join(_step(s) for s in rec.all_steps())
     diag = render_diagnostics(rec.diagnostics, title="Diagnostics collected when the scenario failed")
     return f'<div class="rb-ev">{head}{reason}<ol class="rb-steps">{steps}</ol>{diag}</div>'
@@ -181,8 +185,9 @@ def render_summary(doc: Mapping[str, Any], *, bundle_href: str | None, digest: s
     env = doc.get("environment", {})
     run_env = env.get("env") or {}
     git = env.get("git") or {}
-    commit = git.get("commit") or "unknown"
-    commit_txt = f"{commit[:12]}{' (dirty: uncommitted changes)' if git.get('dirty') else ''}"
+    commit = git.get("commit")
+    commit_txt = (f"{commit[:12]}{' (dirty: uncommitted changes)' if git.get('dirty') else ''}" if commit
+                  else f"unknown ({git.get('error') or 'not a git checkout'})")
     if git.get("branch"):
         commit_txt += f" on {git['branch']}"
     python = env.get("python") or {}
@@ -197,7 +202,8 @@ def render_summary(doc: Mapping[str, Any], *, bundle_href: str | None, digest: s
             ("python", f"{python.get('version', '?')} ({python.get('implementation', '')})"),
             ("kube context", f"{kube} / {run_env.get('namespace') or '-'}" if kube else "none (no Kubernetes API)"),
             ("images", ", ".join(images) if images else "none named by the env"),
-            ("run", f"{run.get('started', '?')} for {run.get('duration_s', 0):.1f} s: {' '.join(run.get('args', []))}")]
+            ("run", f"{str(run.get('started', '?'))[:19].replace('T', ' ')} UTC, {run.get('duration_s', 0):.1f} s: "
+                    f"pytest {' '.join(run.get('args', []))}")]
     kv = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     if bundle_href:
         kv += (f'<tr><th>evidence bundle</th><td><a href="{_e(bundle_href)}/bundle.json">{_e(bundle_href)}/</a>'

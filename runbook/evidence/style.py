@@ -53,6 +53,7 @@ table.rb-cmp td.rb-ok { text-align: center; font-weight: 700; }
 .rb-diag { margin: 6px 0 2px; border: 1px solid #ff8182; border-radius: 4px; background: #fff; padding: 4px 8px; }
 .rb-diag > summary { font-weight: 600; color: #82071e; }
 .rb-diag h5 { margin: 6px 0 2px; font-size: 12px; }
+.rb-diag pre { max-height: 260px; }
 .rb-summary { border: 1px solid #d0d7de; border-radius: 6px; padding: 10px 14px; margin: 6px 0 12px;
   background: #fff; max-width: 1100px; }
 .rb-summary h3 { margin: 10px 0 4px; font-size: 14px; }

@@ -27,63 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError
+from runbook.evidence.histogram import INV_LOG_R, LOG_FLOOR, Histogram
 
 REQUESTS = "requests.jsonl"
 EVENTS = "events.jsonl"
 PHASES = ("before", "during", "after")
 
 _DECODER = json.JSONDecoder()
-_LOG_R = math.log(1.005)
-_INV_LOG_R = 1.0 / _LOG_R
-_LOG_FLOOR = int(math.log(0.001) * _INV_LOG_R)
-
-
-class Histogram:
-    """Counts per bin, for percentiles in bounded memory. Log bins (0.5 % wide: a percentile is within
-    0.25 % of the exact value) for latency; linear 10 us bins for the send lag, which sits near zero."""
-
-    __slots__ = ("bins", "count", "log", "max", "min")
-
-    def __init__(self, *, log: bool = True) -> None:
-        self.bins: dict[int, int] = {}
-        self.count = 0
-        self.max = 0.0
-        self.min = math.inf
-        self.log = log
-
-    def bin(self, value: float) -> int:
-        if self.log:
-            return int(math.log(value) * _INV_LOG_R) if value > 0.001 else _LOG_FLOOR
-        return int(value * 100.0)
-
-    def add(self, value: float) -> None:
-        b = self.bin(value)
-        self.bins[b] = self.bins.get(b, 0) + 1
-        self.count += 1
-        self.max = max(self.max, value)
-        self.min = min(self.min, value)
-
-    def merge(self, other: Histogram) -> None:
-        for b, c in other.bins.items():
-            self.bins[b] = self.bins.get(b, 0) + c
-        self.count += other.count
-        self.max = max(self.max, other.max)
-        self.min = min(self.min, other.min)
-
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0..100, nearest rank) from the middle of its bin, clamped to min and max."""
-        if not self.count:
-            return None
-        rank = max(1, math.ceil(q / 100.0 * self.count))
-        seen = 0
-        for b in sorted(self.bins):
-            seen += self.bins[b]
-            if seen >= rank:
-                mid = math.exp((b + 0.5) * _LOG_R) if self.log else (b + 0.5) / 100.0
-                return min(max(mid, self.min), self.max)
-        return self.max
-
-
 @dataclass(frozen=True)
 class ProbeEvent:
     t: float
@@ -297,7 +247,7 @@ class _Aggregator:
                 if latency > ml[idx]:
                     ml[idx] = latency
                 h = p.latency
-                b = int(math.log(latency) * _INV_LOG_R) if latency > 0.001 else _LOG_FLOOR
+                b = int(math.log(latency) * INV_LOG_R) if latency > 0.001 else LOG_FLOOR
                 h.bins[b] = h.bins.get(b, 0) + 1
                 h.count += 1
                 if latency > h.max:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from runbook.evidence.redact import redact
 from runbook.evidence.timeline import Buckets, PhaseStats, ProbeSummary
@@ -39,14 +40,15 @@ def fmt_ms(v: float | None) -> str:
     return f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
 
 
-def fmt_t(t: float, span: float = 0.0) -> str:
-    """Seconds since the probe started: 12.345 s, or h:mm:ss for long runs."""
+def fmt_t(t: float, span: float = 0.0, *, precise: bool = False) -> str:
+    """Seconds since the probe started: 12.3 s (12.345 s when precise or short), or h:mm:ss.s for long runs."""
     if span < 120 and abs(t) < 120:
-        return f"{t:.3f} s" if span < 10 else f"{t:.1f} s"
+        return f"{t:.3f} s" if span < 10 or precise else f"{t:.1f} s"
     sign, t = ("-" if t < 0 else ""), abs(t)
     h, rem = divmod(t, 3600)
     m, s = divmod(rem, 60)
-    return f"{sign}{int(h)}:{int(m):02d}:{s:04.1f}" if h else f"{sign}{int(m)}:{s:04.1f}"
+    sec = f"{s:06.3f}" if precise else f"{s:04.1f}"
+    return f"{sign}{int(h)}:{int(m):02d}:{sec}" if h else f"{sign}{int(m)}:{sec}"
 
 
 def colours(summary: ProbeSummary, names: Mapping[str, str]) -> dict[str | None, str]:
@@ -76,6 +78,27 @@ def _nice_step(span: float, target: int = 9) -> float:
     return float(next((s for s in steps if s >= raw), math.ceil(raw / 3600) * 3600))
 
 
+def coarsen(b: Buckets, min_mean: float = 40.0, min_buckets: int = 60) -> Buckets:
+    """Group k adjacent buckets so that a bucket holds ~``min_mean`` requests on average (a rate drawn from
+    3 or 4 requests per bucket is a comb, not a signal); never fewer than ``min_buckets``. Counts add up,
+    latency keeps the maximum, so a spike still shows."""
+    total = sum(sum(c) for c in b.counts.values())
+    if not b.n or not total:
+        return b
+    k = max(1, min(math.ceil(min_mean / (total / b.n)), b.n // min_buckets or 1))
+    if k == 1:
+        return b
+    n = math.ceil(b.n / k)
+
+    def group(values: list[Any], fn: Any) -> list[Any]:
+        return [fn(values[i * k:(i + 1) * k]) for i in range(n)]
+
+    return Buckets(origin=b.origin, width=b.width * k, n=n,
+                   counts={u: group(c, sum) for u, c in b.counts.items()},
+                   max_latency={u: group(m, max) for u, m in b.max_latency.items()},
+                   failures=group(b.failures, sum))
+
+
 class _Scale:
     def __init__(self, t0: float, t1: float) -> None:
         self.t0, self.t1 = t0, t1 if t1 > t0 else t0 + 1.0
@@ -84,20 +107,24 @@ class _Scale:
         return LEFT + (t - self.t0) / (self.t1 - self.t0) * PW
 
 
-def _stacked(b: Buckets, order: Sequence[str | None], sc: _Scale, top: float, cols: Mapping[str | None, str]) -> str:
+def _stacked(b: Buckets, order: Sequence[str | None], sc: _Scale, top: float, cols: Mapping[str | None, str],
+             end: float) -> str:
     n = b.n
-    totals = [sum(b.counts[u][i] for u in order) for i in range(n)]
-    peak = max(totals, default=0) / b.width or 1.0
+    # the last bucket ends with the data, not a full width later: its rate is not a false dip
+    edges = [min(b.origin + i * b.width, max(end, b.origin + (n - 1) * b.width + 1e-6)) for i in range(n + 1)]
+    widths = [max(edges[i + 1] - edges[i], 1e-6) for i in range(n)]
+    totals = [sum(b.counts[u][i] for u in order) / widths[i] for i in range(n)]
+    peak = max(totals, default=0.0) or 1.0
     scale = (LANE_A - 6) / peak
     base = top + LANE_A
-    xs = [round(sc.x(b.origin + i * b.width), 1) for i in range(n + 1)]
+    xs = [round(sc.x(t), 1) for t in edges]
     below = [0.0] * n
     out = [f'<text x="{LEFT - 6}" y="{top + 9}" text-anchor="end" font-size="10" fill="#57606a">'
            f'{peak:.0f}/s</text>',
            f'<text x="{LEFT - 6}" y="{base}" text-anchor="end" font-size="10" fill="#57606a">0</text>']
     for u in order:
         c = b.counts[u]
-        above = [below[i] + c[i] / b.width for i in range(n)]
+        above = [below[i] + c[i] / widths[i] for i in range(n)]
         d = [f"M{xs[0]},{round(base - below[0] * scale, 1)}"]
         d += [f"V{round(base - above[i] * scale, 1)}H{xs[i + 1]}" for i in range(n)]
         d += [f"V{round(base - below[i] * scale, 1)}H{xs[i]}" for i in reversed(range(n))]
@@ -159,7 +186,8 @@ def _failures(s: ProbeSummary, sc: _Scale, top: float, max_markers: int) -> str:
         for i, c in enumerate(b.failures) if c)
     out = [f'<path d="{d}" fill="{FAIL}" fill-opacity="0.3"/>']
     for f in s.failures[:max_markers]:
-        tip = f"#{f.seq} at {fmt_t(f.t, s.duration)}: {f.kind} {f.verdict} {f.error} (upstream {f.upstream or '-'})"
+        tip = (f"#{f.seq} at {fmt_t(f.t, s.duration, precise=True)}: {f.kind} {f.verdict} {f.error} "
+               f"(upstream {f.upstream or '-'})")
         out.append(f'<circle cx="{round(sc.x(f.t), 1)}" cy="{top + LANE_C / 2}" r="3.5" fill="{FAIL}" '
                    f'stroke="#fff" stroke-width="0.8"><title>{_e(redact(tip))}</title></circle>')
     return "".join(out)
@@ -171,14 +199,20 @@ def _event_rows(s: ProbeSummary, sc: _Scale) -> list[int]:
     rows = []
     for e in s.events:
         x = sc.x(e.t)
-        row = next((i for i, end in enumerate(ends) if end < x), None)
+        width = _label_width(e.name)
+        start, end = (x - width, x) if x + width > W else (x, x + width)
+        row = next((i for i, last in enumerate(ends) if last + 6 < start), None)
         if row is None:
             if len(ends) < 4:
                 ends.append(0.0)
             row = len(ends) - 1
-        ends[row] = x + 6.2 * len(e.name) + 8
+        ends[row] = end
         rows.append(row)
     return rows
+
+
+def _label_width(name: str) -> float:
+    return 6.2 * len(name) + 4
 
 
 def _events(s: ProbeSummary, sc: _Scale, rows: list[int], top: float, bottom: float) -> str:
@@ -186,11 +220,13 @@ def _events(s: ProbeSummary, sc: _Scale, rows: list[int], top: float, bottom: fl
     for e, row in zip(s.events, rows, strict=True):
         x = round(sc.x(e.t), 1)
         colour = "#9a6700" if e.cutover else "#6e7781"
-        tip = _e(redact(f"{e.name} at {fmt_t(e.t, s.duration)}" + (f": {e.detail}" if e.detail else "")))
+        tip = _e(redact(f"{e.name} at {fmt_t(e.t, s.duration, precise=True)}" + (f": {e.detail}" if e.detail else "")))
         dash = "" if e.cutover else ' stroke-dasharray="3 3"'
+        right = x + _label_width(e.name) > W
+        anchor = f'x="{x - 2}" text-anchor="end"' if right else f'x="{x + 2}"'
         out.append(f'<line x1="{x}" x2="{x}" y1="{top}" y2="{bottom}" stroke="{colour}" stroke-width="1.2"{dash}>'
                    f'<title>{tip}</title></line>'
-                   f'<text x="{x + 2}" y="{4 + ROW * (row + 1) - 3}" font-size="11" fill="{colour}" '
+                   f'<text {anchor} y="{4 + ROW * (row + 1) - 3}" font-size="11" fill="{colour}" '
                    f'font-weight="{600 if e.cutover else 400}">{_e(e.name)}<title>{tip}</title></text>')
     return "".join(out)
 
@@ -201,7 +237,7 @@ def _svg(s: ProbeSummary, names: Mapping[str, str], max_markers: int) -> str:
     order: list[str | None] = [u.upstream for u in s.upstreams if u.upstream is not None and u.upstream in b.counts]
     if None in b.counts:
         order.append(None)
-    sc = _Scale(min(b.origin, s.start), max(s.end, b.origin + b.n * b.width))
+    sc = _Scale(min(b.origin, s.start), s.end)
     rows = _event_rows(s, sc)
     band = 10 + ROW * (max(rows, default=0) + 1)
     a_top = band
@@ -221,8 +257,9 @@ def _svg(s: ProbeSummary, names: Mapping[str, str], max_markers: int) -> str:
         parts.append(f'<rect x="{LEFT}" y="{top}" width="{PW}" height="{h}" fill="none" stroke="#d0d7de"/>'
                      f'<text x="{LEFT + 4}" y="{top - 3}" font-size="10" fill="#57606a">{name}</text>')
     if b.n:
-        parts.append(_stacked(b, order, sc, a_top, cols))
-        parts.append(_latency(b, order, sc, b_top, cols, s.overall.p99))
+        shown = coarsen(b)
+        parts.append(_stacked(shown, order, sc, a_top, cols, s.end))
+        parts.append(_latency(shown, order, sc, b_top, cols, s.overall.p99))
     parts.append(_failures(s, sc, c_top, max_markers))
     step = _nice_step(sc.t1 - sc.t0)
     tick = math.ceil(sc.t0 / step) * step
@@ -246,8 +283,11 @@ def _phase_row(p: PhaseStats, span: float) -> str:
 
 
 def render_timeline(s: ProbeSummary, *, title: str = "Zero-drop probe", upstream_names: Mapping[str, str] | None = None,
-                    max_markers: int = 500, max_rows: int = 500, records_href: str | None = None) -> str:
-    """The timeline of one prober directory as an HTML fragment (inline SVG and tables)."""
+                    max_markers: int = 500, max_rows: int = 500, records_href: str | None = None,
+                    links: Sequence[tuple[str, str]] = ()) -> str:
+    """The timeline of one prober directory as an HTML fragment (inline SVG and tables).
+
+    ``links`` are (label, href) pairs shown in the header: the records and the standalone page."""
     names = dict(upstream_names or {})
     cols = colours(s, names)
     span = s.duration
@@ -264,7 +304,11 @@ def render_timeline(s: ProbeSummary, *, title: str = "Zero-drop probe", upstream
             + f'<div class="rb-tl-legend">{share}'
             f'<span class="rb-tl-key"><i style="background:{FAIL}; border-radius:50%"></i>failed request</span>'
             f'<span class="rb-tl-key"><i style="background:#fff1b8"></i>during cutover</span>'
-            f"<span class=\"rb-tl-key\">bucket {_e(fmt_ms(s.buckets.width * 1000))}</span></div></div>")
+            f"<span class=\"rb-tl-key\">bucket {_e(fmt_ms(coarsen(s.buckets).width * 1000))} "
+            f"(failures at their exact time)</span></div>"
+            + ('<div class="rb-small">records: ' + " \u00b7 ".join(f'<a href="{_e(h)}">{_e(n)}</a>' for n, h in links)
+               + "</div>" if links else "")
+            + "</div>")
     phases = "".join(_phase_row(p, span) for p in (*s.phases, s.overall))
     ptable = ('<table class="rb-table rb-tl-phases"><tr><th>phase</th><th>time</th><th>requests</th><th>failed</th>'
               "<th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>send lag p99</th></tr>"
@@ -295,7 +339,8 @@ def _failure_table(s: ProbeSummary, names: Mapping[str, str], max_rows: int, rec
         return '<p class="rb-good">Every request was answered ok.</p>'
     span = s.duration
     rows = "".join(
-        f"<tr><td>{f.seq if f.seq is not None else DASH}</td><td>{_e(fmt_t(f.t, span))}</td><td>{_e(f.kind)}</td>"
+        f"<tr><td>{f.seq if f.seq is not None else DASH}</td><td>{_e(fmt_t(f.t, span, precise=True))}</td>"
+        f"<td>{_e(f.kind)}</td>"
         f'<td class="rb-bad">{_e(f.verdict)}</td><td>{f.status if f.status is not None else DASH}</td>'
         f"<td>{_e(_label(f.upstream, names) if f.upstream else DASH)}</td><td>{_e(fmt_ms(f.latency_ms))}</td>"
         f"<td>{_e(redact(f.error))}</td></tr>"
@@ -312,10 +357,10 @@ def _failure_table(s: ProbeSummary, names: Mapping[str, str], max_rows: int, rec
 
 
 def timeline_page(s: ProbeSummary, *, title: str = "Zero-drop probe", upstream_names: Mapping[str, str] | None = None,
-                  records_href: str | None = None) -> str:
+                  records_href: str | None = None, links: Sequence[tuple[str, str]] = ()) -> str:
     """A standalone HTML page of the timeline (kept in the bundle next to the records)."""
     from runbook.evidence.style import CSS
 
-    body = render_timeline(s, title=title, upstream_names=upstream_names, records_href=records_href)
+    body = render_timeline(s, title=title, upstream_names=upstream_names, records_href=records_href, links=links)
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{CSS}</style>'
             f"</head><body>{body}</body></html>")

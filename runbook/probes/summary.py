@@ -1,4 +1,8 @@
-"""The prober's verdict, computed by streaming over its records on disk (never from memory).
+"""What the prober's answers mean (verdicts) and what a run adds up to (the summary).
+
+:func:`judge` gives one answer its verdict, as an RPC client would see it: ``/health`` must say ``ok``
+(agave answers HTTP 200 when ``behind`` too), a JSON-RPC answer must carry a result and no error, and a
+``getSlot`` must not be more than ``stale_slots`` below the highest slot seen so far.
 
 :func:`summarize` reads ``requests.jsonl`` and ``events.jsonl`` from a prober's ``out_dir`` once, line by
 line, so a six-hour run summarises in constant memory: latencies go into log-linear histograms (1 %
@@ -30,6 +34,79 @@ META_FILE = "prober.json"
 SUMMARY_FILE = "summary.json"
 NO_UPSTREAM = "-"
 """Key of requests that named no upstream (no response, or no upstream header) in per-upstream counts."""
+VERDICTS = ("ok", "behind", "stale", "http_error", "conn_error", "timeout", "bad_body", "overload")
+NODE_UNHEALTHY = -32005  # agave's RpcCustomError::NodeUnhealthy
+
+
+# ------------------------------------------------------------------------------------- verdicts
+@dataclass(frozen=True)
+class ProbeKind:
+    """One kind of request the prober sends, as an RPC client would."""
+
+    name: str  # "GET /health", "POST getSlot", ...
+    method: str
+    path: str
+    rpc_method: str | None = None
+
+    def body(self) -> bytes | None:
+        if self.rpc_method is None:
+            return None
+        return json.dumps({"jsonrpc": "2.0", "id": 1, "method": self.rpc_method}, separators=(",", ":")).encode()
+
+
+KINDS: dict[str, ProbeKind] = {
+    k.name: k
+    for k in (
+        ProbeKind("GET /health", "GET", "/health"),
+        ProbeKind("POST getSlot", "POST", "/", "getSlot"),
+        ProbeKind("POST getHealth", "POST", "/", "getHealth"),
+    )
+}
+DEFAULT_MIX: tuple[str, ...] = ("GET /health", "POST getSlot")
+
+
+def _snippet(body: bytes) -> str:
+    return body[:120].decode("utf-8", "replace").strip()
+
+
+def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slots: int) -> tuple[str, str, int | None]:
+    """(verdict, error, slot) of one answer; ``slot`` is a getSlot result that counts as seen."""
+    if status != 200:
+        return "http_error", f"HTTP {status}: {_snippet(body)!r}", None
+    if kind.rpc_method is None:
+        text = body.strip()
+        if text == b"ok":
+            return "ok", "", None
+        if text in (b"behind", b"unknown"):
+            return "behind", f"/health answered {text.decode()!r}", None
+        return "bad_body", f"unexpected /health body {_snippet(body)!r}", None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "bad_body", f"not JSON: {_snippet(body)!r}", None
+    if not isinstance(doc, dict):
+        return "bad_body", f"not a JSON-RPC response: {_snippet(body)!r}", None
+    error = doc.get("error")
+    if error is not None:
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        return ("behind" if code == NODE_UNHEALTHY else "bad_body"), f"JSON-RPC error {code}: {message}", None
+    result = doc.get("result")
+    if kind.rpc_method == "getSlot":
+        if not isinstance(result, int) or isinstance(result, bool):
+            return "bad_body", f"getSlot result is not a slot: {_snippet(body)!r}", None
+        if result < max_slot - stale_slots:
+            return "stale", (f"slot {result} is {max_slot - result} behind the highest seen ({max_slot}; "
+                             f"stale_slots={stale_slots})"), None
+        return "ok", "", result
+    if kind.rpc_method == "getHealth" and result != "ok":
+        return "bad_body", f"getHealth answered {result!r}", None
+    if "result" not in doc:
+        return "bad_body", f"no result in {_snippet(body)!r}", None
+    return "ok", "", None
+
+
+# ------------------------------------------------------------------------------------- summary
 
 _STEP = math.log1p(0.01)  # histogram buckets 1 % wide
 _FLOOR_MS = 0.001  # values below 1 us share bucket 0

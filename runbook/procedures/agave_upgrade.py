@@ -42,10 +42,11 @@ def prepare(ctx: Context) -> None:
         live_image = env.deployments.colour(live).image or "laconicnetwork/agave:<live version>"
         sidecar_image = "<the live pod's doublezerod image>"
     else:
-        live = bg.served_by(env) or ""
-        if live not in bg.COLOURS:
-            raise PreconditionFailed(f"the ingress {env.ingress.url} is not served by green or blue (X-Upstream "
-                                     f"missing or unknown): refusing to guess the live colour", env=env.name)
+        found, how = bg.live_colour(env, a.workloads)
+        if found is None:
+            raise PreconditionFailed(f"cannot tell which colour is live ({how}): refusing to guess", env=env.name)
+        live = found
+        ctx.progress(f"live colour: {live} ({how})")
         pod = running_pod(a.workloads, env.deployments.colour(live).name)
         live_image = pod.spec_images[APP_CONTAINER]
         sidecar_image = pod.spec_images[env.doublezero.sidecar]
@@ -171,10 +172,15 @@ def wait_caught_up(ctx: Context) -> None:
     want = bg.bare_version(ctx.facts["target_version"])
     history: list[tuple[float, int]] = []
 
+    seen: dict[str, Any] = {"healths": [], "max_behind": 0}
+
     def observe() -> bg.NodeState:
         st = bg.observe_node(env, colour)
+        if st.health not in seen["healths"]:
+            seen["healths"].append(st.health)
         if st.behind is not None:
             history.append((time.monotonic(), st.behind))
+            seen["max_behind"] = max(seen["max_behind"], st.behind)
         return st
 
     def caught_up(st: bg.NodeState) -> bool:
@@ -194,7 +200,8 @@ def wait_caught_up(ctx: Context) -> None:
     st = wait_for(observe, caught_up, timeout=env.timeouts.catch_up, interval=0.25, on_progress=report,
                   progress_every=2.0, what=f"{colour} to catch up (health ok, within {env.catch_up_distance} "
                   f"slots, version {want})", env=env.name, procedure="agave-upgrade", step="catch-up")
-    ctx.record(f"{colour} caught up", st.as_dict())
+    ctx.facts["catch_up_seen"] = seen
+    ctx.record(f"{colour} caught up", {**st.as_dict(), "seen while catching up": seen})
     ctx.mark(f"{colour} healthy", f"slot {st.slot}, {st.behind} behind")
 
 
@@ -275,8 +282,9 @@ def restore_order(ctx: Context) -> None:
 def live_serving(ctx: Context) -> None:
     """After a rollback: the old live colour serves the ingress and answers ok, the idle colour is gone."""
     live = ctx.facts["live"]
-    wait_for(lambda: bg.served_by(ctx.env), lambda c: c == live, timeout=ctx.env.timeouts.healthy, interval=0.2,
-             what=f"the ingress to be served by {live} again", env=ctx.env.name, procedure="agave-upgrade")
+    wait_for(lambda: bg.live_colour(ctx.env, ctx.adapters.workloads), lambda found: found[0] == live,
+             timeout=ctx.env.timeouts.healthy, interval=0.2, what=f"the ingress to be served by {live} again",
+             env=ctx.env.name, procedure="agave-upgrade")
     if ctx.adapters.workloads.pods(_idle(ctx).name):
         raise CheckFailed(f"{_idle(ctx).name} still has pods after the rollback", obj=_idle(ctx).name)
 
@@ -331,7 +339,7 @@ PROCEDURE = Procedure(
         Step("deploy-idle", "deploy the idle colour from the clone with the target version", deploy_idle,
              verify_idle_rolled_out, is_done=idle_deployed, rollback=delete_idle, plan=_plan_deploy),
         Step("catch-up", "wait until the idle colour is caught up and healthy", lambda ctx: None, wait_caught_up,
-             plan=_plan_catch_up),
+             is_done=lambda ctx: bool(ctx.facts.get("catch_up_seen")), plan=_plan_catch_up),
         Step("shift", "stop the live colour gracefully; the ingress retries onto the idle colour", stop_live,
              verify_served_by_idle, is_done=shifted, precondition=require_retrying_ingress, rollback=restart_live,
              plan=_plan_shift),

@@ -47,6 +47,18 @@ def served_by(env: Env, *, timeout: float = 3.0) -> str | None:
     return colour_of_upstream(env, r.headers.get(env.ingress.upstream_header))
 
 
+def live_colour(env: Env, workloads: Any) -> tuple[str | None, str]:
+    """The live colour and how it was known: from X-Upstream, else the only colour with pods (an ingress
+    without the header, like the seed's, cannot say which upstream served)."""
+    served = served_by(env)
+    if served is not None:
+        return served, f"{env.ingress.upstream_header} header"
+    running = [c for c in COLOURS if workloads.pods(env.deployments.colour(c).name)]
+    if len(running) == 1:
+        return running[0], f"no {env.ingress.upstream_header} header: the only colour with pods"
+    return None, f"no {env.ingress.upstream_header} header and {len(running)} colours with pods"
+
+
 def image_with_tag(image: str, version: str) -> str:
     """``laconicnetwork/agave:v2.1.0`` + ``v2.2.1`` -> ``laconicnetwork/agave:v2.2.1``."""
     repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image

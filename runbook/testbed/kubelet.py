@@ -112,6 +112,10 @@ class LocalWorkloads:
     def deployments(self) -> list[str]:
         return sorted(p.stem for p in (self.kube / "deployments").glob("*.json"))
 
+    def daemonsets(self) -> list[str]:
+        """The local kubelet runs Deployments only: a DaemonSet can never be running here."""
+        return []
+
     def apply_deployment(self, manifest: dict[str, Any]) -> None:
         if manifest.get("kind") != "Deployment":
             raise AdapterError(f"the local kubelet applies Deployments only, got {manifest.get('kind')!r}")

@@ -167,10 +167,12 @@ def test_the_role_grants_exactly_the_verbs_the_adapter_uses(server: HTTPServer, 
                            content_type="application/json"))
     server.expect_request(f"{API}/pods/agave-green-5d9f-x").respond_with_json(ready)
     server.expect_request(f"{API}/events").respond_with_json(items())
+    server.expect_request(f"{APPS}/daemonsets", method="GET").respond_with_json(items())
 
     kube.apply_deployment(render_deployment(kube.env, "green"))  # replace
     kube.apply_deployment(render_deployment(kube.env, "blue"))  # create
     kube.deployments()
+    kube.daemonsets()
     kube.wait_rollout("agave-green", timeout=5)
     kube.pods("agave-green")
     kube.pod("agave-green-5d9f-x")

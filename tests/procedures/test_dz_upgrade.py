@@ -29,7 +29,7 @@ from runbook.errors import AdapterError, CheckFailed, PreconditionFailed
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import dz_upgrade as dz
-from runbook.procedures.framework import Context, Journal, Procedure, RunResult
+from runbook.procedures.framework import Context, Interrupted, Journal, Procedure, RunResult
 from runbook.testbed import netns
 from runbook.testbed.stack import Testbed
 from runbook.wait import wait_for
@@ -117,6 +117,23 @@ def test_upgrade_restarts_only_the_sidecar_and_rolls_back(adapters: Adapters, te
     assert iso.sidecar_back_problems(before, end, restarts=2) == []
     assert iso.app_problems(before, end) == []
     assert adapters.workloads.pod(before.pod).drift == {}
+
+
+def test_an_interrupted_run_resumes_without_patching_again(adapters: Adapters, testbed: Testbed | None, green: str,
+                                                          tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.json")
+    first = _ctx(adapters, testbed, [])
+    with pytest.raises(Interrupted):
+        dz.PROCEDURE.run(first, journal=journal, interrupt_after="patch-sidecar")
+    after_first = dz.observe_now(first)
+    resumed = _ctx(adapters, testbed, [])
+    result = dz.PROCEDURE.run(resumed, journal=journal)
+    assert result.ok, result.error
+    assert result.outcome("patch-sidecar").status == "skipped (already done)"
+    assert resumed.facts["before"] == first.facts["before"]  # the journal's facts, not a new "before"
+    assert dz.observe_now(resumed).sidecar == after_first.sidecar  # no second restart
+    dz.PROCEDURE.roll_back(resumed, journal)
+    assert iso.sidecar_back_problems(dz.before(resumed), dz.observe_now(resumed), restarts=2) == []
 
 
 # ----------------------------------------------------------------------------------- negative tests
@@ -253,7 +270,7 @@ def test_native_sidecar_precondition_on_pod_info() -> None:
     iso.check_native_sidecar(pod("sidecar"), "doublezerod")
     with pytest.raises(PreconditionFailed, match="regular container"):
         iso.check_native_sidecar(pod("app"), "doublezerod")
-    with pytest.raises(PreconditionFailed, match="has no doublezerod container"):
+    with pytest.raises(PreconditionFailed, match="has no dz container"):
         iso.check_native_sidecar(pod("sidecar"), "dz")
 
 

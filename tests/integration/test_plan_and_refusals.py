@@ -1,0 +1,63 @@
+"""`runbook plan` prints the operations in order and touches nothing; mutating commands refuse on
+production without a target version and confirmation (must-show 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runbook.env import PROJECT_ROOT
+from tests.integration.run import cli
+from tests.integration.run import pytest as run_pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_plan_on_biscayne_prints_zfs_kube_and_caddy_calls_in_order() -> None:
+    ran = cli("plan", "agave-upgrade", "--env=biscayne", "--target-version=v2.2.1")
+    assert ran.rc == 0, ran.out
+    expected = [
+        "zfs snapshot biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1",
+        "zfs clone biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1 biscayne/DATA/volumes/solana-blue",
+        "rsync -a --inplace",
+        "kubectl --context kind-biscayne -n agave apply -f -",
+        "laconicnetwork/agave:v2.2.1",
+        "kubectl --context kind-biscayne -n agave rollout status deployment/agave-blue",
+        "GET http://127.0.0.1:2019/config/",
+        "kubectl --context kind-biscayne -n agave delete deployment agave-green",
+        "PATCH http://127.0.0.1:2019/config/",
+    ]
+    text = ran.out.replace("\n", " ")
+    positions = [text.find(e) for e in expected]
+    assert all(p >= 0 for p in positions), dict(zip(expected, positions, strict=True))
+    assert positions == sorted(positions)
+
+
+def test_plan_touches_nothing_even_when_the_host_is_unreachable(tmp_path: Path) -> None:
+    data = yaml.safe_load((PROJECT_ROOT / "envs" / "biscayne.yaml").read_text())
+    data["host"] = "ssh://no-such-host.invalid"
+    data["kube"]["kubeconfig"] = str(tmp_path / "missing-kubeconfig")
+    data["ingress"]["admin"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    path = tmp_path / "offline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    ran = cli("plan", "agave-upgrade", f"--env={path}", "--target-version=v2.2.1")
+    assert ran.rc == 0, ran.out
+    assert "zfs snapshot" in ran.out
+
+
+def test_mutating_commands_refuse_on_production_without_target_and_confirmation(tmp_path: Path) -> None:
+    no_target = cli("run", "agave-upgrade", "--env=biscayne")
+    assert no_target.rc == 2 and "needs an explicit --target-version" in no_target.out
+    no_yes = cli("run", "agave-upgrade", "--env=biscayne", "--target-version=v2.2.1")
+    assert no_yes.rc == 2 and "confirm" in no_yes.out and "--yes" in no_yes.out
+    suite = run_pytest("features/", "--env=biscayne", "--allow-mutations", reports=tmp_path)
+    assert suite.rc == 4 and "--allow-mutations needs --target-version" in suite.out
+    for ran in (no_target, no_yes, suite):
+        assert not ran.traceback, ran.out
+
+
+def test_plan_needs_a_target_version() -> None:
+    ran = cli("plan", "agave-upgrade", "--env=biscayne")
+    assert ran.rc == 2 and "needs --target-version" in ran.out

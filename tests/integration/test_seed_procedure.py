@@ -1,0 +1,42 @@
+"""The suite catches the seed's procedure bugs (must-show 2): run through our zero-drop scenario on a
+testbed whose Caddy has the seed's block, the seed's procedure (wait for HTTP 200, stop green) drops
+requests and serves a node that is behind, and the scenario names the failed requests. Our procedure on
+the same ingress refuses to stop green at all."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runbook.env import load_env
+from runbook.testbed.stack import Testbed
+from tests.integration.envfiles import make_env
+from tests.integration.run import pytest as run_pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCENARIO = "drops_no_request_and_never_serves"
+
+
+def test_seed_procedure_and_config_fail_the_zero_drop_scenario(tmp_path: Path) -> None:
+    env_file = make_env(tmp_path, ingress__template="deploy/caddy/seed.Caddyfile.tmpl")
+    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
+                     "agave-upgrade=seed-upgrade", reports=tmp_path / "reports", timeout=300)
+    assert ran.rc == 1, ran.out
+    assert "1 failed" in ran.out
+    m = re.search(r"(\d+) of (\d+) requests failed through the ingress", ran.out)
+    assert m and int(m.group(1)) > 0, ran.out
+    listed = re.findall(r"#\d+ t=[\d.]+s (?:GET /health|POST getSlot) (\w+)", ran.out)
+    assert listed, "the failed requests are named one by one"
+    assert {"behind"} & set(listed) or {"conn_error", "http_error", "timeout"} & set(listed), listed
+    assert Testbed(load_env(str(env_file))).leftovers() == []
+
+
+def test_our_procedure_refuses_to_stop_green_behind_the_seed_ingress(tmp_path: Path) -> None:
+    env_file = make_env(tmp_path, ingress__template="deploy/caddy/seed.Caddyfile.tmpl")
+    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, reports=tmp_path / "reports", timeout=300)
+    assert ran.rc == 1, ran.out
+    assert "refusing to stop the live colour: the ingress would drop requests" in ran.out
+    assert "requests failed through the ingress" not in ran.out  # it refused before anything could drop
