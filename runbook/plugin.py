@@ -1,28 +1,23 @@
-"""The pytest plugin: a switchboard. Options, the environment, session fixtures, evidence hooks.
+"""The pytest plugin: a switchboard. Options, the environment, session fixtures (evidence: runbook.evidence.hooks).
 
 Loaded from the root ``conftest.py``. State lives in ``config.stash``; nothing on private attributes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from runbook.adapters.factory import Adapters, connect
 from runbook.env import Env, load_env
 from runbook.errors import ConfigError, RunbookError
-from runbook.evidence.recorder import Recorder
 from runbook.testbed.stack import Testbed, check_ports
 
 log = logging.getLogger("runbook")
 
 ENV_KEY = pytest.StashKey[Env]()
-RECORDER_KEY = pytest.StashKey[Recorder]()
 
 
 # ------------------------------------------------------------------------------- options
@@ -38,8 +33,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="confirm mutating scenarios on a production env without a prompt")
     group.addoption("--keep-testbed", action="store_true", default=False,
                     help="leave the local testbed running after the session (for debugging)")
-    group.addoption("--evidence-dir", default="reports/evidence", metavar="DIR",
-                    help="where each scenario's evidence JSON is written (relative to the project root)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -126,50 +119,3 @@ def testbed(env: Env, pytestconfig: pytest.Config) -> Iterator[Testbed | None]:
 @pytest.fixture(scope="session")
 def adapters(env: Env, testbed: Testbed | None) -> Adapters:
     return connect(env, testbed)
-
-
-@pytest.fixture
-def evidence(request: pytest.FixtureRequest) -> Recorder:
-    return _recorder(request.node)
-
-
-def _recorder(item: pytest.Item) -> Recorder:
-    if RECORDER_KEY not in item.stash:
-        item.stash[RECORDER_KEY] = Recorder(item.nodeid)
-    return item.stash[RECORDER_KEY]
-
-
-# ------------------------------------------------------------------------------- evidence hooks
-def pytest_bdd_before_step(request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any,
-                           step_func: Any) -> None:
-    _recorder(request.node).begin_step(f"{step.keyword} {step.name}")
-
-
-def pytest_bdd_after_step(request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any,
-                          step_func: Any, step_func_args: Any) -> None:
-    _recorder(request.node).end_step()
-
-
-def pytest_bdd_step_error(request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any,
-                          step_func: Any, step_func_args: Any, exception: BaseException) -> None:
-    _recorder(request.node).end_step(error=exception)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
-    outcome: Any = yield
-    report = outcome.get_result()
-    if report.when != "call" or RECORDER_KEY not in item.stash:
-        return
-    rec = item.stash[RECORDER_KEY]
-    extras = getattr(report, "extras", [])
-    try:
-        from pytest_html import extras as html_extras
-    except ImportError:  # pytest-html not loaded
-        return
-    extras.append(html_extras.html(rec.to_html()))
-    report.extras = extras
-    out = Path(item.config.rootpath) / item.config.getoption("evidence_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item.nodeid)[-150:]
-    (out / f"{safe}.json").write_text(json.dumps(rec.to_dict(), indent=1, default=str))

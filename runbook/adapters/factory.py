@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runbook.adapters.base import Host, Ingress, Storage, Workloads
+from runbook.adapters.base import CommandResult, Host, Ingress, Storage, Workloads
 from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.rpc import RpcClient
@@ -69,6 +69,22 @@ class _Unconnected:
         raise RunbookError(f"plan must not touch the {self._port} port (called {name})")
 
 
+class _PlanHost:
+    """The host as ``plan`` sees it: it answers every read with "not connected" (so a plan assumes nothing
+    exists beyond what the procedure itself creates) and runs nothing."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult:
+        if check:
+            raise RunbookError(f"plan must not run commands on {self.url} (asked: {command})")
+        return CommandResult(command, 1, "", "plan: not connected")
+
+    def __getattr__(self, name: str) -> Any:
+        raise RunbookError(f"plan must not touch the host port (called {name})")
+
+
 def plan_adapters(env: Env) -> Adapters:
     """Adapters for ``runbook plan``: storage renders commands, nothing connects to anything."""
     from runbook.adapters.storage import make_storage, storage_for
@@ -79,6 +95,6 @@ def plan_adapters(env: Env) -> Adapters:
         tb = Testbed(env)
         storage = tb.storage if tb.running() else make_storage("copy", tb.state_dir / "storage")
     else:
-        storage = storage_for(env, _Unconnected("host"))
+        storage = storage_for(env, _PlanHost(env.host))
     return Adapters(env=env, host=_Unconnected("host"), workloads=_Unconnected("workloads"),
                     ingress=_Unconnected("ingress"), storage=storage)

@@ -31,11 +31,12 @@ class ContainerView:
     state: str
     started_at: str  # ISO 8601; "" when not running
     restart_count: int
+    pid: int | None = None  # the local testbed's process; None on Kubernetes
 
     @classmethod
     def of(cls, c: ContainerStatus) -> ContainerView:
         return cls(c.name, c.kind, c.image, c.image_id, c.state,
-                   c.started_at.isoformat() if c.started_at else "", c.restart_count)
+                   c.started_at.isoformat() if c.started_at else "", c.restart_count, c.pid)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def app_problems(before: Observation, after: Observation) -> list[Problem]:
         out.append(Problem(f"agave restarted: {a.name} restartCount", b.restart_count, a.restart_count))
     if a.started_at != b.started_at:
         out.append(Problem(f"agave restarted: {a.name} startedAt", b.started_at, a.started_at))
+    if a.pid is not None and b.pid is not None and a.pid != b.pid:
+        out.append(Problem(f"agave restarted: {a.name} process", b.pid, a.pid))
     if a.state != "running":
         out.append(Problem(f"{a.name} state", "running", a.state))
     return out

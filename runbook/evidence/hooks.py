@@ -233,8 +233,8 @@ def _collect(item: pytest.Item, rec: Recorder, *, when: str, step: str | None, e
     if sess is None or not len(sess.diagnostics):
         return
     name = rec.scenario.name if rec.scenario else item.nodeid
-    ctx = FailureContext(nodeid=item.nodeid, scenario=name, step=step, when=when, error=redact(str(error)),
-                         request=request)
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    ctx = FailureContext(nodeid=item.nodeid, scenario=name, step=step, when=when, error=redact(text), request=request)
     rec.add_diagnostics(sess.diagnostics.collect(ctx), step=step is not None)
 
 

@@ -330,7 +330,7 @@ PROCEDURE = Procedure(
         Step("snapshot", "snapshot the live ledger (the rollback point)", take_snapshot, verify_snapshot,
              is_done=snapshot_exists, rollback=drop_snapshot,
              plan=_plan_storage("snapshot", lambda c: _live(c).data, lambda c: c.facts["snapshot"])),
-        Step("clone", "clone the snapshot for the idle colour (copy-on-write)", make_clone, verify_clone,
+        Step("clone", "clone the snapshot for the idle colour (copy-on-write where the backend is)", make_clone, verify_clone,
              is_done=clone_exists, rollback=destroy_clone,
              plan=_plan_storage("clone", _snapshot, lambda c: _idle(c).data)),
         Step("copy-accounts", "copy the accounts (not on the dataset)", copy_accounts, lambda ctx: None,

@@ -66,7 +66,7 @@ def prepare(ctx: Context) -> None:
     target = str(ctx.params["target_version"])
     sidecar = env.doublezero.sidecar
     if ctx.params.get("plan"):
-        colour = str(ctx.params.get("colour") or "green")
+        colour = str(ctx.params.get("colour") or ctx.params.get("live") or "green")  # `runbook plan --live`
         dep = env.deployments.colour(colour)
         manifest = render_deployment(env, colour)
         inits = [c["name"] for c in manifest["spec"]["template"]["spec"].get("initContainers", [])]

@@ -61,3 +61,11 @@ def test_mutating_commands_refuse_on_production_without_target_and_confirmation(
 def test_plan_needs_a_target_version() -> None:
     ran = cli("plan", "agave-upgrade", "--env=biscayne")
     assert ran.rc == 2 and "needs --target-version" in ran.out
+
+
+def test_plan_on_kind_prints_the_operations_without_a_cluster() -> None:
+    ran = cli("plan", "agave-upgrade", "--env=kind", "--target-version=v2")
+    assert ran.rc == 0, ran.out
+    for expected in ("cp -a -T -- /srv/solana", "kubectl --context kind-runbook -n agave apply -f -",
+                     "delete deployment agave-green", "PATCH http://127.0.0.1:12019/config/"):
+        assert expected in ran.out
