@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "runbook.plugin",
+    "runbook.evidence.hooks",
     "runbook.pytest_procedures",
     "steps.common",
     "steps.caddy",
