@@ -9,4 +9,5 @@ pytest_plugins = [
     "steps.doublezero",
     "steps.upgrade",
     "steps.audit",
+    "steps.dz_upgrade",
 ]

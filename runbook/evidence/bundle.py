@@ -124,7 +124,10 @@ class BundleWriter:
     def finish(self, *, run: dict[str, Any], environment: dict[str, Any]) -> BundleResult:
         """Write bundle.json and SHA256SUMS; validate; return the digest."""
         doc = self.document(run=run, environment=environment)
-        problems = validate(doc)
+        try:
+            problems = [f"bundle.json does not match its schema: {p}" for p in validate(doc)]
+        except ImportError:
+            problems = ["bundle.json was not validated: the jsonschema package is not installed"]
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / BUNDLE_JSON).write_text(json.dumps(doc, indent=1, default=str, ensure_ascii=False) + "\n")
         known = {path: art.sha256 for path, (art, _) in self._artifacts.items()}

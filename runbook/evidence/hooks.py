@@ -362,7 +362,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     environment = {**sess.environment, "extra": {**sess.environment.get("extra", {}), **sess.extra}}
     sess.result = sess.bundle.finish(run=run, environment=environment)
     sess.document = sess.bundle.document(run=run, environment=environment)
-    sess.problems.extend(f"bundle.json does not match its schema: {p}" for p in sess.result.problems)
+    sess.problems.extend(sess.result.problems)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -12,9 +12,9 @@ from runbook.procedures.framework import Journal, Procedure
 
 
 def registry() -> dict[str, Procedure]:
-    from runbook.procedures import agave_rollback, agave_upgrade, seed
+    from runbook.procedures import agave_rollback, agave_upgrade, dz_upgrade, seed
 
-    procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, seed.PROCEDURE]
+    procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, dz_upgrade.PROCEDURE, seed.PROCEDURE]
     return {p.name: p for p in procs}
 
 

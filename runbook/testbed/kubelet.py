@@ -229,7 +229,16 @@ class LocalWorkloads:
         return out
 
     def owns_process(self, pid: int) -> bool:
-        return self.sup.descendant_of_supervisor(pid)
+        """Is ``pid`` a container of a pod? Ours (under our supervisord), or another testbed's on the same
+        machine (each testbed stands for its own host; its pods' processes carry their pod's name)."""
+        if self.sup.descendant_of_supervisor(pid):
+            return True
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return any(e.startswith(b"RUNBOOK_TESTBED=") for e in environ) and any(
+            e.startswith(b"RUNBOOK_POD=") for e in environ)
 
     def logs(self, pod: str, container: str, lines: int = 40) -> str:
         return self.sup.tail(_program(pod, container), lines)

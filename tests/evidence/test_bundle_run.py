@@ -6,16 +6,17 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from runbook.evidence.bundle import digest_of, validate, verify
 from tests.evidence.conftest import SampleRun
 
 
-def _bundle(run: SampleRun) -> dict:  # type: ignore[type-arg]
+def _bundle(run: SampleRun) -> dict[str, Any]:
     return json.loads((run.bundle / "bundle.json").read_text())
 
 
-def _scenario(doc: dict, name: str) -> dict:  # type: ignore[type-arg]
+def _scenario(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in doc["scenarios"] if s["scenario"]["name"] == name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,7 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def _doc(root: Path, bundle: str = "reports/bundle") -> dict:  # type: ignore[type-arg]
+def _doc(root: Path, bundle: str = "reports/bundle") -> dict[str, Any]:
     return json.loads((root / bundle / "bundle.json").read_text())
 
 

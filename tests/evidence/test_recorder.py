@@ -82,9 +82,9 @@ def test_diagnostics_registry() -> None:
     stop = threading.Event()
     reg.register(lambda ctx: {"pod status": {"phase": "Running", "step": ctx.step}}, name="pods")
     reg.register(lambda: {"caddy upstreams": f"auth token={s.token}"}, name="caddy")
-    reg.register(lambda ctx: 1 / 0, name="broken")
-    undo = reg.register(lambda ctx: stop.wait(5) and {}, name="hangs", timeout=0.2)
-    reg.register(lambda ctx: ["not", "a", "mapping"], name="wrong")
+    reg.register(lambda ctx: 1 / 0, name="broken")  # type: ignore[arg-type]
+    undo = reg.register(lambda ctx: stop.wait(5) and {}, name="hangs", timeout=0.2)  # type: ignore[arg-type]
+    reg.register(lambda ctx: ["not", "a", "mapping"], name="wrong")  # type: ignore[arg-type]
     ctx = FailureContext(nodeid="n", scenario="s", step="Then nothing dropped", when="step", error="boom")
     found = {d.collector: d for d in reg.collect(ctx)}
     stop.set()

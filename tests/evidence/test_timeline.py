@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -116,6 +117,21 @@ def test_render_lists_every_failure_and_needs_nothing_external(small: tuple[Path
     page = timeline_page(s)
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "p99" in html and "send lag" in html
+
+
+def _peak(d: Path, seconds: float) -> int:
+    write_probe(d, ProbeSpec(duration_s=seconds, rate=100.0, events=EVENTS))
+    tracemalloc.start()
+    try:
+        read_probe(d)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_is_flat_in_the_number_of_requests(tmp_path: Path) -> None:
+    small, large = _peak(tmp_path / "s", 20.0), _peak(tmp_path / "l", 200.0)  # 2,000 and 20,000 requests
+    assert large < small * 1.3 + 300_000, (small, large)  # buckets and histograms, nothing per request
 
 
 def test_six_hours_stay_small(big_probe: tuple[Path, Truth]) -> None:

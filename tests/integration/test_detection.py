@@ -26,7 +26,7 @@ def test_seed_caddy_and_wrong_identity_fail_with_named_settings_and_both_keys(tm
         ingress__template="deploy/caddy/seed.Caddyfile.tmpl",
         doublezero__expected_identity=OTHER_KEY,
     )
-    ran = run_pytest("features/", f"--env={env_file}", "-q", reports=tmp_path / "reports")
+    ran = run_pytest("features/", f"--env={env_file}", "-q", "-m", "not mutating", reports=tmp_path / "reports")
     assert ran.rc == 1, ran.out
     # Caddy audit: the seed's block misses each of these, and the failure names them.
     for setting in ("health_body", "fail_duration/max_fails", "lb_try_duration", "lb_retry_match",
@@ -35,15 +35,16 @@ def test_seed_caddy_and_wrong_identity_fail_with_named_settings_and_both_keys(tm
     # DZ identity: both keys are shown.
     assert "DkNx7RQDpQiL7tqoZsCfwgBUYsywKuuwehJXFjSgQS9N" in ran.out
     assert OTHER_KEY in ran.out
-    # four audit requirements fail (the seed does list both upstreams under lb_policy first) + DZ identity
-    assert "5 failed, 1 passed" in ran.out
+    # four audit requirements fail (the seed does list both upstreams under lb_policy first) + DZ identity;
+    # the required-changes audit passes (the seed's Caddy block is audited by the Caddy feature)
+    assert "5 failed, 2 passed" in ran.out
     assert Testbed(load_env(str(env_file))).leftovers() == []
 
 
 def test_our_config_passes_on_a_second_testbed(tmp_path: Path) -> None:
     """The control for the test above: same harness, nothing broken, everything passes."""
     env_file = make_env(tmp_path)
-    ran = run_pytest("features/", f"--env={env_file}", "-q", reports=tmp_path / "reports")
+    ran = run_pytest("features/", f"--env={env_file}", "-q", "-m", "not mutating", reports=tmp_path / "reports")
     assert ran.rc == 0, ran.out
-    assert "6 passed" in ran.out
+    assert "7 passed" in ran.out
     assert Testbed(load_env(str(env_file))).leftovers() == []
