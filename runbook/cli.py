@@ -194,18 +194,20 @@ def rollback_cmd(procedure: str = typer.Argument("agave-upgrade"), env: str = En
     """Roll a procedure back from wherever its journal says it stopped."""
 
     def run() -> None:
-        from runbook.procedures import agave_rollback, journal_for
+        from runbook.procedures import agave_rollback, get, journal_for
         from runbook.procedures.framework import Context
 
         e = _env(env)
-        if procedure != "agave-upgrade":
-            raise RunbookError("rollback is implemented here for agave-upgrade; dz-upgrade rolls back with "
-                               "`runbook run dz-upgrade --target-version <old>`")
-        _confirm(e, "rolling back agave-upgrade", None, yes, need_target=False)
+        proc = get(procedure)
+        _confirm(e, f"rolling back {procedure}", None, yes, need_target=False)
         ctx = Context(adapters=_adapters(e), params={}, progress=_say)
-        steps = agave_rollback.rollback(ctx, journal_for(e, "agave-upgrade"), journal_for(e, "agave-rollback"))
-        for s in steps:
-            out.print(f"{s.name:20} {s.status}")
+        if procedure == "agave-upgrade":
+            steps = agave_rollback.rollback(ctx, journal_for(e, procedure), journal_for(e, "agave-rollback"))
+            for s in steps:
+                out.print(f"{s.name:20} {s.status}")
+            return
+        proc.roll_back(ctx, journal_for(e, procedure))  # every step the journal says acted, in reverse
+        out.print(f"{procedure}: rolled back")
 
     _guard(run)
 
