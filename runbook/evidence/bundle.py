@@ -136,7 +136,11 @@ class BundleWriter:
             rel = path.relative_to(self.root).as_posix()
             if rel == SUMS:
                 continue
-            digest = known.get(rel) or sha256_file(path)
+            try:
+                digest = known.get(rel) or sha256_file(path)
+            except FileNotFoundError:  # another run replaced the bundle directory under us
+                problems.append(f"{rel} vanished while the bundle was written (another run using {self.root}?)")
+                continue
             lines.append(f"{digest}  {rel}\n")
         data = "".join(lines).encode()
         (self.root / SUMS).write_bytes(data)

@@ -191,16 +191,17 @@ class Recorder:
         href: str | None = None
         if self._store is not None:
             sub = self._store.subdir("probe")
-            for name in (REQUESTS, EVENTS):
-                if (src / name).is_file():
-                    art = self._store.copy(src / name, subdir=sub)
-                    self.artifacts.append(art)
-                    files.append(art.to_dict())
-                    href = href or self._store.href(art)
+            # the records and whatever else the prober wrote beside them (prober.json, its summary.json)
+            for f in sorted(p for p in src.iterdir() if p.is_file()):
+                art = self._store.copy(f, subdir=sub)
+                self.artifacts.append(art)
+                files.append(art.to_dict())
+                if f.name == REQUESTS:
+                    href = self._store.href(art)
             page = timeline_page(summary, title=title, upstream_names=upstream_names, records_href=REQUESTS,
                                  links=[(name, name) for name in (REQUESTS, EVENTS) if (src / name).is_file()])
             for name, text, media in (("timeline.html", page, "text/html"),
-                                      ("summary.json", json.dumps(summary.to_dict(), indent=1), "application/json")):
+                                      ("timeline.json", json.dumps(summary.to_dict(), indent=1), "application/json")):
                 art = self._store.write_text(name, text, media=media, subdir=sub)
                 self.artifacts.append(art)
                 files.append(art.to_dict())

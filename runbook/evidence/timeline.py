@@ -13,8 +13,10 @@ second has millions of lines; this module reads them once, line by line, and kee
 - every failed request (up to ``max_failures``; the count is always exact), first and last time each
   upstream answered, and the count of each verdict.
 
-"During" is from the first cutover event to the last; cutover events are those named in
-``cutover_events`` (every event when it is None). Memory is flat in the number of requests.
+A request's place on the time axis (and so its bucket and phase) is when it was scheduled, as in an
+open-loop prober's own summary; a request never sent (``overload``) has no other time. "During" is from
+the first cutover event to the last; cutover events are those named in ``cutover_events`` (every event
+when it is None). Memory is flat in the number of requests.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ class _Aggregator:
         self.fails = [a + b for a, b in zip(f[0::2], f[1::2], strict=True)] + pad
         self.width *= 2
 
-    def add(self, t: float, sched: float | None, latency: float | None, upstream: str | None, ok: bool,
+    def add(self, t: float, sent: float | None, latency: float | None, upstream: str | None, ok: bool,
             verdict: str, failure: FailedRequest | None) -> None:
         idx = int((t - self.origin) / self.width) if t > self.origin else 0
         while idx >= self.cap:
@@ -256,8 +258,8 @@ class _Aggregator:
                     h.min = latency
         else:
             p.failures += 1
-        if sched is not None:
-            lag = (t - sched) * 1000.0 if t > sched else 0.0
+        if sent is not None:
+            lag = (sent - t) * 1000.0 if sent > t else 0.0
             g = p.lag
             b = int(lag * 100.0)
             g.bins[b] = g.bins.get(b, 0) + 1
@@ -322,8 +324,8 @@ def read_probe(directory: str | Path, *, cutover_events: Sequence[str] | None = 
             try:
                 rec, _ = scan(line, 0)
                 sched_v, sent_v, lat = rec.get("sched"), rec.get("sent"), rec.get("latency_ms")
-                t = float(sent_v if sent_v is not None else sched_v)
-                sched = float(sched_v) if sched_v is not None else None
+                t = float(sched_v if sched_v is not None else sent_v)  # a request's place: when it was due
+                sent = float(sent_v) if sent_v is not None else None
                 latency = float(lat) if lat is not None else None
                 upstream = rec.get("upstream")
                 if upstream is not None and not isinstance(upstream, str):
@@ -346,7 +348,7 @@ def read_probe(directory: str | Path, *, cutover_events: Sequence[str] | None = 
                 origin = 0.0 if 0.0 <= t < 1e6 else t - 30.0
                 agg = _Aggregator(origin=min([origin, *(e.t for e in events)]), target_buckets=target_buckets,
                                   cutover=cutover, max_failures=max_failures)
-            agg.add(t, sched, latency, upstream, ok, verdict, failure)
+            agg.add(t, sent, latency, upstream, ok, verdict, failure)
     if agg is None:
         agg = _Aggregator(origin=min([0.0, *(e.t for e in events)]), target_buckets=target_buckets,
                           cutover=cutover, max_failures=max_failures)

@@ -69,7 +69,7 @@ def test_files_and_probes_go_into_the_bundle(tmp_path: Path) -> None:
     rec.end_step()
     assert summary.failures_total == 1
     paths = sorted(a.path.rsplit("/", 1)[1] for a in rec.artifacts)
-    assert paths == ["events.jsonl", "requests.jsonl", "summary.json", "timeline.html"]
+    assert paths == ["events.jsonl", "requests.jsonl", "timeline.html", "timeline.json"]
     assert all((tmp_path / "bundle" / a.path).is_file() for a in rec.artifacts)
     entry = rec.to_dict()["steps"][0]["entries"][0]
     assert entry["kind"] == "probe" and entry["data"]["failures_total"] == 1 and len(entry["data"]["files"]) == 4

@@ -9,6 +9,7 @@ import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
 
+import httpx
 import pytest
 
 from runbook.errors import RunbookError
@@ -60,7 +61,7 @@ def test_counts_phases_and_failures_are_exact(small: tuple[Path, Truth]) -> None
     assert s.malformed == 1 and s.malformed_examples[0].startswith('{"seq": 999999999')  # the cut-off last line
     assert s.cutover == (4.0, 6.0)
     before, during, after = s.phases
-    assert (before.requests, during.requests, after.requests) == (800, 400, 800)
+    assert (before.requests, during.requests, after.requests) == (800, 401, 799)  # by schedule: 4.000 <= t <= 6.000
     assert (before.failures, during.failures, after.failures) == (0, 2, 1)
     by = {u.upstream: u for u in s.upstreams}
     assert by[GREEN].requests == truth.by_upstream[GREEN] and by[BLUE].requests == truth.by_upstream[BLUE]
@@ -83,7 +84,7 @@ def test_percentiles_match_nearest_rank(small: tuple[Path, Truth]) -> None:
 def test_during_is_first_to_last_cutover_event(small: tuple[Path, Truth]) -> None:
     d, _ = small
     only_shift = read_probe(d, cutover_events=["upstreams reordered"])
-    assert only_shift.cutover == (5.0, 5.0) and only_shift.phases[1].requests == 0  # an instant
+    assert only_shift.cutover == (5.0, 5.0) and only_shift.phases[1].requests == 1  # the one due at 5.000
     everything = read_probe(d)  # every event counts: 1.0 to 6.0
     assert everything.cutover == (1.0, 6.0)
     none = read_probe(d, cutover_events=[])
@@ -151,3 +152,29 @@ def test_six_hours_stay_small(big_probe: tuple[Path, Truth]) -> None:
     during = s.phases[1]
     assert during.max is not None and during.max >= 250.0  # the one-second spike at the shift is seen
     assert took < 30, f"reading and drawing 1.2M requests took {took:.1f}s"
+
+
+def test_reads_what_the_real_prober_writes(tmp_path: Path) -> None:
+    prober = pytest.importorskip("runbook.probes.prober")
+    served = {"n": 0}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        served["n"] += 1
+        upstream = GREEN if served["n"] <= 60 else BLUE
+        if served["n"] == 50:
+            raise httpx.ConnectError("connection reset by peer")
+        if request.method == "GET":
+            return httpx.Response(200, text="ok", headers={"X-Upstream": upstream})
+        return httpx.Response(200, json={"jsonrpc": "2.0", "result": 1000 + served["n"], "id": 1},
+                              headers={"X-Upstream": upstream})
+
+    p = prober.Prober(url="http://127.0.0.1:9", rate=200, out_dir=tmp_path, max_duration=0.6, isolate=False,
+                      transport=httpx.MockTransport(answer))
+    with p:
+        time.sleep(0.25)
+        p.event("upstreams reordered", "blue first")
+        p.wait(10)
+    s = read_probe(tmp_path, cutover_events=["upstreams reordered"])
+    assert s.requests == 120 and s.failures_total == 1 and s.malformed == 0
+    assert s.failures[0].verdict == "conn_error" and {u.upstream for u in s.upstreams} == {GREEN, BLUE, None}
+    assert s.cutover is not None and "<svg" in render_timeline(s)

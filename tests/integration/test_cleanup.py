@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,16 +32,24 @@ def _interrupt(tmp_path: Path, *, when: str) -> Testbed:
     hold = tmp_path / "test_hold.py"
     hold.write_text(HOLD)
     proc = subprocess.Popen(
-        [str(BIN / "pytest"), "-p", "no:cacheprovider", "-p", "runbook.plugin", "-q", "-s",
+        [str(BIN / "pytest"), "-p", "no:cacheprovider", "-p", "runbook.plugin", "-p", "runbook.evidence.hooks", "-q", "-s",
          *report_args(tmp_path / "reports"), f"--env={env_file}", str(hold)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+
+    def watch(observe: Callable[[], object]) -> Callable[[], object]:
+        def observed() -> object:
+            if proc.poll() is not None:  # a usage error would otherwise look like a slow bring-up
+                raise AssertionError(f"the inner pytest exited {proc.returncode}: {proc.communicate()[0]}")
+            return observe()
+        return observed
+
     try:
         if when == "bring-up":  # supervisord is up, the testbed is not finished
-            wait_for(tb.supervisor.pid, lambda p: p is not None, timeout=60, interval=0.02,
+            wait_for(watch(tb.supervisor.pid), lambda p: p is not None, timeout=60, interval=0.02,
                      what="supervisord to start")
         else:
-            wait_for(tb.running, bool, timeout=90, interval=0.1, what="the testbed to be up")
+            wait_for(watch(tb.running), bool, timeout=90, interval=0.1, what="the testbed to be up")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
     finally:
