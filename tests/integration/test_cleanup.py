@@ -32,8 +32,8 @@ def _interrupt(tmp_path: Path, *, when: str) -> Testbed:
     hold = tmp_path / "test_hold.py"
     hold.write_text(HOLD)
     proc = subprocess.Popen(
-        [str(BIN / "pytest"), "-p", "no:cacheprovider", "-p", "runbook.plugin", "-p", "runbook.evidence.hooks", "-q", "-s",
-         *report_args(tmp_path / "reports"), f"--env={env_file}", str(hold)],
+        [str(BIN / "pytest"), "-p", "no:cacheprovider", "-p", "runbook.plugin", "-p", "runbook.evidence.hooks",
+         "-q", "-s", *report_args(tmp_path / "reports"), f"--env={env_file}", str(hold)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
