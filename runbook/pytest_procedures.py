@@ -20,6 +20,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "agave-upgrade=seed-upgrade runs the seed's procedure through our features)")
 
 
+@pytest.hookimpl(trylast=True)  # after the evidence plugin has set up its session
+def pytest_configure(config: pytest.Config) -> None:
+    from runbook.evidence.collectors import COLLECTORS
+    from runbook.evidence.hooks import register_diagnostics
+
+    for name, collector in COLLECTORS.items():
+        register_diagnostics(config, collector, name=name)
+
+
 @pytest.fixture(scope="session")
 def target_version(pytestconfig: pytest.Config, env: Env) -> str:
     """--target-version, else the env's default target (disposable envs only)."""

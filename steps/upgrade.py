@@ -27,11 +27,22 @@ log = logging.getLogger("runbook.progress")
 class ProbeRun:
     prober: Prober
     summary: ProbeSummary | None = None
+    attached: bool = False
 
     def finish(self) -> ProbeSummary:
         if self.summary is None:
             self.summary = self.prober.stop()
         return self.summary
+
+    def attach(self, evidence: Recorder, env: Any) -> None:
+        """The cutover timeline and the records, into the report and the bundle (once)."""
+        if self.attached:
+            return
+        self.attached = True
+        names = {bg.upstream_address(env, c): c for c in bg.COLOURS}
+        evidence.attach_probe(self.prober.out_dir, upstream_names=names,
+                              cutover_events=[e for c in bg.COLOURS for e in (f"{c} healthy", "shift", f"{c} stopped",
+                                                                              "shift back")])
 
 
 @dataclass
@@ -162,9 +173,9 @@ def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Re
 
 @then("the prober saw no failed request")
 @then("the prober saw no failed request, none answered by a node that is behind")
-def no_failed_request(probe: ProbeRun, evidence: Recorder) -> None:
+def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -> None:
     summary = probe.finish()
-    evidence.attach("prober summary", summary.to_dict())
+    probe.attach(evidence, adapters.env)
     evidence.compare("failed requests", expected=0, observed=f"{summary.failed} of {summary.total}",
                      ok=summary.ok and summary.total > 0)
     zero_drop.check_no_failures(summary)

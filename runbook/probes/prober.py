@@ -262,6 +262,7 @@ class Prober:
     ) -> None:
         unknown = [k for k in mix if k not in KINDS]
         problems = [
+            *(["url must start with http:// or https://"] if not url.startswith(("http://", "https://")) else []),
             *(["rate must be > 0"] if not rate > 0 else []),
             *(["timeout must be > 0"] if not timeout > 0 else []),
             *(["max_requests must be >= 1"] if max_requests < 1 else []),
