@@ -326,6 +326,7 @@ class Prober:
         if self.isolate:
             gc.collect()
             gc.freeze()
+            self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(0.001)
         self._thread = threading.Thread(target=self._thread_main, name=f"prober {self.url}", daemon=True)
         self._thread.start()
