@@ -178,6 +178,8 @@ def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -
     probe.attach(evidence, adapters.env)
     evidence.compare("failed requests", expected=0, observed=f"{summary.failed} of {summary.total}",
                      ok=summary.ok and summary.total > 0)
+    evidence.compare("answered only on a retry (a config reload closed the client's idle keep-alive connection)",
+                     expected="counted", observed=summary.retried, ok=True)
     zero_drop.check_no_failures(summary)
 
 

@@ -172,13 +172,49 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
 
 
 # ------------------------------------------------------------------------ lanes
+# What a reused keep-alive connection raises when the server closed it as the request went out (Caddy
+# closes idle client connections on every config reload): nothing of a response was received.
+_CLOSED_IDLE = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
+
+
+def closed_while_idle(exc: BaseException) -> bool:
+    if isinstance(exc, httpcore.RemoteProtocolError):
+        return "without sending a response" in str(exc)
+    return isinstance(exc, _CLOSED_IDLE)
+
+
 class _CoreLane:
-    """One keep-alive connection (reconnected when closed or expired), prebuilt requests."""
+    """One keep-alive connection (reconnected when closed or expired), prebuilt requests.
+
+    Like every mainstream HTTP client (Go's net/http for idempotent requests, browsers, hyper for requests
+    it had not finished sending), a request that fails *on a reused connection the server closed* before
+    any byte of a response is retried once on a new connection: the server never saw it. The retry is
+    recorded (``retried``) and counted apart, so the cost of a config reload stays visible; a request on
+    a fresh connection, or one whose retry fails too, is a failure."""
 
     def __init__(self, pool: httpcore.AsyncConnectionPool, requests: list[httpcore.Request], header: bytes) -> None:
         self._pool, self._requests, self._header = pool, requests, header
+        self._warm = False  # the connection has carried a complete exchange and was kept alive
+        self.retried = ""  # why the last fetch was retried, if it was
 
     async def fetch(self, index: int) -> tuple[int, str | None, bytes]:
+        self.retried = ""
+        try:
+            result = await self._fetch(index)
+        except _CLOSED_IDLE as exc:
+            if not (self._warm and closed_while_idle(exc)):
+                self._warm = False
+                raise
+            self._warm = False
+            self.retried = f"{type(exc).__name__}: {exc or 'connection reset'} (reused keep-alive connection)"
+            result = await self._fetch(index)
+        except BaseException:
+            self._warm = False
+            raise
+        self._warm = True
+        return result
+
+    async def _fetch(self, index: int) -> tuple[int, str | None, bytes]:
         response = await self._pool.handle_async_request(self._requests[index])
         try:
             body = await response.aread()
@@ -538,10 +574,11 @@ class Prober:
             verdict, error = "conn_error", f"{type(exc).__name__}: {exc}"
         self._in_flight -= 1
         self._idle.append(lane)
-        self._record(seq, sent, time.monotonic(), status, upstream, verdict, error)
+        self._record(seq, sent, time.monotonic(), status, upstream, verdict, error,
+                     retried=getattr(lane, "retried", ""))
 
     def _record(self, seq: int, sent: float | None, done: float, status: int | None, upstream: str | None,
-                verdict: str, error: str) -> None:
+                verdict: str, error: str, retried: str = "") -> None:
         t0 = self.t0
         ok = verdict == "ok"
         self._completed += 1
@@ -555,5 +592,7 @@ class Prober:
             "kind": self.mix[seq % len(self.mix)].name, "status": status, "upstream": upstream, "ok": ok,
             "verdict": verdict, "error": error,
         }
+        if retried:
+            rec["retried"] = retried
         assert self._fh is not None
         self._fh.write(_ENCODER.encode(rec) + "\n")

@@ -212,6 +212,8 @@ class ProbeSummary:
     upstreams: Mapping[str, int]
     phases: tuple[Phase, ...]
     events: tuple[Event, ...] = field(default=())
+    retried: int = 0  # answered only on a retry: the server had closed a reused connection (config reload)
+    retries: tuple[Mapping[str, Any], ...] = field(default=())  # the first such records, whole
 
     @property
     def ok(self) -> bool:
@@ -236,6 +238,11 @@ class ProbeSummary:
             f"  longest gap between successes: {gap.seconds * 1000:.1f} ms (t={gap.start:.3f}..{gap.end:.3f} s)",
             "  upstreams: " + _counts(self.upstreams),
         ]
+        if self.retried:
+            lines.append(f"  {self.retried} request(s) met a keep-alive connection the server had closed (a Caddy "
+                         "config reload closes idle client connections) and were answered on a retry:")
+            lines += [f"    #{r.get('seq')} t={float(r.get('sched') or 0):.3f}s {r.get('kind')}: {r.get('retried')}"
+                      for r in self.retries[:max_listed]]
         for ph in self.phases:
             lines.append(f"  phase {ph.name!r} ({_span(ph.start, ph.end)}): {ph.total} requests, {ph.failed} failed; "
                          f"upstreams {_counts(ph.upstreams)}; latency {ph.latency}")
@@ -323,6 +330,8 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
     lag = Histogram()
     lag_within_5ms = 0
     failures: list[Mapping[str, Any]] = []
+    retries: list[Mapping[str, Any]] = []
+    retried = 0
     first_fail: float | None = None
     last_fail: float | None = None
     first_sent: float | None = None
@@ -344,6 +353,10 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
             lag_within_5ms += lag_ms <= 5.0
             first_sent = sent if first_sent is None else min(first_sent, sent)
             last_sent = max(last_sent, sent)
+        if rec.get("retried"):
+            retried += 1
+            if len(retries) < max_failures:
+                retries.append(rec)
         if rec.get("ok"):
             if done - last_ok > gap.seconds:
                 gap = Gap(round(done - last_ok, 6), round(last_ok, 6), round(done, 6))
@@ -388,6 +401,8 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
         upstreams=dict(overall.upstreams),
         phases=phases,
         events=events,
+        retried=retried,
+        retries=tuple(retries),
     )
 
 

@@ -1,0 +1,98 @@
+"""A reused keep-alive connection that the server closed without answering is retried once, counted
+apart; a fresh connection closed without an answer is a failure (the server may have seen the request)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runbook.probes.prober import Prober
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+class ClosingServer:
+    """Answers the first request of a connection, then drops the connection on its ``drop_at``-th request
+    (``drop_at=1``: a fresh connection closed without an answer)."""
+
+    def __init__(self, drop_at: int) -> None:
+        self.drop_at = drop_at
+        self.connections = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            n = 0
+            try:
+                while await reader.readuntil(b"\r\n\r\n"):
+                    n += 1
+                    if n == self.drop_at:
+                        writer.transport.abort()  # RST, no response
+                        return
+                    writer.write(OK)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+
+        async def main() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await asyncio.Event().wait()
+
+        self._loop.run_until_complete(main())
+
+    def __enter__(self) -> ClosingServer:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture
+def reused_drop() -> Iterator[ClosingServer]:
+    with ClosingServer(drop_at=2) as s:
+        yield s
+
+
+@pytest.fixture
+def fresh_drop() -> Iterator[ClosingServer]:
+    with ClosingServer(drop_at=1) as s:
+        yield s
+
+
+def _probe(port: int, out: Path, n: int) -> Prober:
+    p = Prober(url=f"http://127.0.0.1:{port}", rate=50, out_dir=out, mix=("GET /health",), max_requests=n,
+               max_in_flight=1, isolate=False, timeout=3)
+    p.start()
+    assert p.wait(timeout=30)
+    return p
+
+
+def test_a_reused_connection_closed_by_the_server_is_retried_and_counted(tmp_path: Path,
+                                                                       reused_drop: ClosingServer) -> None:
+    p = _probe(reused_drop.port, tmp_path, 6)
+    s = p.stop()
+    assert s.failed == 0 and s.total == 6, s.describe()
+    assert s.retried >= 2  # every second request on a connection meets a closed connection
+    assert all("reused keep-alive connection" in r["retried"] for r in s.retries)
+    assert "answered on a retry" in s.describe()
+
+
+def test_a_fresh_connection_closed_without_an_answer_is_a_failure(tmp_path: Path, fresh_drop: ClosingServer) -> None:
+    p = _probe(fresh_drop.port, tmp_path, 3)
+    s = p.stop()
+    assert s.failed == 3 and s.retried == 0, s.describe()
+    assert {f["verdict"] for f in s.failures} == {"conn_error"}
