@@ -7,6 +7,7 @@ facts derived at the start of a run are kept in its journal so a resumed run see
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from runbook.adapters.base import Host
 from runbook.adapters.rpc import RpcClient
 from runbook.env import DeploymentConfig, Env
 from runbook.errors import AdapterError, CheckFailed, ConfigError
+from runbook.wait import wait_for
 
 COLOURS = ("green", "blue")
 
@@ -57,6 +59,33 @@ def live_colour(env: Env, workloads: Any) -> tuple[str | None, str]:
     if len(running) == 1:
         return running[0], f"no {env.ingress.upstream_header} header: the only colour with pods"
     return None, f"no {env.ingress.upstream_header} header and {len(running)} colours with pods"
+
+
+def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float) -> float:
+    """Wait until ``colour`` has answered `ok` without a break for long enough that Caddy's active health
+    checker has seen it too (two intervals plus the check's timeout). Caddy's admin API does not say which
+    upstreams it believes healthy (design trap 4), so this is read from the checker's own schedule; stopping
+    the other colour earlier leaves Caddy with no upstream it believes available. Returns the hold used."""
+    from runbook.adapters.ingress import find_reverse_proxy
+    from runbook.checks.caddy_audit import go_duration
+
+    active = (find_reverse_proxy(ingress.config()).handler.get("health_checks") or {}).get("active") or {}
+    hold = 2 * (go_duration(active.get("interval")) or 30.0) + (go_duration(active.get("timeout")) or 5.0)
+    since: list[float] = []
+
+    def steady_ok() -> float:
+        now = time.monotonic()
+        if observe_node(env, colour).health != "ok":
+            since.clear()
+            return 0.0
+        if not since:
+            since.append(now)
+        return now - since[0]
+
+    wait_for(steady_ok, lambda held: held >= hold, timeout=timeout + hold, interval=0.2,
+             what=f"{colour} to answer ok for {hold:.1f}s, long enough for Caddy's active health check",
+             env=env.name, obj=colour)
+    return hold
 
 
 def image_with_tag(image: str, version: str) -> str:
