@@ -25,3 +25,12 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
     And the live colour serves on its old version
     And the prober saw no failed request
     And the live colour's ledger is unchanged
+
+  Scenario: The operator chooses to destroy the old colour's data at cleanup
+    Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
+    When the agave upgrade runs to the target version, destroying the old data at cleanup
+    Then every step of the upgrade completed
+    And the prober saw no failed request
+    And the new colour serves on its target version
+    And the old colour's data and the pre-upgrade snapshot are gone
+    And rolling back is refused because the old data is gone

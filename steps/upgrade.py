@@ -12,7 +12,7 @@ from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters
 from runbook.checks import zero_drop
-from runbook.errors import CheckFailed
+from runbook.errors import CheckFailed, RunbookError
 from runbook.evidence.recorder import Recorder
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
@@ -117,6 +117,38 @@ def _upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, par
 def run_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str,
                 request: pytest.FixtureRequest) -> UpgradeRun:
     return _upgrade(adapters, evidence, probe, {"target_version": target_version}, request)
+
+
+@when("the agave upgrade runs to the target version, destroying the old data at cleanup", target_fixture="upgrade")
+def run_upgrade_destroy_old(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str,
+                            request: pytest.FixtureRequest) -> UpgradeRun:
+    return _upgrade(adapters, evidence, probe, {"target_version": target_version, "cleanup": "destroy"}, request)
+
+
+@then("the old colour's data and the pre-upgrade snapshot are gone")
+def old_data_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    live = adapters.env.deployments.colour(upgrade.facts["live"])
+    datasets = {d.name: d for d in adapters.storage.datasets()}
+    snaps = [s for d in datasets.values() for s in d.snapshots if s.endswith("@" + upgrade.facts["snapshot"])]
+    ok = live.data not in datasets and not snaps
+    evidence.compare("old dataset and snapshot", expected="none", observed={"datasets": sorted(datasets),
+                     "snapshots": snaps}, ok=ok)
+    if not ok:
+        raise CheckFailed(f"{live.data} or its snapshot remains", observed={"datasets": sorted(datasets),
+                          "snapshots": snaps})
+
+
+@then("rolling back is refused because the old data is gone")
+def rollback_refused(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
+    env = adapters.env
+    try:
+        agave_rollback.rollback(upgrade.ctx, journal_for(env, "agave-upgrade"), journal_for(env, "agave-rollback"))
+    except RunbookError as exc:
+        evidence.compare("rollback", expected="refused", observed=str(exc), ok="cannot roll back" in str(exc))
+        if "cannot roll back" not in str(exc):
+            raise
+        return
+    raise CheckFailed("a rollback to destroyed data was attempted", expected="refused", observed="ran")
 
 
 @when(parsers.parse('the agave upgrade runs to the target version and stops after "{step}"'),

@@ -135,7 +135,9 @@ class BtrfsStorage(TreeStorage):
         origins: dict[str, str | None] = {}
         for name, sv in datasets.items():
             parent = by_uuid.get(sv.parent_uuid or "")
-            if parent is not None and parent.partition("@")[0] != name:
+            if reg["datasets"].get(name, {}).get("promoted"):
+                origins[name] = None  # promoted: no longer counted as its origin's clone
+            elif parent is not None and parent.partition("@")[0] != name:
                 origins[name] = parent  # real state: a writable snapshot of another dataset's snapshot
             else:
                 recorded = reg["datasets"].get(name, {}).get("origin")

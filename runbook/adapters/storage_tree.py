@@ -285,6 +285,18 @@ class TreeStorage:
             self._run(self._argv_remove(self.dataset_path(name)))
             self._update(datasets={name: None})
 
+    def promote(self, clone: str) -> None:
+        """Make a clone independent of its origin snapshot. Its data already is (a full or reflinked copy,
+        or a btrfs subvolume); what changes is that the origin no longer counts as having a clone, so the old
+        dataset and its snapshot can be destroyed, as after ``zfs promote``."""
+        with self._lock():
+            st = self._begin(self.dataset_path(clone))
+            if clone not in st.datasets:
+                raise not_found("dataset", clone, self.backend)
+            if st.datasets[clone] is None:
+                return  # converge
+            self._update(datasets={clone: {"origin": None, "promoted": True}})
+
     def _refuse_clones(self, st: TreeState, snaps: Sequence[str]) -> None:
         deps = {s: st.clones_of(s) for s in snaps if st.clones_of(s)}
         if deps:
@@ -345,6 +357,9 @@ class TreeStorage:
                 list(self._scan().snapshots.get(args[0], ()))
             argvs = [a for s in reversed(snaps) for a in self._argv_remove(self.snapshot_path(s))]
             argvs += self._argv_remove(self._any_path(args[0]))
+        elif op == "promote":
+            plan_args(op, args, 1)
+            return [f"# {self.backend}: {args[0]} no longer counts as a clone (registry only; its data is its own)"]
         elif op == "rollback":
             plan_args(op, args, 1)
             newer = self._newer(self._scan(), args[0]) if options.get("destroy_newer") else []

@@ -60,6 +60,10 @@ def cmd_rollback(snapshot: str, *, destroy_newer: bool = False) -> str:
     return f"zfs rollback {'-r ' if destroy_newer else ''}{q(snapshot)}"
 
 
+def cmd_promote(name: str) -> str:
+    return f"zfs promote {q(name)}"
+
+
 def cmd_get(prop: str, name: str) -> str:
     return f"zfs get -H -o value {prop} {q(name)}"
 
@@ -256,6 +260,17 @@ class ZfsStorage:
         self._refuse_clones(snaps)
         self._run(cmd_destroy(name, recursive=recursive))
 
+    def promote(self, clone: str) -> None:
+        """Make a clone independent of its origin snapshot (``zfs promote``: the snapshot moves to it and
+        the old origin dataset becomes the clone), so the old dataset can be destroyed."""
+        check_dataset(clone)
+        origin = self._get("origin", clone)
+        if origin is None:
+            raise NoSuchDataset(f"zfs: no such dataset {clone!r}", obj=clone)
+        if origin in ("-", ""):
+            return  # converge: not a clone (any more)
+        self._run(cmd_promote(clone))
+
     def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
         ds, _ = split_snapshot(snapshot)
         rows = self._snapshot_rows(ds)
@@ -298,6 +313,9 @@ class ZfsStorage:
             else:
                 check_dataset(args[0])
             return [cmd_destroy(args[0], recursive=options.get("recursive", False))]
+        if op == "promote":
+            plan_args(op, args, 1)
+            return [cmd_promote(check_dataset(args[0]))]
         if op == "rollback":
             plan_args(op, args, 1)
             split_snapshot(args[0])

@@ -125,6 +125,9 @@ def rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) 
     if state.get("status") == "rolled back":
         ctx.progress("the upgrade was already rolled back")
         return []
+    if ctx.facts.get("old_destroyed"):
+        raise RunbookError("cannot roll back: the old colour's data and its snapshot were destroyed at cleanup "
+                           "(cleanup=destroy); the new colour is the only copy", procedure=up.PROCEDURE.name)
     if state.get("status") != "done":
         up.PROCEDURE.roll_back(ctx, upgrade_journal)
         return [StepOutcome("(rollback before cleanup)", "rolled back")]

@@ -280,6 +280,44 @@ def restore_order(ctx: Context) -> None:
         ctx.adapters.ingress.set_upstream_order(old)
 
 
+# ------------------------------------------------------------------------------------------- retire the old data
+def destroy_old_chosen(ctx: Context) -> bool:
+    return str(ctx.params.get("cleanup", "keep")) == "destroy"
+
+
+def old_retired(ctx: Context) -> bool:
+    """Nothing to do when the operator keeps the old data (the default: it is the rollback point)."""
+    return not destroy_old_chosen(ctx) or _dataset(ctx, _live(ctx).data) is None
+
+
+def retire_old(ctx: Context) -> None:
+    """The operator chose to destroy the old colour's data: the clone is promoted so it no longer depends
+    on the snapshot, then the old dataset and the snapshot go. No rollback to the old data after this."""
+    st = ctx.adapters.storage
+    st.promote(_idle(ctx).data)
+    st.destroy(_live(ctx).data, recursive=True)
+    moved = f"{_idle(ctx).data}@{ctx.facts['snapshot']}"  # where zfs promote moves the snapshot
+    if any(moved in d.snapshots for d in st.datasets()):
+        st.destroy(moved)
+    ctx.facts["old_destroyed"] = True
+    ctx.progress(f"destroyed {_live(ctx).data} and its snapshot: rolling back to the old data is no longer possible")
+
+
+def verify_retired(ctx: Context) -> None:
+    gone = _dataset(ctx, _live(ctx).data) is None
+    if destroy_old_chosen(ctx) != gone:
+        raise CheckFailed(f"{_live(ctx).data} should {'be gone' if destroy_old_chosen(ctx) else 'be kept'}",
+                          expected="destroyed" if destroy_old_chosen(ctx) else "kept", observed="gone" if gone else
+                          "present", obj=_live(ctx).data)
+
+
+def _plan_retire(ctx: Context) -> list[str]:
+    if not destroy_old_chosen(ctx):
+        return [f"# keep {_live(ctx).data} and {_snapshot(ctx)} (the rollback point; --cleanup destroy removes them)"]
+    st = ctx.adapters.storage
+    return [*st.plan("promote", _idle(ctx).data), *st.plan("destroy", _live(ctx).data, recursive=True)]
+
+
 # ------------------------------------------------------------------------------------------- steady state
 def live_serving(ctx: Context) -> None:
     """After a rollback: the old live colour serves the ingress and answers ok, the idle colour is gone."""
@@ -348,5 +386,7 @@ PROCEDURE = Procedure(
              plan=_plan_shift),
         Step("cleanup", "put the new live colour first in the upstream order", put_new_live_first, verify_order,
              is_done=order_is_safe, rollback=restore_order, plan=_plan_cleanup),
+        Step("retire-old", "keep the old colour's data as the rollback point, or destroy it if the operator chose",
+             retire_old, verify_retired, is_done=old_retired, plan=_plan_retire),
     ),
 )

@@ -98,6 +98,9 @@ class HostPathStorage:
     def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
         self.inner.rollback(snapshot, destroy_newer=destroy_newer)
 
+    def promote(self, clone: str) -> None:
+        self.inner.promote(clone)
+
     def copy_tree(self, src: str, dst: str, *, progress: StorageProgress | None = None) -> int:
         return self.inner.copy_tree(str(self._host_path(src)), str(self._host_path(dst)), progress=progress)
 
@@ -214,6 +217,17 @@ class Testbed:
         if wl.pods(blue.name) or blue.name in wl.deployments():
             wl.delete_deployment(blue.name)
             changed.append(f"deleted {blue.name}")
+        names = {d.name: d for d in storage.datasets()}
+        if blue.data in names:
+            storage.destroy(blue.data, recursive=True)
+            changed.append(f"destroyed {blue.data}")
+        green_data = env.deployments.green.data
+        for snap in reversed(names[green_data].snapshots if green_data in names else ()):
+            storage.destroy(snap)
+            changed.append(f"destroyed {snap}")
+        if green_data not in names:  # an upgrade that destroyed the old data at cleanup
+            self._seed_green_data(progress)
+            changed.append(f"recreated {green_data}")
         green_pods = wl.pods(env.deployments.green.name)
         want = self.green_manifest()["spec"]["template"]["spec"]
         want_images = {c["name"]: c["image"] for c in want.get("initContainers", []) + want["containers"]}
@@ -224,14 +238,6 @@ class Testbed:
             wl.apply_deployment(self.green_manifest())
             changed.append(f"redeployed {env.deployments.green.name}")
         wl.wait_rollout(env.deployments.green.name, timeout=env.timeouts.rollout)
-        names = {d.name: d for d in storage.datasets()}
-        if blue.data in names:
-            storage.destroy(blue.data, recursive=True)
-            changed.append(f"destroyed {blue.data}")
-        for snap in reversed(names[env.deployments.green.data].snapshots if env.deployments.green.data in names
-                             else ()):
-            storage.destroy(snap)
-            changed.append(f"destroyed {snap}")
         shutil.rmtree(self.state_dir / "journal", ignore_errors=True)
         if changed:
             progress("reset to baseline: " + "; ".join(changed))

@@ -604,3 +604,23 @@ def test_zfs_copy_tree_on_the_host() -> None:
     calls: list[tuple[int, int]] = []
     assert ZfsStorage(host).copy_tree(src, dst, progress=lambda d, t: calls.append((d, t))) == 1234
     assert calls == [(0, 5000), (5000, 5000)]
+
+
+# ----------------------------------------------------------------------------- promote (cleanup: destroy old)
+def test_promote_lets_the_old_dataset_and_its_snapshot_go(storage: TreeStorage) -> None:
+    st = storage
+    st.ensure_dataset("volumes/solana")
+    st.snapshot("volumes/solana", "pre")
+    st.clone("volumes/solana@pre", "volumes/solana-blue")
+    with pytest.raises(StorageRefused):
+        st.destroy("volumes/solana", recursive=True)  # the clone depends on its snapshot
+    st.promote("volumes/solana-blue")
+    st.promote("volumes/solana-blue")  # converge
+    st.destroy("volumes/solana", recursive=True)
+    names = {d.name: d for d in st.datasets()}
+    assert "volumes/solana" not in names and names["volumes/solana-blue"].origin is None
+
+
+def test_zfs_promote_command_and_plan() -> None:
+    zfs = ZfsStorage(FakeHost())
+    assert zfs.plan("promote", "pool/volumes/blue") == ["zfs promote pool/volumes/blue"]
