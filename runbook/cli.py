@@ -177,7 +177,8 @@ def run_procedure(procedure: str, env: str = EnvOption, target_version: str = Ta
         if procedure not in FEATURES:
             raise RunbookError(f"unknown procedure {procedure!r}: known are {', '.join(sorted(FEATURES))}")
         _confirm(e, f"running {procedure}", target_version, yes)
-        argv = [sys.executable, "-m", "pytest", FEATURES[procedure], f"--env={env}", "--allow-mutations"]
+        argv = [sys.executable, "-m", "pytest", FEATURES[procedure], f"--env={env}", "--allow-mutations",
+                "-o", "log_cli=true", "--log-cli-level=INFO"]  # progress (slots behind, ETA, MiB/s) live
         if target_version:
             argv.append(f"--target-version={target_version}")
         if yes:

@@ -36,6 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # live logs (`-o log_cli=true --log-cli-level=INFO`) show the runbook's progress, not every HTTP request
+    for noisy in ("httpx", "httpcore", "kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         env = load_env(config.getoption("env"))
     except ConfigError as exc:

@@ -16,8 +16,8 @@ def check_native_sidecar(pod: PodInfo, sidecar: str) -> None:
     c = pod.container(sidecar)
     if c.kind != "sidecar" or c.state != "running":
         raise CheckFailed(f"{sidecar} in pod {pod.name} must be a running native sidecar (an initContainer with "
-                          f"restartPolicy: Always); it is a{'n app' if c.kind == 'app' else ''} {c.kind} container, "
-                          f"{c.state}", expected={"kind": "sidecar", "state": "running"},
+                          f"restartPolicy: Always); it is {'a regular (app)' if c.kind == 'app' else 'a sidecar'} "
+                          f"container, {c.state}", expected={"kind": "sidecar", "state": "running"},
                           observed={"kind": c.kind, "state": c.state}, obj=pod.name)
 
 

@@ -25,6 +25,7 @@ class ClosingServer:
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._stop: asyncio.Event
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -45,12 +46,15 @@ class ClosingServer:
                 return
 
         async def main() -> None:
+            self._stop = asyncio.Event()
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
-            await asyncio.Event().wait()
+            async with server:
+                await self._stop.wait()
 
         self._loop.run_until_complete(main())
+        self._loop.close()
 
     def __enter__(self) -> ClosingServer:
         self._thread.start()
@@ -58,7 +62,8 @@ class ClosingServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=5)
 
 
 @pytest.fixture
