@@ -15,7 +15,7 @@ keep-alive connection reset under a request is a failed request, as a client wou
 **Lanes.** Each in-flight request has its own keep-alive connection (a one-connection httpcore pool, the
 engine of httpx; idle lanes are reused warmest first). A single pool of hundreds of connections scans
 and polls all of them on every request and collapses under load. Plain-HTTP lanes run on asyncio sockets
-directly (:class:`_AsyncioBackend`), about a third less CPU per request than anyio's streams; https uses
+directly (:class:`AsyncioBackend`), about a third less CPU per request than anyio's streams; https uses
 httpcore's default backend. Requests are prebuilt once per kind.
 
 **Records** stream to ``requests.jsonl`` as requests complete (buffered, flushed every ``flush_interval``);
@@ -52,6 +52,7 @@ import httpcore
 import httpx
 
 from runbook.errors import ConfigError, RunbookError
+from runbook.probes.lanes import AsyncioBackend, CoreLane, TransportLane
 from runbook.probes.summary import (
     DEFAULT_MIX,
     EVENTS_FILE,
@@ -75,174 +76,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 TIMEOUTS = (TimeoutError, httpcore.TimeoutException, httpx.TimeoutException)
 CONN_ERRORS = (OSError, httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
                httpx.TransportError)
-
-
-# ------------------------------------------------------------------------ asyncio network backend
-class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.eof = False
-        self.error: Exception | None = None
-        self.waiter: asyncio.Future[None] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof, self.error = True, exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-
-def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(httpcore.ReadTimeout(f"no data within {timeout:g} s"))
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
-        self._transport, self._p = transport, protocol
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        p = self._p
-        if not p.buffer and not p.eof:
-            loop = asyncio.get_running_loop()
-            p.waiter = waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter, timeout) if timeout else None
-            try:
-                await waiter
-            finally:
-                p.waiter = None
-                if timer is not None:
-                    timer.cancel()
-        if p.buffer:
-            data = bytes(p.buffer[:max_bytes])
-            del p.buffer[:max_bytes]
-            return data
-        if p.error is not None:
-            raise httpcore.ReadError(f"{type(p.error).__name__}: {p.error}")
-        return b""
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if self._transport.is_closing():
-            raise httpcore.WriteError("the connection is closed")
-        self._transport.write(buffer)  # requests are small: the transport buffers, nothing to await
-
-    async def aclose(self) -> None:
-        self._transport.close()
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":  # httpcore's "did the server close this idle connection?"
-            return bool(self._p.buffer) or self._p.eof
-        names = {"socket": "socket", "client_addr": "sockname", "server_addr": "peername"}
-        return self._transport.get_extra_info(names[info]) if info in names else None
-
-
-class _AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network interface on asyncio transports: no anyio cancel scopes or polls per read."""
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=(local_address, 0) if local_address else None)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"{host}:{port}: {exc}") from exc
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        assert isinstance(transport, asyncio.Transport)
-        return _Stream(transport, protocol)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-# ------------------------------------------------------------------------ lanes
-# What a reused keep-alive connection raises when the server closed it as the request went out (Caddy
-# closes idle client connections on every config reload): nothing of a response was received.
-_CLOSED_IDLE = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
-
-
-def closed_while_idle(exc: BaseException) -> bool:
-    if isinstance(exc, httpcore.RemoteProtocolError):
-        return "without sending a response" in str(exc)
-    return isinstance(exc, _CLOSED_IDLE)
-
-
-class _CoreLane:
-    """One keep-alive connection (reconnected when closed or expired), prebuilt requests.
-
-    Like every mainstream HTTP client (Go's net/http for idempotent requests, browsers, hyper for requests
-    it had not finished sending), a request that fails *on a reused connection the server closed* before
-    any byte of a response is retried once on a new connection: the server never saw it. The retry is
-    recorded (``retried``) and counted apart, so the cost of a config reload stays visible; a request on
-    a fresh connection, or one whose retry fails too, is a failure."""
-
-    def __init__(self, pool: httpcore.AsyncConnectionPool, requests: list[httpcore.Request], header: bytes) -> None:
-        self._pool, self._requests, self._header = pool, requests, header
-        self._warm = False  # the connection has carried a complete exchange and was kept alive
-        self.retried = ""  # why the last fetch was retried, if it was
-
-    async def fetch(self, index: int) -> tuple[int, str | None, bytes]:
-        self.retried = ""
-        try:
-            result = await self._fetch(index)
-        except _CLOSED_IDLE as exc:
-            if not (self._warm and closed_while_idle(exc)):
-                self._warm = False
-                raise
-            self._warm = False
-            self.retried = f"{type(exc).__name__}: {exc or 'connection reset'} (reused keep-alive connection)"
-            result = await self._fetch(index)
-        except BaseException:
-            self._warm = False
-            raise
-        self._warm = True
-        return result
-
-    async def _fetch(self, index: int) -> tuple[int, str | None, bytes]:
-        response = await self._pool.handle_async_request(self._requests[index])
-        try:
-            body = await response.aread()
-        finally:
-            await response.aclose()
-        upstream = next((v.decode("latin-1") for k, v in response.headers if k.lower() == self._header), None)
-        return response.status, upstream, body
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-
-
-class _TransportLane:
-    """The test seam: any httpx transport (e.g. ``httpx.MockTransport``), shared by all requests."""
-
-    def __init__(self, transport: httpx.AsyncBaseTransport, requests: list[httpx.Request], header: str) -> None:
-        self._transport, self._requests, self._header = transport, requests, header
-
-    async def fetch(self, index: int) -> tuple[int, str | None, bytes]:
-        response = await self._transport.handle_async_request(self._requests[index])
-        try:
-            body = await response.aread()
-        finally:
-            await response.aclose()
-        return response.status_code, response.headers.get(self._header), body
-
-    async def aclose(self) -> None:
-        pass
 
 
 def _raise_priority() -> str:
@@ -345,8 +178,8 @@ class Prober:
         self._halted: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._fh: IO[str] | None = None
-        self._lanes: list[_CoreLane] = []
-        self._idle: list[_CoreLane | _TransportLane] = []  # a stack: the warmest connection on top
+        self._lanes: list[CoreLane] = []
+        self._idle: list[CoreLane | TransportLane] = []  # a stack: the warmest connection on top
         self._new_lane: Any = None
 
     def __repr__(self) -> str:
@@ -470,7 +303,7 @@ class Prober:
                                            **({"content-type": "application/json"} if k.rpc_method else {})})
                     for k in self.mix]
         if self._transport is not None:
-            self._idle = [_TransportLane(self._transport, requests, self.upstream_header)] * self.max_in_flight
+            self._idle = [TransportLane(self._transport, requests, self.upstream_header)] * self.max_in_flight
             return
         core = [httpcore.Request(r.method, httpcore.URL(scheme=r.url.raw_scheme, host=r.url.raw_host,
                                                         port=r.url.port, target=r.url.raw_path),
@@ -480,11 +313,11 @@ class Prober:
         context = httpx.create_ssl_context() if https else None
         header = self.upstream_header.lower().encode()
 
-        def new_lane() -> _CoreLane:
+        def new_lane() -> CoreLane:
             pool = httpcore.AsyncConnectionPool(
                 ssl_context=context, max_connections=1, max_keepalive_connections=1, keepalive_expiry=5.0,
-                retries=0, network_backend=None if https else _AsyncioBackend())
-            lane = _CoreLane(pool, core, header)
+                retries=0, network_backend=None if https else AsyncioBackend())
+            lane = CoreLane(pool, core, header)
             self._lanes.append(lane)
             return lane
 
@@ -552,7 +385,7 @@ class Prober:
             self._fh.flush()
             asyncio.get_running_loop().call_later(self.flush_interval, self._flush_tick)
 
-    async def _one(self, seq: int, lane: _CoreLane | _TransportLane) -> None:
+    async def _one(self, seq: int, lane: CoreLane | TransportLane) -> None:
         index = seq % len(self.mix)
         status: int | None = None
         upstream: str | None = None
