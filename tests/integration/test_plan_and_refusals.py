@@ -69,3 +69,14 @@ def test_plan_on_kind_prints_the_operations_without_a_cluster() -> None:
     for expected in ("cp -a -T -- /srv/solana", "kubectl --context kind-runbook -n agave apply -f -",
                      "delete deployment agave-green", "PATCH http://127.0.0.1:12019/config/"):
         assert expected in ran.out
+
+
+def test_the_suite_on_kind_without_a_cluster_fails_fast_with_one_message(tmp_path: Path) -> None:
+    data = yaml.safe_load((PROJECT_ROOT / "envs" / "kind.yaml").read_text())
+    data["kube"]["kubeconfig"] = str(tmp_path / "no-kubeconfig")  # whatever ~/.kube holds on this machine
+    path = tmp_path / "kind.yaml"
+    path.write_text(yaml.safe_dump(data))
+    ran = run_pytest("features/", f"--env={path}", reports=tmp_path)
+    assert ran.rc == 4, ran.out
+    assert "no kubeconfig for env kind" in ran.out and not ran.traceback, ran.out
+    assert [line for line in ran.out.splitlines() if line.startswith("ERROR")] == [ran.out.splitlines()[0]]
