@@ -15,6 +15,7 @@ import pytest
 from runbook.errors import RunbookError
 from runbook.evidence.timeline import read_probe
 from runbook.evidence.timeline_svg import render_timeline, timeline_page
+from runbook.wait import wait_for
 from tests.evidence.conftest import BIG_FAILURES, BIG_REQUESTS
 from tests.evidence.probegen import BLUE, GREEN, Failure, ProbeSpec, Truth, write_probe
 
@@ -171,7 +172,8 @@ def test_reads_what_the_real_prober_writes(tmp_path: Path) -> None:
     p = prober.Prober(url="http://127.0.0.1:9", rate=200, out_dir=tmp_path, max_duration=0.6, isolate=False,
                       transport=httpx.MockTransport(answer))
     with p:
-        time.sleep(0.25)
+        wait_for(lambda: p.progress.completed, lambda n: n >= 50, timeout=10, interval=0.01,
+                 what="the first 50 answers")
         p.event("upstreams reordered", "blue first")
         p.wait(10)
     s = read_probe(tmp_path, cutover_events=["upstreams reordered"])

@@ -88,7 +88,7 @@ def test_a_server_that_does_not_answer_times_out(server: HTTPServer, env: Env) -
     start = time.monotonic()
     with pytest.raises(KubeError) as err:
         kube.pod("p1")
-    assert time.monotonic() - start < 1.2
+    assert time.monotonic() - start < 1.5  # gave up before the server's (injected, 1.5 s late) answer
     assert str(err.value) == (f"get pod/p1 in namespace agave: the API server at {kube.target.server} (context "
                               "fake) did not answer within 0.3s [env=kind, object=pod/p1]")
 
