@@ -13,6 +13,7 @@ from pytest_bdd import given, parsers, then, when
 from runbook.adapters.factory import Adapters
 from runbook.checks import zero_drop
 from runbook.errors import CheckFailed, RunbookError
+from runbook.evidence.artifacts import slug
 from runbook.evidence.recorder import Recorder
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
@@ -74,7 +75,7 @@ def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, par
                      "requests/s"), target_fixture="probe")
 def start_prober(adapters: Adapters, rate: int, request: pytest.FixtureRequest, evidence: Recorder) -> ProbeRun:
     env = adapters.env
-    out = Path(request.config.rootpath) / "reports" / "probes" / _safe(request.node.nodeid)
+    out = Path(request.config.rootpath) / "reports" / "probes" / slug(request.node.nodeid, 120)
     # A client's patience, not the prober's: Caddy may hold a request while it retries (lb_try_duration),
     # so requests get a 10 s timeout and enough of them may be in flight for that to never cap the schedule.
     prober = Prober(url=env.ingress.url, rate=rate, out_dir=out, upstream_header=env.ingress.upstream_header,
@@ -313,6 +314,3 @@ def all_served_by_live(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun,
                      ok=counts == {live: summary.total})
     zero_drop.check_served_only_by(counts, live, when="with both colours healthy under lb_policy first")
 
-
-def _safe(nodeid: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in nodeid)[-120:]

@@ -15,8 +15,8 @@ import httpx
 
 from runbook.adapters.base import Host
 from runbook.adapters.rpc import RpcClient
-from runbook.env import DeploymentConfig, Env
-from runbook.errors import AdapterError, CheckFailed, ConfigError
+from runbook.env import Env
+from runbook.errors import AdapterError, CheckFailed
 from runbook.wait import wait_for
 
 COLOURS = ("green", "blue")
@@ -148,8 +148,3 @@ def ledger_checksum(host: Host, ledger: str) -> str:
         raise CheckFailed(f"no ledger data under {ledger} on {host.url}", obj=ledger)
     return digest
 
-
-def deployment_config(env: Env, colour: str) -> DeploymentConfig:
-    if colour not in COLOURS:
-        raise ConfigError(f"unknown colour {colour!r}")
-    return env.deployments.colour(colour)

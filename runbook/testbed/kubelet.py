@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo
-from runbook.env import Env
+from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
+from runbook.testbed.chain import ChainParams
 from runbook.testbed.supervisor import Supervisor
 from runbook.wait import wait_for
 
@@ -323,12 +324,9 @@ class LocalWorkloads:
         env.update({
             "PATH": f"{root / 'bin'}:{Path(sys.executable).parent}:{_SYSTEM_PATH}",
             "HOME": str(root / "root"),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "PYTHONPATH": str(PROJECT_ROOT),
             "PYTHONUNBUFFERED": "1",
-            "RUNBOOK_GENESIS_TIME": repr(self.tb.genesis_time),
-            "RUNBOOK_SLOT_TIME": repr(self.tb.slot_time),
-            "RUNBOOK_REPLAY_SPEED": repr(self.tb.replay_speed),
-            "RUNBOOK_HEALTH_DISTANCE": str(self.tb.health_distance),
+            **ChainParams.from_testbed(self.tb).to_env(),
             "RUNBOOK_STARTUP_DELAY": repr(self.tb.startup_delay),
             "RUNBOOK_POD": pod,
             "RUNBOOK_CONTAINER": c["name"],

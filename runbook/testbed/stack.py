@@ -245,13 +245,7 @@ class Testbed:
         return changed
 
     def _chain_env(self) -> dict[str, str]:
-        return {
-            "RUNBOOK_GENESIS_TIME": repr(self.tb.genesis_time),
-            "RUNBOOK_SLOT_TIME": repr(self.tb.slot_time),
-            "RUNBOOK_REPLAY_SPEED": repr(self.tb.replay_speed),
-            "RUNBOOK_HEALTH_DISTANCE": str(self.tb.health_distance),
-            "PYTHONPATH": str(PROJECT_ROOT),
-        }
+        return {**chain.ChainParams.from_testbed(self.tb).to_env(), "PYTHONPATH": str(PROJECT_ROOT)}
 
     def _up_storage(self, progress: Progress) -> tuple[str, str]:
         from runbook.adapters.storage import choose_backend
@@ -270,7 +264,7 @@ class Testbed:
         ds = self.storage.ensure_dataset(green.data)
         ledger = Path(ds.path) / "ledger"
         if not (ledger / chain.PROGRESS_FILE).exists():
-            params = chain.ChainParams.from_env(self._chain_env())
+            params = chain.ChainParams.from_testbed(self.tb)
             progress(f"initialising green's ledger at the cluster tip ({ledger})")
             chain.init_ledger(ledger, slot=params.tip(), size_mb=8)
         accounts = self.host_path(green.accounts)
