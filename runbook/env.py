@@ -156,6 +156,8 @@ class Env(_Model):
     storage: StorageConfig
     doublezero: DoubleZeroConfig
     cluster_rpc: str
+    entrypoints: list[str] = Field(default_factory=list, description="the cluster's gossip entrypoints "
+                                   "(HOST:PORT) the validator joins; empty keeps the manifest's --entrypoint")
     target_version: str | None = Field(default=None, description="default upgrade target (disposable envs)")
     catch_up_distance: int = Field(default=150, ge=0, description="slots behind the tip that count as caught up")
     timeouts: Timeouts = Timeouts()

@@ -262,6 +262,9 @@ def render_deployment(
         raise ConfigError(f"container {APP_CONTAINER} has no `{RPC_PORT_FLAG} <port>` in its args: {args}",
                           env=env.name)
     args[args.index(RPC_PORT_FLAG) + 1] = str(cfg.rpc_port)
+    if env.entrypoints:  # the cluster this env's validators join (the testbeds' cluster stand-in)
+        kept = [a for i, a in enumerate(args) if a != "--entrypoint" and (i == 0 or args[i - 1] != "--entrypoint")]
+        args[:] = kept + [x for ep in env.entrypoints for x in ("--entrypoint", ep)]
     if image or cfg.image:
         app["image"] = image or cfg.image
     if sidecar_image:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from runbook.images import same_image
+
 # --------------------------------------------------------------------------- host
 
 
@@ -104,7 +106,7 @@ class PodInfo:
         return {
             n: (self.template_images[n], img)
             for n, img in self.spec_images.items()
-            if n in self.template_images and self.template_images[n] != img
+            if n in self.template_images and not same_image(self.template_images[n], img)
         }
 
 

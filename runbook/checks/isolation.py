@@ -18,6 +18,7 @@ from typing import Any
 
 from runbook.adapters.base import ContainerStatus, Host, PodInfo, Workloads
 from runbook.errors import CheckFailed, PreconditionFailed
+from runbook.images import same_image
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,9 @@ def sidecar_problems(before: Observation, after: Observation, *, image: str) -> 
         out.append(Problem(f"{why}: {a.name} restartCount", b.restart_count + 1, a.restart_count))
     if a.state != "running":
         out.append(Problem(f"{a.name} state", "running", f"{a.state}"))
-    if a.image != image:
+    if not same_image(a.image, image):
         out.append(Problem(f"{a.name} running image", image, a.image))
-    if after.spec_image != image:
+    if not same_image(after.spec_image, image):
         out.append(Problem(f"{a.name} image in the pod spec", image, after.spec_image))
     if a.image_id == b.image_id:
         out.append(Problem(f"{a.name} imageID unchanged (the old image still runs)", f"not {b.image_id}", a.image_id))
@@ -161,10 +162,10 @@ def sidecar_back_problems(before: Observation, after: Observation, *, restarts: 
     out: list[Problem] = []
     if a.restart_count != b.restart_count + restarts:
         out.append(Problem(f"{a.name} restartCount", b.restart_count + restarts, a.restart_count))
-    if (a.image, a.image_id, a.state) != (b.image, b.image_id, "running"):
+    if not (same_image(a.image, b.image) and a.image_id == b.image_id and a.state == "running"):
         out.append(Problem(f"{a.name} image, imageID, state", [b.image, b.image_id, "running"],
                            [a.image, a.image_id, a.state]))
-    if after.spec_image != before.spec_image:
+    if not same_image(after.spec_image, before.spec_image):
         out.append(Problem(f"{a.name} image in the pod spec", before.spec_image, after.spec_image))
     return out
 
@@ -191,7 +192,7 @@ def restart_settled(before: Observation, after: Observation, *, image: str) -> b
     if app_problems(before, after):
         return True
     a, b = after.sidecar, before.sidecar
-    return (a is not None and b is not None and a.state == "running" and a.image == image
+    return (a is not None and b is not None and a.state == "running" and same_image(a.image, image)
             and a.restart_count > b.restart_count and a.image_id != b.image_id)
 
 

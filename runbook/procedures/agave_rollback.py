@@ -6,12 +6,13 @@
 - After cleanup (the upgrade finished): the old colour's data is rolled back to the pre-upgrade
   snapshot and it is redeployed with its old version; once it is caught up and answers `ok`, the new
   colour is stopped gracefully (the ingress retries onto the old one), the upstream order is restored
-  and the clone is destroyed. These steps are not rolled back in turn: a failure stops, loudly.
+  and the clone and the pre-upgrade snapshot are destroyed. These steps are not rolled back in turn: a failure stops, loudly.
 """
 
 from __future__ import annotations
 
 from runbook.errors import PreconditionFailed, RunbookError
+from runbook.images import same_image
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context, Journal, Procedure, Step, StepOutcome
@@ -32,7 +33,7 @@ def restore_data(ctx: Context) -> None:
 
 def old_deployed(ctx: Context) -> bool:
     pods = ctx.adapters.workloads.pods(up._live(ctx).name)
-    return any(p.spec_images.get(up.APP_CONTAINER) == ctx.facts["live_image"] for p in pods)
+    return any(same_image(p.spec_images.get(up.APP_CONTAINER, ""), ctx.facts["live_image"]) for p in pods)
 
 
 def redeploy_old(ctx: Context) -> None:
@@ -91,6 +92,11 @@ def verify_clone_gone(ctx: Context) -> None:
         raise PreconditionFailed(f"{up._idle(ctx).data} still exists")
 
 
+def verify_snapshot_gone(ctx: Context) -> None:
+    if up.snapshot_exists(ctx):
+        raise PreconditionFailed(f"{up._snapshot(ctx)} still exists")
+
+
 AFTER_CLEANUP = Procedure(
     name="agave-rollback",
     summary="roll the agave upgrade back after its cleanup: old data, old version, old colour serving",
@@ -112,6 +118,10 @@ AFTER_CLEANUP = Procedure(
         Step("destroy-clone", "destroy the new colour's clone",
              lambda ctx: ctx.adapters.storage.destroy(up._idle(ctx).data, recursive=True), verify_clone_gone,
              is_done=clone_gone, plan=lambda ctx: ctx.adapters.storage.plan("destroy", up._idle(ctx).data)),
+        Step("drop-snapshot", "destroy the pre-upgrade snapshot: the old data is live again, and a stale rollback "
+             "point would be cloned by the next upgrade", up.drop_snapshot, verify_snapshot_gone,
+             is_done=lambda ctx: not up.snapshot_exists(ctx),
+             plan=lambda ctx: ctx.adapters.storage.plan("destroy", up._snapshot(ctx))),
     ),
 )
 

@@ -23,6 +23,7 @@ from typing import Any
 from runbook.checks.caddy_audit import audit
 from runbook.checks.workloads import running_pod
 from runbook.errors import CheckFailed, PreconditionFailed
+from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context, Procedure, Step
@@ -150,7 +151,7 @@ def copy_accounts(ctx: Context) -> None:
 # ------------------------------------------------------------------------------------------- deploy
 def idle_deployed(ctx: Context) -> bool:
     pods = ctx.adapters.workloads.pods(_idle(ctx).name)
-    return any(p.spec_images.get(APP_CONTAINER) == ctx.facts["target_image"] for p in pods)
+    return any(same_image(p.spec_images.get(APP_CONTAINER, ""), ctx.facts["target_image"]) for p in pods)
 
 
 def deploy_idle(ctx: Context) -> None:

@@ -32,6 +32,7 @@ from runbook.checks import doublezero as dzc
 from runbook.checks import isolation as iso
 from runbook.checks.workloads import running_pod
 from runbook.errors import AdapterError, CheckFailed, PreconditionFailed, WaitTimeout
+from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context, Procedure, Step
@@ -215,7 +216,7 @@ def verify_restart(ctx: Context, start: iso.Observation, *, image: str, version:
 def sidecar_at(ctx: Context, image: str) -> bool:
     pod = _pod(ctx)
     c = pod.container(ctx.env.doublezero.sidecar)
-    return pod.spec_images.get(c.name) == image and c.image == image and c.state == "running"
+    return same_image(pod.spec_images.get(c.name, ""), image) and same_image(c.image, image) and c.state == "running"
 
 
 def sidecar_at_target(ctx: Context) -> bool:
@@ -287,7 +288,8 @@ def sidecar_restored(ctx: Context) -> None:
     """Steady state after a rollback: the same pod, agave untouched, the sidecar on its old image, session up."""
     end = observe_now(ctx)
     problems = iso.app_problems(before(ctx), end)
-    if end.sidecar is None or end.sidecar.image != ctx.facts["old_image"] or end.sidecar.state != "running":
+    old = ctx.facts["old_image"]
+    if end.sidecar is None or not same_image(end.sidecar.image, old) or end.sidecar.state != "running":
         problems.append(iso.Problem("sidecar after the rollback", ctx.facts["old_image"],
                                     end.sidecar and f"{end.sidecar.image} ({end.sidecar.state})"))
     iso.raise_problems(problems, title="not as before the upgrade", obj=ctx.facts["pod"])
@@ -308,7 +310,7 @@ def record_drift(ctx: Context) -> dict[str, tuple[str, str]]:
     drift = pod.drift
     template, running = pod.template_images.get(sidecar, ""), pod.spec_images.get(sidecar, "")
     want_template = before(ctx).template_image
-    if template != want_template or running != f["target_image"]:
+    if not same_image(template, want_template) or not same_image(running, f["target_image"]):
         raise CheckFailed(f"drift of {pod.name} from {f['deployment']}: expected the template to keep "
                           f"{want_template!r} and the pod to run {f['target_image']!r}, observed template "
                           f"{template!r}, pod {running!r}",

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runbook.errors import ConfigError, TestbedError
 from runbook.testbed.keypair import write_keypair
@@ -91,6 +91,18 @@ class ChainParams:
             replay_speed=testbed.replay_speed,
             health_distance=testbed.health_distance,
         )
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"genesis_time": self.genesis_time, "slot_time": self.slot_time, "replay_speed": self.replay_speed,
+                "health_distance": self.health_distance}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChainParams:
+        try:
+            return cls(genesis_time=float(data["genesis_time"]), slot_time=float(data["slot_time"]),
+                       replay_speed=float(data["replay_speed"]), health_distance=int(data["health_distance"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed chain parameters {dict(data)!r}: {exc}") from exc
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that make a child process use these parameters."""

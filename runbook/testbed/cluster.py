@@ -225,6 +225,9 @@ def cluster_app(params: chain.ChainParams, version: str) -> JsonRpcApp:
             "getBlockHeight": lambda _params: params.tip(),
             "getHealth": lambda _params: "ok",
             "getVersion": lambda _params: info,
+            # stand-in only: what a joining validator learns from the cluster it is pointed at (agave
+            # downloads the genesis from its entrypoint's RPC); the stand-ins share the tip through it
+            "getGenesisParams": lambda _params: params.to_dict(),
         },
         health=lambda: "ok",
     )

@@ -46,6 +46,8 @@ log = logging.getLogger("doublezerod")
 DEFAULT_DEVICE = "laconic-mia-sw01"
 DEFAULT_SESSION_DELAY = 0.5
 SOCKET_NAME = "doublezerod.sock"
+DEFAULT_SOCKET = "/var/run/doublezerod/doublezerod.sock"
+IDENTITY_CLAIM = "doublezerod/identity/"  # abstract unix socket name prefix: per network namespace
 KEYPAIR_NAME = "id.json"
 # BGP-learned /32s of other DZ users (documentation ranges only; see netns.SAFE_RANGES).
 DEFAULT_ROUTES = ("192.0.2.10/32", "192.0.2.11/32", "198.51.100.20/32")
@@ -67,18 +69,11 @@ def default_config_dir() -> Path:
     return Path(env) if env else Path.home() / ".config" / "doublezero"
 
 
-def default_socket(config_dir: Path) -> Path:
-    """``$RUNBOOK_DZ_SOCKET``, else ``<config dir>/doublezerod.sock``.
-
-    Inside a testbed container (``$RUNBOOK_POD`` set) it is ``<config dir>/doublezerod.<pod>.sock``: the
-    blue and green pods mount the same config dir (one identity), and each pod's CLI must reach its own
-    pod's daemon, as ``/var/run/doublezerod/doublezerod.sock`` is private to each container on biscayne.
-    """
-    env = os.environ.get("RUNBOOK_DZ_SOCKET")
-    if env:
-        return Path(env)
-    pod = os.environ.get("RUNBOOK_POD")
-    return config_dir / (f"doublezerod.{pod}.sock" if pod else SOCKET_NAME)
+def default_socket(config_dir: Path | None = None) -> Path:
+    """The real daemon's control socket, private to its container on biscayne (``/var/run`` is the
+    container's own): ``/var/run/doublezerod/doublezerod.sock``. Two pods that mount the same config dir
+    (one identity) therefore never share a socket."""
+    return Path(DEFAULT_SOCKET)
 
 
 @contextlib.contextmanager
@@ -141,23 +136,24 @@ class Daemon:
         self._session_since: float | None = None
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self.conflicts: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- lifecycle
 
     def setup_tunnel(self) -> Tunnel:
+        """Converge ``doublezero0`` and its routes in this daemon's network namespace (or ``--netns``)."""
         cfg = self.config
-        if not cfg.netns:
-            self.tunnel = Tunnel(managed=False, reason="no network namespace configured (RUNBOOK_NETNS unset)")
-        elif not kernel.has_net_admin():
+        where = f"netns {cfg.netns}" if cfg.netns else "this network namespace"
+        if not kernel.has_net_admin():
             self.tunnel = Tunnel(managed=False, reason=kernel.net_admin_reason())
         else:
             link = kernel.ensure_interface(cfg.netns, cfg.interface)
             added = kernel.ensure_routes(cfg.netns, cfg.interface, cfg.routes)
             self.tunnel = Tunnel(managed=True, created=link.created, routes_added=tuple(added))
             log.info(
-                "tunnel %s in netns %s: ifindex %d (%s); routes %s",
+                "tunnel %s in %s: ifindex %d (%s); routes %s",
                 cfg.interface,
-                cfg.netns,
+                where,
                 link.ifindex,
                 "created" if link.created else "already present, kept",
                 f"added {', '.join(added)}" if added else "already present, kept",
@@ -165,6 +161,56 @@ class Daemon:
         if not self.tunnel.managed:
             log.warning("no tunnel: %s", self.tunnel.reason)
         return self.tunnel
+
+    # ---------------------------------------------------------------- one daemon per identity per host
+
+    def claim_identity(self) -> socket.socket:
+        """Hold this identity in this network namespace (an abstract unix socket: the kernel keeps one
+        per namespace). A second daemon with the same id.json here is what biscayne's host cannot have:
+        one tunnel and one BGP session per identity. The newcomer tells the holder (whose session the
+        device then resets: it flaps) and gives up; it never touches the tunnel."""
+        name = "\0" + IDENTITY_CLAIM + self.identity
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(name)
+        except OSError as exc:
+            claim.close()
+            holder = "unknown"
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+                peer.settimeout(2.0)
+                peer.connect(name)
+                peer.sendall(f"conflict {self.pid}\n".encode())
+                holder = peer.recv(64).decode(errors="replace").strip() or "unknown"
+            raise RunbookError(f"identity {self.identity} is already held by another doublezerod in this network "
+                               f"namespace ({holder}): one tunnel and one BGP session per identity per host; "
+                               "its session was reset by this attempt") from exc
+        claim.listen(4)
+        threading.Thread(target=self._serve_claim, args=(claim,), daemon=True).start()
+        return claim
+
+    def _serve_claim(self, claim: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = claim.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    msg = conn.recv(64).decode(errors="replace").strip()
+                    conn.sendall(f"pid {self.pid}".encode())
+                except OSError:
+                    continue
+            if msg.startswith("conflict"):
+                self.session_reset(f"a second doublezerod ({msg.split()[-1]}) presented the same identity")
+
+    def session_reset(self, why: str) -> None:
+        """The device dropped our session (a duplicate identity): down now, up again after the delay."""
+        with self._lock:
+            self._session_since = None
+            self.conflicts.append({"at": time.time(), "why": why})
+        log.error("BGP session reset: %s", why)
+        self.start_session()
 
     def start_session(self) -> None:
         if self.config.session_delay < 0:
@@ -186,7 +232,7 @@ class Daemon:
     # ---------------------------------------------------------------- state, read from the kernel
 
     def _link(self) -> kernel.Interface | None:
-        if not self.tunnel.managed or not self.config.netns:
+        if not self.tunnel.managed:
             return None
         try:
             return kernel.interface(self.config.netns, self.config.interface)
@@ -249,6 +295,7 @@ class Daemon:
                 "reason": self.tunnel.reason if not self.tunnel.managed else ("" if link else "link is gone"),
             },
             "socket": str(self.config.socket),
+            "session_resets": list(self.conflicts),
         }
 
 
@@ -338,7 +385,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p = argparse.ArgumentParser(prog="doublezerod", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--version", default=os.environ.get("RUNBOOK_IMAGE_VERSION"), help="the image's version")
     p.add_argument("--config-dir", type=Path, default=None, help="holds id.json (default $DOUBLEZERO_CONFIG_DIR)")
-    p.add_argument("--netns", default=os.environ.get("RUNBOOK_NETNS") or None, help="netns for doublezero0")
+    p.add_argument("--netns", default=None, help="test harness only: a named netns for doublezero0 "
+                   "(default: the namespace the daemon runs in, as the real daemon)")
     p.add_argument("--device", default=os.environ.get("RUNBOOK_DZ_DEVICE") or DEFAULT_DEVICE)
     p.add_argument("--socket", type=Path, default=None, help="API socket (default: see default_socket)")
     p.add_argument(
@@ -355,7 +403,7 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     return DaemonConfig(
         version=str(ns.version).removeprefix("v"),
         config_dir=config_dir,
-        socket=ns.socket or default_socket(config_dir),
+        socket=ns.socket or default_socket(),
         device=ns.device,
         netns=ns.netns,
         session_delay=ns.session_delay,
@@ -380,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon = Daemon(config)
         log.info("identity %s", daemon.identity)
+        claim = daemon.claim_identity()
         daemon.setup_tunnel()
         _claim_socket(config.socket)
         server = _Server(config.socket, daemon)
@@ -398,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     server.shutdown()
     server.server_close()
     _release_socket(config.socket, socket_inode)
+    claim.close()
     if daemon.tunnel.managed:
-        log.info("leaving %s and its routes in netns %s in place", config.interface, config.netns)
+        log.info("leaving %s and its routes in place (%s)", config.interface, config.netns or "own netns")
     log.info("exited cleanly")
     return 0
 

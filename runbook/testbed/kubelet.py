@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -29,10 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
-from runbook.testbed.chain import ChainParams
+from runbook.images import normalise
+from runbook.testbed.shim import container_pid
 from runbook.testbed.supervisor import Supervisor
 from runbook.wait import wait_for
 
@@ -45,6 +49,9 @@ CLIS_BY_MODULE: dict[str, dict[str, list[str]]] = {
     "runbook.testbed.doublezerod": {"doublezero": ["-m", "runbook.testbed.doublezero_cli"]},
 }
 
+
+# Stand-in program module -> the name of the image's main binary (a manifest's `command` may name it).
+ENTRYPOINT_NAMES = {"runbook.testbed.doublezerod": "doublezerod"}
 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -84,7 +91,14 @@ class LocalWorkloads:
             m = re.match(regex, image)
             if m:
                 version = m.groupdict().get("version") or image.rsplit(":", 1)[-1]
-                return [a.replace("{python}", sys.executable).replace("{version}", version) for a in argv], version
+                subst = {"{python}": sys.executable, "{version}": version,
+                         "{startup_delay}": repr(self.tb.startup_delay)}
+                out = []
+                for a in argv:
+                    for k, v in subst.items():
+                        a = a.replace(k, v)
+                    out.append(a)
+                return out, version
         raise ImageNotFound(image)
 
     # -- store -----------------------------------------------------------------------------
@@ -160,7 +174,8 @@ class LocalWorkloads:
         restarts = self._start_counts(name)
         statuses = []
         for kind, c in self._containers(spec):
-            statuses.append(self._status(name, kind, c, obj.get("waiting", {}).get(c["name"]), restarts))
+            statuses.append(self._status(name, kind, c, obj.get("waiting", {}).get(c["name"]), restarts,
+                                         obj.get("cri", {})))
         phase = "Running" if all(s.state == "running" for s in statuses) else "Pending"
         return PodInfo(
             name=name,
@@ -179,20 +194,27 @@ class LocalWorkloads:
         if c is None:
             raise AdapterError(f"pod {pod} has no container {container}", env=self.env.name, obj=pod)
         info = self.sup.info(_program(pod, container))
-        if info is None or not info.running:
+        target = container_pid(info.pid) if info is not None and info.running else None
+        if target is None:
             raise AdapterError(f"container {container} in pod {pod} is not running", env=self.env.name, obj=pod)
-        env = self._container_env(pod, c)
+        config = self._container_config(pod, container)
+        enter = ["nsenter", "--target", str(target), "--mount", "--pid"]
+        if os.geteuid() != 0:
+            enter += ["--user", "--preserve-credentials"]
+        if config.get("netns"):
+            enter.append("--net")
         cmd = " ".join(argv)
         start = time.monotonic()
         try:
-            proc = subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=timeout,
-                                  cwd=self._rootfs(pod, container), check=False)
-        except FileNotFoundError:
-            return CommandResult(cmd, 127, "", f"exec: {argv[0]}: not found in container {container}",
-                                 time.monotonic() - start)
+            proc = subprocess.run([*enter, f"--wd={config.get('cwd') or '/'}", "--", *argv],
+                                  env=config.get("env") or self._container_env(pod, c), capture_output=True,
+                                  text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise AdapterError(f"exec `{cmd}` in {pod}/{container} timed out after {timeout}s",
                                env=self.env.name, obj=pod) from exc
+        if proc.returncode == 127 and "No such file" in proc.stderr:
+            return CommandResult(cmd, 127, "", f"exec: {argv[0]}: not found in container {container}",
+                                 time.monotonic() - start)
         return CommandResult(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
     def patch_pod_container_image(self, pod: str, container: str, image: str) -> None:
@@ -230,16 +252,14 @@ class LocalWorkloads:
         return out
 
     def owns_process(self, pid: int) -> bool:
-        """Is ``pid`` a container of a pod? Ours (under our supervisord), or another testbed's on the same
-        machine (each testbed stands for its own host; its pods' processes carry their pod's name)."""
+        """Is ``pid`` a container's process? Ours (under our supervisord), or another testbed's on the same
+        machine (each testbed stands for its own host): a container process runs under a shim."""
         if self.sup.descendant_of_supervisor(pid):
             return True
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+            return any("runbook.testbed.shim" in " ".join(p.cmdline()) for p in psutil.Process(pid).parents())
+        except psutil.Error:
             return False
-        return any(e.startswith(b"RUNBOOK_TESTBED=") for e in environ) and any(
-            e.startswith(b"RUNBOOK_POD=") for e in environ)
 
     def logs(self, pod: str, container: str, lines: int = 40) -> str:
         return self.sup.tail(_program(pod, container), lines)
@@ -318,30 +338,29 @@ class LocalWorkloads:
                 return str(self._rootfs(pod, c["name"]) / value.lstrip("/"))
         return value
 
-    def _container_env(self, pod: str, c: Mapping[str, Any]) -> dict[str, str]:
-        root = self._rootfs(pod, c["name"])
-        env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TZ", "SYSTEMROOT")}
-        env.update({
-            "PATH": f"{root / 'bin'}:{Path(sys.executable).parent}:{_SYSTEM_PATH}",
-            "HOME": str(root / "root"),
+    def image_env(self, image: str) -> dict[str, str]:
+        """What the image itself sets (a Dockerfile's ENV): its PATH, its Python, its version."""
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:{_SYSTEM_PATH}",
             "PYTHONPATH": str(PROJECT_ROOT),
             "PYTHONUNBUFFERED": "1",
-            **ChainParams.from_testbed(self.tb).to_env(),
-            "RUNBOOK_STARTUP_DELAY": repr(self.tb.startup_delay),
-            "RUNBOOK_POD": pod,
-            "RUNBOOK_CONTAINER": c["name"],
-            "RUNBOOK_IMAGE": c["image"],
-        })
-        if self.netns:
-            env["RUNBOOK_NETNS"] = self.netns
-        for e in c.get("env", []):
-            if "value" in e:
-                env[e["name"]] = self._translate(pod, c, str(e["value"]))
+        }
         try:
-            _, version = self.resolve_image(c["image"])
+            _, version = self.resolve_image(image)
             env["RUNBOOK_IMAGE_VERSION"] = version
         except ImageNotFound:
             pass
+        return env
+
+    def _container_env(self, pod: str, c: Mapping[str, Any]) -> dict[str, str]:
+        """Exactly what a kubelet gives a container: the image's env, HOME, the manifest's env. Nothing else."""
+        root = self._rootfs(pod, c["name"])
+        env = self.image_env(c["image"])
+        env["PATH"] = f"{root / 'bin'}:{env['PATH']}"  # the image's own binaries (its CLIs) come first
+        env["HOME"] = str(root / "root")
+        for e in c.get("env", []):
+            if "value" in e:
+                env[e["name"]] = self._translate(pod, c, str(e["value"]))
         return env
 
     def _start_container(self, pod: str, obj: dict[str, Any], kind: str, c: dict[str, Any]) -> None:
@@ -352,16 +371,51 @@ class LocalWorkloads:
             self._write("pods", pod, obj)
             return
         obj["waiting"].pop(c["name"], None)
+        # The kubelet's own record of what it created the container from (CRI status reads this, never the
+        # process): the image as containerd names it, and a digest of the image's content (its definition).
+        obj.setdefault("cri", {})[c["name"]] = {"image": normalise(c["image"]), "imageID": self.image_id(c["image"])}
         self._write("pods", pod, obj)
-        argv = argv + [self._translate(pod, c, str(a)) for a in c.get("command", [])[1:] + c.get("args", [])]
         root = self._rootfs(pod, c["name"])
         module = argv[argv.index("-m") + 1] if "-m" in argv else ""
-        for cli, cli_argv in CLIS_BY_MODULE.get(module, {}).items():
-            wrapper = root / "bin" / cli
-            wrapper.write_text("#!/bin/sh\nexec " + " ".join([sys.executable, *cli_argv]) + ' "$@"\n')
+        # the image's files: its CLIs and its main program, on the image's PATH (<rootfs>/bin first)
+        binaries = {cli: [sys.executable, *cli_argv] for cli, cli_argv in CLIS_BY_MODULE.get(module, {}).items()}
+        if module in ENTRYPOINT_NAMES:
+            binaries[ENTRYPOINT_NAMES[module]] = argv
+        for name, target in binaries.items():
+            wrapper = root / "bin" / name
+            wrapper.write_text("#!/bin/sh\nexec " + shlex.join(target) + ' "$@"\n')
             wrapper.chmod(0o755)
-        self.sup.add(_program(pod, c["name"]), argv, env=self._container_env(pod, c), directory=root,
+        # a manifest's command replaces the image's entrypoint, its args follow (as a kubelet does)
+        command = [str(a) for a in c.get("command", [])]
+        rest = [self._translate(pod, c, str(a)) for a in command[1:] + [str(a) for a in c.get("args", [])]]
+        argv = [command[0], *rest] if command else [*argv, *rest]
+        config = {"argv": argv, "env": self._container_env(pod, c), "cwd": str(root),
+                  "netns": self.netns if self._host_network(obj) else None, "isolate": True}
+        cfg = self._config_path(pod, c["name"])
+        cfg.write_text(json.dumps(config, indent=1))
+        shim = [sys.executable, "-m", "runbook.testbed.shim", "--testbed", str(self.state_dir),
+                "--id", f"{pod}/{c['name']}", str(cfg)]
+        self.sup.add(_program(pod, c["name"]), shim, env={"PYTHONPATH": str(PROJECT_ROOT)}, directory=root,
                      startsecs=1, startretries=3)
+
+    def image_id(self, image: str) -> str:
+        """``sha256:<digest>`` of the image's content: for a stand-in image, its definition (entrypoint, env)."""
+        argv, _ = self.resolve_image(image)
+        content = json.dumps({"entrypoint": argv, "env": self.image_env(image)}, sort_keys=True)
+        return "sha256:" + hashlib.sha256(content.encode()).hexdigest()
+
+    @staticmethod
+    def _host_network(obj: Mapping[str, Any]) -> bool:
+        return bool(obj["spec"].get("hostNetwork"))
+
+    def _config_path(self, pod: str, container: str) -> Path:
+        return self.state_dir / "containers" / pod / f"{container}.config.json"
+
+    def _container_config(self, pod: str, container: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self._config_path(pod, container).read_text()))
+        except (OSError, ValueError):
+            return {}
 
     def _event_records(self) -> list[dict[str, Any]]:
         try:
@@ -379,7 +433,7 @@ class LocalWorkloads:
         return counts
 
     def _status(self, pod: str, kind: str, c: Mapping[str, Any], waiting: str | None,
-                starts: Mapping[str, int]) -> ContainerStatus:
+                starts: Mapping[str, int], obj_created: Mapping[str, Any]) -> ContainerStatus:
         name = c["name"]
         restarts = max(0, starts.get(name, 0) - 1)
         if waiting:
@@ -387,33 +441,13 @@ class LocalWorkloads:
         info = self.sup.info(_program(pod, name))
         if info is None:
             return ContainerStatus(name, kind, c["image"], "", "unknown", None, restarts, False, "NotFound")  # type: ignore[arg-type]
+        created = obj_created.get(name, {})
         if info.running:
-            image = _process_image(info.pid) or c["image"]
-            image_id = "standin://sha256:" + hashlib.sha256(_process_cmdline(info.pid).encode()).hexdigest()
             started = datetime.fromtimestamp(info.start, UTC)
-            return ContainerStatus(name, kind, image, image_id, "running", started, restarts, True, "",  # type: ignore[arg-type]
-                                   pid=info.pid)
+            return ContainerStatus(name, kind, created.get("image", ""), created.get("imageID", ""),  # type: ignore[arg-type]
+                                   "running", started, restarts, True, "", pid=container_pid(info.pid))
         reason = {"BACKOFF": "CrashLoopBackOff", "FATAL": "CrashLoopBackOff", "STARTING": "ContainerCreating"}
         if info.state in reason:
             return ContainerStatus(name, kind, c["image"], "", "waiting", None, restarts, False, reason[info.state])  # type: ignore[arg-type]
         why = "Completed" if info.exitstatus == 0 else "Error"
         return ContainerStatus(name, kind, c["image"], "", "terminated", None, restarts, False, why)  # type: ignore[arg-type]
-
-
-def _process_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _process_image(pid: int) -> str | None:
-    """The image a running container process was started from, read from its own environment."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    for item in raw.split(b"\0"):
-        if item.startswith(b"RUNBOOK_IMAGE="):
-            return item.split(b"=", 1)[1].decode()
-    return None

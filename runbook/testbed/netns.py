@@ -53,7 +53,7 @@ CAP_SYS_ADMIN = 21
 class Interface:
     """A link inside a namespace, as the kernel reports it."""
 
-    netns: str
+    netns: str | None  # None: the namespace the caller runs in
     name: str
     ifindex: int
     up: bool
@@ -91,6 +91,11 @@ def _run(argv: Sequence[str], *, what: str, ok_if: str | None = None) -> str:
             return proc.stdout
         raise CommandFailed(what, command=command, rc=proc.returncode, stderr=proc.stderr, obj=_obj(argv))
     return proc.stdout
+
+
+def _ip(ns: str | None, *flags: str) -> list[str]:
+    """``ip [flags] -n NS`` for a named namespace; ``ip [flags]`` for the caller's own (``ns`` None)."""
+    return ["ip", *flags, "-n", _check_ns(ns)] if ns is not None else ["ip", *flags]
 
 
 def _obj(argv: Sequence[str]) -> str | None:
@@ -215,11 +220,10 @@ def _effective_caps() -> int | None:
 # --------------------------------------------------------------------------- links
 
 
-def interface(ns: str, name: str) -> Interface | None:
+def interface(ns: str | None, name: str) -> Interface | None:
     """The link ``name`` in ``ns`` as the kernel reports it, or None when it does not exist."""
-    _check_ns(ns)
     _check_if(name)
-    argv = ["ip", "-j", "-n", ns, "addr", "show", "dev", name]
+    argv = [*_ip(ns, "-j"), "addr", "show", "dev", name]
     out = _run(argv, what=f"show {name} in netns {ns}", ok_if="does not exist")
     links = _json(out)
     if not links:
@@ -231,7 +235,7 @@ def interface(ns: str, name: str) -> Interface | None:
 
 
 def ensure_interface(
-    ns: str,
+    ns: str | None,
     name: str = DEFAULT_INTERFACE,
     *,
     address: str = DEFAULT_ADDRESS,
@@ -249,11 +253,12 @@ def ensure_interface(
     _safe_network(address, strict=False)
     if peer_address is not None:
         _safe_network(peer_address, strict=False)
-    create(ns)
+    if ns is not None:
+        create(ns)
     created = False
     if interface(ns, name) is None:
         _run(
-            ["ip", "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer],
+            [*_ip(ns), "link", "add", name, "type", "veth", "peer", "name", peer],
             what=f"create {name} in netns {ns}",
             ok_if="File exists",
         )
@@ -264,12 +269,12 @@ def ensure_interface(
             raise CommandFailed(f"{link} vanished from netns {ns}", command=f"ip -n {ns} link show dev {link}", rc=1)
         if cidr is not None and cidr not in current.addresses:
             _run(
-                ["ip", "-n", ns, "addr", "add", cidr, "dev", link],
+                [*_ip(ns), "addr", "add", cidr, "dev", link],
                 what=f"address {link} in netns {ns}",
                 ok_if="File exists",
             )
         if not current.up:
-            _run(["ip", "-n", ns, "link", "set", "dev", link, "up"], what=f"bring up {link} in netns {ns}")
+            _run([*_ip(ns), "link", "set", "dev", link, "up"], what=f"bring up {link} in netns {ns}")
     final = interface(ns, name)
     if final is None:
         raise CommandFailed(f"{name} vanished from netns {ns}", command=f"ip -n {ns} link show dev {name}", rc=1)
@@ -286,22 +291,21 @@ def ensure_interface(
 # --------------------------------------------------------------------------- routes
 
 
-def routes(ns: str, iface: str) -> list[str]:
+def routes(ns: str | None, iface: str) -> list[str]:
     """Destination prefixes routed through ``iface`` in ``ns`` (``ip -n NS route show dev IFACE``),
     normalised to CIDR, in kernel order. Includes the interface's connected prefix."""
     return [_normalise(str(r["dst"])) for r in route_table(ns, iface)]
 
 
-def route_table(ns: str, iface: str) -> list[dict[str, Any]]:
+def route_table(ns: str | None, iface: str) -> list[dict[str, Any]]:
     """The kernel's JSON view of the routes through ``iface`` (dst, gateway, protocol, scope, flags)."""
-    _check_ns(ns)
     _check_if(iface)
-    argv = ["ip", "-j", "-n", ns, "route", "show", "dev", iface]
+    argv = [*_ip(ns, "-j"), "route", "show", "dev", iface]
     return _json(_run(argv, what=f"list routes via {iface} in netns {ns}"))
 
 
 def ensure_routes(
-    ns: str,
+    ns: str | None,
     iface: str,
     prefixes: Iterable[str],
     *,
@@ -320,7 +324,7 @@ def ensure_routes(
     for prefix in wanted:
         if prefix in present:
             continue
-        argv = ["ip", "-n", ns, "route", "add", prefix]
+        argv = [*_ip(ns), "route", "add", prefix]
         argv += ["via", via] if via is not None else []
         argv += ["dev", iface, "proto", proto]
         _run(argv, what=f"add route {prefix} via {iface} in netns {ns}", ok_if="File exists")

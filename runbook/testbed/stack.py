@@ -10,6 +10,7 @@ works after a crash (it reads what to remove from the state directory, not from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from runbook.errors import AdapterError, PortInUse, TestbedError
 from runbook.manifests import render_deployment
 from runbook.testbed import caddy, chain, keypair, loopfs, netns
 from runbook.testbed.kubelet import LocalWorkloads
+from runbook.testbed.nodenet import NodeNetwork
 from runbook.testbed.supervisor import TESTBED_MARK, Supervisor
 from runbook.wait import wait_for
 
@@ -185,8 +187,8 @@ class Testbed:
         py = sys.executable
         self.supervisor.add("kubelet-events", [py, "-m", "runbook.testbed.kubelet_events", str(self.state_dir)],
                             eventlistener="PROCESS_STATE", startsecs=0, autorestart=True)
-        self.supervisor.add("cluster", [py, "-m", "runbook.testbed.cluster", "--port", str(self.tb.cluster_port)],
-                            env=self._chain_env())
+        self.supervisor.add("cluster", self.in_node([py, "-m", "runbook.testbed.cluster", "--port",
+                                                    str(self.tb.cluster_port)]), env=self._chain_env())
         self._up_caddy(progress)
 
         progress("deploying green (doublezerod sidecar, then validator)")
@@ -280,19 +282,26 @@ class Testbed:
     def _up_netns(self, progress: Progress) -> None:
         ok, why = netns.has_net_admin()
         if not ok:
-            progress(f"no network namespace: {why}; doublezero route checks will skip")
+            progress(f"no node network namespace: {why}; everything runs in this one, doublezero route checks skip")
             self._save(netns=None, netns_reason=why)
             return
         name = f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
-        netns.create(name)
-        self._save(netns=name, netns_reason="")
+        node = NodeNetwork(name)
+        self._save(netns=name, netns_reason="")  # recorded first: down() cleans up a half-made node
+        ports = [port for setting, port in self.env.port_settings() if setting != "testbed.supervisor_port"]
+        progress(f"node network namespace {name}, ports {sorted(set(ports))} mapped from this loopback")
+        node.up(ports)
+
+    def in_node(self, argv: list[str]) -> list[str]:
+        """``argv`` run on the node: in its network namespace (when there is one)."""
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def _up_caddy(self, progress: Progress) -> None:
         template = PROJECT_ROOT / self.env.ingress.template
         conf = self.state_dir / "Caddyfile"
         conf.write_text(caddy.render(template, self.env))
         progress(f"starting Caddy from {template.relative_to(PROJECT_ROOT)}")
-        self.supervisor.add("caddy", caddy.run_argv(conf), env=caddy.run_env(self.state_dir))
+        self.supervisor.add("caddy", self.in_node(caddy.run_argv(conf)), env=caddy.run_env(self.state_dir))
         wait_for(lambda: httpx.get(self.env.ingress.admin + "/config/", timeout=1.0).status_code, lambda s: s == 200,
                  timeout=20, interval=0.1, what=f"Caddy admin API at {self.env.ingress.admin}",
                  tolerate=(httpx.HTTPError,), env=self.env.name)
@@ -311,7 +320,8 @@ class Testbed:
         self.supervisor.shutdown()
         self._kill_strays()
         if state.get("netns"):
-            progress(f"deleting network namespace {state['netns']}")
+            progress(f"deleting network namespace {state['netns']} and its port mappings")
+            NodeNetwork(state["netns"]).down()
             netns.delete(state["netns"])
         if state.get("backend") == "btrfs" or (self.state_dir / "storage.img").exists():
             progress("unmounting the storage image and detaching its loop device")
@@ -322,9 +332,10 @@ class Testbed:
             raise TestbedError("testbed down left things behind: " + "; ".join(left), env=self.env.name)
 
     def _processes(self) -> list[psutil.Process]:
-        """Live processes of this testbed: each carries RUNBOOK_TESTBED=<state dir> in its environment."""
+        """Live processes of this testbed: supervisord and its programs carry RUNBOOK_TESTBED=<state dir> in
+        their environment (containers do not: a shim's children, found under the shims), plus descendants."""
         mark = f"{TESTBED_MARK}={self.state_dir}".encode()
-        found = []
+        found: dict[int, psutil.Process] = {}
         for p in psutil.process_iter(["pid"]):
             if p.info["pid"] == os.getpid():
                 continue
@@ -333,8 +344,10 @@ class Testbed:
             except OSError:
                 continue
             if mark in environ.split(b"\0"):
-                found.append(p)
-        return found
+                found[p.pid] = p
+                with contextlib.suppress(psutil.Error):
+                    found.update({c.pid: c for c in p.children(recursive=True)})
+        return list(found.values())
 
     def _kill_strays(self) -> None:
         """Processes of this testbed that outlived supervisord (e.g. after a SIGKILL)."""
@@ -358,5 +371,6 @@ class Testbed:
                 continue
         prefix = f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
         out += [f"network namespace {n}" for n in netns.list_names() if n == prefix]
+        out += NodeNetwork(prefix).leftovers()
         out += loopfs.leftovers(self.state_dir)
         return out

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import httpx
+
 from runbook.errors import ConfigError, RunbookError
 from runbook.testbed import chain
 from runbook.testbed.cluster import JsonRpcApp, RequestExit, RpcFault, run_server
@@ -275,6 +277,26 @@ async def _run_node(node: Node, args: argparse.Namespace, request_exit: RequestE
         await asyncio.sleep(0.05)
 
 
+def join_cluster(entrypoints: list[str], *, timeout: float = 60.0) -> chain.ChainParams:
+    """The chain parameters of the cluster behind ``entrypoints`` (the first that answers), retried until
+    ``timeout``: a validator started before its cluster's entrypoint waits for it, as agave does."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "getGenesisParams"}
+    last = "no answer"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ep in entrypoints:
+            url = ep if "://" in ep else f"http://{ep}"
+            try:
+                r = httpx.post(url, json=body, timeout=2.0)
+                r.raise_for_status()
+                return chain.ChainParams.from_dict(r.json()["result"])
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                last = f"{ep}: {exc}"
+        log.info("waiting for the cluster entrypoint (%s)", last)
+        time.sleep(1.0)
+    raise ConfigError(f"no entrypoint answered within {timeout:.0f}s: {last}")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="runbook.testbed.validator", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", required=True, help="release this binary stands in for, e.g. 2.1.0")
@@ -283,6 +305,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ledger", type=Path, required=True)
     p.add_argument("--accounts", type=Path, required=True)
     p.add_argument("--identity-file", "--identity", dest="identity_file", type=Path, default=None)
+    p.add_argument("--entrypoint", action="append", default=[], metavar="HOST:PORT",
+                   help="the cluster to join; its genesis (the chain parameters) is read from it")
     p.add_argument("--fail", default=None, help="failure mode (default: $STANDIN_FAIL)")
     p.add_argument(
         "--ledger-size-mb",
@@ -308,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         chain.parse_version(args.version)
         fail = FailureModes.parse(args.fail if args.fail is not None else os.environ.get("STANDIN_FAIL"))
-        params = chain.ChainParams.from_env()
+        params = join_cluster(args.entrypoint) if args.entrypoint else chain.ChainParams.from_env()
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -35,6 +35,7 @@ def make_env(tmp_path: Path, **changes: Any) -> Path:
     data["testbed"]["supervisor_port"] += shift
     data["testbed"]["cluster_port"] += shift
     data["cluster_rpc"] = f"http://127.0.0.1:{data['testbed']['cluster_port']}"
+    data["entrypoints"] = [f"127.0.0.1:{data['testbed']['cluster_port']}"]
     data["testbed"]["state_dir"] = str(tmp_path / "state")
     data["testbed"]["storage_size"] = "256M"
     for key, value in changes.items():

@@ -46,36 +46,44 @@ def config_dir() -> Iterator[Path]:
 
 
 def _env(config_dir: Path, version: str = "0.6.0") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOOK_", "DOUBLEZERO_"))}
-    return {**env, "DOUBLEZERO_CONFIG_DIR": str(config_dir), "RUNBOOK_IMAGE_VERSION": version}
+    """Only what the daemon's container gets: the image's version and (for the harness) its config dir."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOUBLEZERO_CONFIG_DIR": str(config_dir),
+            "RUNBOOK_IMAGE_VERSION": version, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
 
 
-def cli(
-    config_dir: Path, *args: str, version: str = "0.6.0", pod: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`doublezero ...` exec'd the way the testbed runs it "inside the container": with its environment."""
-    argv = [sys.executable, "-m", "runbook.testbed.doublezero_cli", *args]
-    env = _env(config_dir, version) | ({"RUNBOOK_POD": pod} if pod else {})
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20)
+def cli(config_dir: Path, *args: str, version: str = "0.6.0", sock: Path | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """`doublezero ...` as exec'd in the daemon's container; ``sock``: that container's daemon socket."""
+    argv = [sys.executable, "-m", "runbook.testbed.doublezero_cli",
+            *(["--socket", str(sock or config_dir / "doublezerod.sock")] if args[:1] == ("status",) else []), *args]
+    return subprocess.run(argv, env=_env(config_dir, version), capture_output=True, text=True, timeout=20)
 
 
 Starter = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def start_daemon(config_dir: Path) -> Iterator[Starter]:
+def ns_name() -> Iterator[str]:
+    name = f"rbtest-{uuid.uuid4().hex[:10]}"
+    if netns.has_net_admin():
+        netns.create(name)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def start_daemon(config_dir: Path, ns_name: str) -> Iterator[Starter]:
+    """A daemon as a host-network pod runs it: in the node's network namespace (the test's own namespace,
+    ``ns_name``, never the runner's), its socket where ``sock`` says (a container's private /var/run)."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(
-        *args: str, version: str = "0.6.0", netns_name: str | None = None, pod: str | None = None
-    ) -> subprocess.Popen[bytes]:
-        env = _env(config_dir, version)
-        if netns_name:
-            env["RUNBOOK_NETNS"] = netns_name
-        if pod:
-            env["RUNBOOK_POD"] = pod
-        env["RUNBOOK_DZ_DEVICE"] = DEVICE
-        argv = [sys.executable, "-m", "runbook.testbed.doublezerod", "--session-delay", "0.3", *args]
+    def start(*args: str, version: str = "0.6.0", sock: Path | None = None, ns: str | None = None
+              ) -> subprocess.Popen[bytes]:
+        env = _env(config_dir, version) | {"RUNBOOK_DZ_DEVICE": DEVICE}
+        argv = [sys.executable, "-m", "runbook.testbed.doublezerod", "--session-delay", "0.3",
+                "--socket", str(sock or config_dir / "doublezerod.sock"), *args]
+        if netns.has_net_admin():
+            argv = ["ip", "netns", "exec", ns or ns_name, *argv]
         log = open(config_dir / f"doublezerod-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -91,13 +99,6 @@ def start_daemon(config_dir: Path) -> Iterator[Starter]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-@pytest.fixture
-def ns_name() -> Iterator[str]:
-    name = f"rbtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def wait_session_up(config_dir: Path, proc: subprocess.Popen[bytes], sock: Path | None = None) -> dict[str, object]:
@@ -199,27 +200,22 @@ def test_version_in_the_real_cli_format(config_dir: Path) -> None:
     assert cli(config_dir, "--cli-version", "0.7.1", "--version").stdout == "DoubleZero 0.7.1\n"
 
 
+@pytest.mark.netadmin
+@needs_net_admin
 def test_status_shows_session_up_and_device_then_fails_when_daemon_stops(
-    config_dir: Path, start_daemon: Starter
+    config_dir: Path, start_daemon: Starter, ns_name: str
 ) -> None:
     proc = start_daemon()
     info = wait_session_up(config_dir, proc)
-    assert info["tunnel"] == {  # no netns: still runs, the tunnel reported absent with a reason
-        "present": False,
-        "up": False,
-        "managed": False,
-        "netns": None,
-        "interface": "doublezero0",
-        "ifindex": None,
-        "reason": "no network namespace configured (RUNBOOK_NETNS unset)",
-    }
+    assert info["tunnel"]["present"] and info["tunnel"]["managed"]  # type: ignore[index]
+    assert info["tunnel"]["netns"] is None  # its own namespace: no side channel names one  # type: ignore[index]
 
     res = cli(config_dir, "status")
     assert res.returncode == 0, res.stderr
     row = _row(res.stdout)
     assert row["Tunnel status"] == "BGP Session Up"
     assert row["Current Device"] == DEVICE
-    assert row["Tunnel Name"] == ""  # absent tunnel
+    assert row["Tunnel Name"] == "doublezero0"
     assert res.stdout.splitlines()[0].split("|")[0].strip() == "Tunnel status"
 
     as_json = json.loads(cli(config_dir, "status", "--json").stdout)
@@ -230,6 +226,12 @@ def test_status_shows_session_up_and_device_then_fails_when_daemon_stops(
     assert down.returncode == 1
     assert "doublezero service is not accessible" in down.stderr
     assert "BGP Session Up" not in down.stdout
+
+
+def test_the_default_socket_is_the_real_daemons_private_path() -> None:
+    from runbook.testbed.doublezerod import default_socket
+
+    assert str(default_socket()) == "/var/run/doublezerod/doublezerod.sock"
 
 
 def test_status_reports_connection_failure_on_a_stale_socket(config_dir: Path) -> None:
@@ -245,26 +247,76 @@ def test_status_reports_connection_failure_on_a_stale_socket(config_dir: Path) -
     assert "Unable to connect to doublezero daemon" in res.stderr
 
 
-def test_two_pods_sharing_a_long_config_dir_each_reach_their_own_daemon(
+@pytest.mark.netadmin
+@needs_net_admin
+def test_a_second_daemon_with_the_same_identity_on_the_host_breaks_the_first(
     config_dir: Path, start_daemon: Starter
 ) -> None:
-    # Blue and green mount the same doublezero-config (one identity); testbed paths run through a
-    # container rootfs and exceed sun_path's 107 bytes.
-    base = Path(tempfile.mkdtemp(prefix="rbdz-", dir="/tmp"))
-    shared = base / ("containers-" + "x" * 60) / "doublezerod" / "root" / ".config" / "doublezero"
+    """Design trap 10: one tunnel and one BGP session per identity per host. Blue's sidecar started beside
+    green's (no lock) is refused, and green's session is reset by the attempt: the DZ check must fail."""
+    green = start_daemon(sock=config_dir / "green.sock")
+    first = wait_session_up(config_dir, green, sock=config_dir / "green.sock")
+    blue = start_daemon(sock=config_dir / "blue.sock")
+    assert blue.wait(timeout=10) == 1
+    assert "already held by another doublezerod" in _logs(config_dir)
+    info = query(config_dir / "green.sock", "/info", timeout=2.0)
+    assert isinstance(info, dict)
+    assert len(info["session_resets"]) == 1 and "same identity" in info["session_resets"][0]["why"]
+    after = wait_session_up(config_dir, green, sock=config_dir / "green.sock")  # it comes back, later
+    assert after["session"]["since"] > first["session"]["since"]  # type: ignore[index]
+
+
+@pytest.mark.netadmin
+@needs_net_admin
+def test_the_same_identity_in_two_network_namespaces_is_two_hosts(config_dir: Path, start_daemon: Starter) -> None:
+    other = f"rbtest-{uuid.uuid4().hex[:10]}"
+    netns.create(other)
     try:
-        write_keypair(shared / "id.json", SEED)
-        assert len(str(shared / "doublezerod.agave-green-0.sock")) > 107
-        procs = {pod: start_daemon("--config-dir", str(shared), pod=pod) for pod in ("agave-green-0", "agave-blue-0")}
-        for pod, proc in procs.items():
-            info = wait_session_up(config_dir, proc, sock=shared / f"doublezerod.{pod}.sock")
-            assert info["pid"] == proc.pid
-            res = cli(shared, "status", pod=pod)
-            assert res.returncode == 0, res.stderr
-            assert _row(res.stdout)["Tunnel status"] == "BGP Session Up"
-        assert cli(shared, "status", pod="agave-other-0").returncode == 1
+        a = start_daemon(sock=config_dir / "a.sock")
+        b = start_daemon(sock=config_dir / "b.sock", ns=other)
+        wait_session_up(config_dir, a, sock=config_dir / "a.sock")
+        wait_session_up(config_dir, b, sock=config_dir / "b.sock")
+        info = query(config_dir / "a.sock", "/info", timeout=2.0)
+        assert isinstance(info, dict) and info["session_resets"] == []
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", other], capture_output=True, check=False)
+
+
+@pytest.mark.netadmin
+@needs_net_admin
+def test_the_manifests_identity_lock_hands_the_tunnel_over_without_a_reset(
+    config_dir: Path, start_daemon: Starter, ns_name: str
+) -> None:
+    """The fix deploy/k8s uses: each sidecar takes the identity's lock (flock on the shared config dir)
+    before the daemon starts. Blue's waits while green's runs; green's session is never reset; when green
+    stops, blue's takes over and finds doublezero0 and its routes untouched."""
+    lock = str(config_dir / "identity.lock")
+    env = _env(config_dir) | {"RUNBOOK_DZ_DEVICE": DEVICE}
+    daemon = [sys.executable, "-m", "runbook.testbed.doublezerod", "--session-delay", "0.3"]
+    locked = ["ip", "netns", "exec", ns_name, "flock", "--no-fork", lock, *daemon]
+    g = subprocess.Popen([*locked, "--socket", str(config_dir / "green.sock")], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b = subprocess.Popen([*locked, "--socket", str(config_dir / "blue.sock")], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_session_up(config_dir, g, sock=config_dir / "green.sock")
+        routes, link = netns.routes(ns_name, "doublezero0"), netns.interface(ns_name, "doublezero0")
+        assert routes and link is not None
+        assert b.poll() is None and not (config_dir / "blue.sock").exists()  # waiting on the lock, not running
+        info = query(config_dir / "green.sock", "/info", timeout=2.0)
+        assert isinstance(info, dict) and info["session_resets"] == []
+        g.terminate()
+        assert g.wait(timeout=5) == 0
+        assert netns.routes(ns_name, "doublezero0") == routes  # nothing runs, the kernel keeps them
+        wait_session_up(config_dir, b, sock=config_dir / "blue.sock")
+        assert netns.routes(ns_name, "doublezero0") == routes
+        after = netns.interface(ns_name, "doublezero0")
+        assert after is not None and after.ifindex == link.ifindex
+    finally:
+        for p in (g, b):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 # --------------------------------------------------------------------------- the tunnel survives a restart
@@ -273,7 +325,7 @@ def test_two_pods_sharing_a_long_config_dir_each_reach_their_own_daemon(
 @pytest.mark.netadmin
 @needs_net_admin
 def test_tunnel_and_routes_survive_a_daemon_restart(config_dir: Path, start_daemon: Starter, ns_name: str) -> None:
-    first = start_daemon(netns_name=ns_name, version="0.6.0")
+    first = start_daemon(version="0.6.0")
     wait_session_up(config_dir, first)
     before = netns.interface(ns_name, "doublezero0")
     routes_before = netns.routes(ns_name, "doublezero0")
@@ -286,7 +338,7 @@ def test_tunnel_and_routes_survive_a_daemon_restart(config_dir: Path, start_daem
     assert during is not None and during.ifindex == before.ifindex
     assert netns.routes(ns_name, "doublezero0") == routes_before
 
-    second = start_daemon(netns_name=ns_name, version="0.6.3")
+    second = start_daemon(version="0.6.3")
     info = wait_session_up(config_dir, second)
     after = netns.interface(ns_name, "doublezero0")
     assert after is not None and after.ifindex == before.ifindex
@@ -305,7 +357,7 @@ def test_tunnel_and_routes_survive_a_daemon_restart(config_dir: Path, start_daem
 @pytest.mark.netadmin
 @needs_net_admin
 def test_session_reads_down_when_the_kernel_link_is_gone(config_dir: Path, start_daemon: Starter, ns_name: str) -> None:
-    proc = start_daemon(netns_name=ns_name)
+    proc = start_daemon()
     wait_session_up(config_dir, proc)
     subprocess.run(["ip", "-n", ns_name, "link", "del", "doublezero0"], check=True)
     row = _row(cli(config_dir, "status").stdout)
