@@ -17,16 +17,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import websocket
 from kubernetes import client as k8s
-from kubernetes.stream import stream
 
 from runbook.adapters.base import CommandResult, ContainerKind, ContainerState, ContainerStatus, PodInfo
 from runbook.adapters.kube_api import call, call_json, check_reachable, connect, describe_failure
+from runbook.adapters.kube_exec import ExecDeadline, refusal, run_exec
 from runbook.env import Env
 from runbook.errors import KubeError
 from runbook.wait import wait_for
 
-__all__ = ["KubeWorkloads", "RolloutState", "check_reachable", "container_statuses", "exit_status"]
+__all__ = ["KubeWorkloads", "RolloutState", "check_reachable", "container_statuses", "exit_status",
+           "terminating"]
 
 COLOUR_LABEL = "runbook/colour"
 JSON_PATCH = "application/json-patch+json"
@@ -62,11 +64,19 @@ _SOURCES: tuple[tuple[str, str, ContainerKind], ...] = (
 )
 
 
+def terminating(pod: Mapping[str, Any]) -> bool:
+    """A pod being deleted (``metadata.deletionTimestamp`` set): its containers may still run, but it is on
+    its way out, never a Deployment's running pod."""
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def container_statuses(pod: Mapping[str, Any]) -> tuple[ContainerStatus, ...]:
-    """Every container of the pod spec with its status: native sidecars (initContainers with
-    ``restartPolicy: Always``, status in ``initContainerStatuses``) first, then app containers (status in
-    ``containerStatuses``). A container with no status yet is ``unknown``. Run-to-completion init
-    containers are not reported (the Deployments here have none)."""
+    """Every container of the pod spec with its status exactly as the API reports it: native sidecars
+    (initContainers with ``restartPolicy: Always``, status in ``initContainerStatuses``) first, then app
+    containers (status in ``containerStatuses``). ``image`` and ``image_id`` are the status's (containerd
+    reports the fully qualified first repo tag and a digest), never the spec's: a container with no status
+    yet is ``unknown`` with no image. Run-to-completion init containers are not reported (the Deployments
+    here have none)."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     out: list[ContainerStatus] = []
     for spec_key, status_key, kind in _SOURCES:
@@ -77,7 +87,7 @@ def container_statuses(pod: Mapping[str, Any]) -> tuple[ContainerStatus, ...]:
             raw = by_name.get(c["name"], {})
             state, reason, started = _state(raw)
             out.append(ContainerStatus(
-                name=c["name"], kind=kind, image=str(raw.get("image") or c.get("image", "")),
+                name=c["name"], kind=kind, image=str(raw.get("image") or ""),
                 image_id=str(raw.get("imageID", "")), state=state, started_at=started,
                 restart_count=int(raw.get("restartCount", 0)), ready=bool(raw.get("ready", False)),
                 reason=reason))
@@ -202,6 +212,8 @@ class KubeWorkloads:
         return ""
 
     def _pod_info(self, pod: Mapping[str, Any], dep: Mapping[str, Any] | None) -> PodInfo:
+        """``phase`` is the API's ``status.phase``, except that a pod being deleted is ``Terminating`` (as
+        kubectl shows it): its containers may still run, but it is not running any more."""
         name = pod["metadata"]["name"]
         if dep is None:
             owner = self._owner(pod)
@@ -209,7 +221,8 @@ class KubeWorkloads:
         else:
             owner = dep["metadata"]["name"]
         template = (((dep or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
-        return PodInfo(name=name, deployment=owner, phase=str((pod.get("status") or {}).get("phase", "Unknown")),
+        phase = "Terminating" if terminating(pod) else str((pod.get("status") or {}).get("phase", "Unknown"))
+        return PodInfo(name=name, deployment=owner, phase=phase,
                        containers=container_statuses(pod), spec_images=_images(pod.get("spec") or {}),
                        template_images=_images(template))
 
@@ -260,7 +273,7 @@ class KubeWorkloads:
     def rollout_state(self, name: str) -> RolloutState:
         dep = self._read_deployment(name)
         spec, status = dep.get("spec") or {}, dep.get("status") or {}
-        live = [p for p in self._pod_objects(dep) if not p["metadata"].get("deletionTimestamp")]
+        live = [p for p in self._pod_objects(dep) if not terminating(p)]
         return RolloutState(
             deployment=name, generation=int(dep["metadata"].get("generation", 0)),
             observed_generation=int(status.get("observedGeneration", 0)), desired=int(spec.get("replicas", 1)),
@@ -279,37 +292,42 @@ class KubeWorkloads:
         return state.pods[0]
 
     def pods(self, deployment: str) -> list[PodInfo]:
-        dep = self._read_deployment(deployment)
-        return [self._pod_info(p, dep) for p in self._pod_objects(dep)]
+        """The Deployment's pods, terminating ones left out (they are on their way out: a step asking whether
+        a colour runs must not see one). None when the Deployment does not exist: steps ask before creating
+        it and after deleting it. :meth:`delete_deployment` waits for terminating pods to be gone."""
+        dep = self._find_deployment(deployment)
+        if dep is None:
+            return []
+        return [self._pod_info(p, dep) for p in self._pod_objects(dep) if not terminating(p)]
 
     def pod(self, name: str) -> PodInfo:
         pod = self._json(self.core.read_namespaced_pod, name, self.namespace, action="get", obj=f"pod/{name}")
         return self._pod_info(pod, None)
 
     def exec(self, pod: str, container: str, argv: Sequence[str], *, timeout: float = 30.0) -> CommandResult:
-        """Run ``argv`` in a container (WebSocket exec); rc from the error channel's Status."""
+        """Run ``argv`` in a container (WebSocket exec, v5 or v4 channel protocol); rc from the error channel's
+        Status. ``timeout`` is a deadline over the whole exec, connecting and the upgrade included: an exec
+        that never answers is cut there (:mod:`runbook.adapters.kube_exec`)."""
         command = shlex.join(argv)
         obj = f"pod/{pod}"
+        action = f"exec `{command}` in container {container} of"
         start = time.monotonic()
         try:
-            ws = stream(self.core.connect_get_namespaced_pod_exec, pod, self.namespace, container=container,
-                        command=list(argv), stdin=False, stdout=True, stderr=True, tty=False,
-                        _preload_content=False, _request_timeout=timeout)
-        except (k8s.ApiException, OSError) as exc:
-            raise describe_failure(exc, action=f"exec `{command}` in container {container} of", obj=obj,
-                                   target=self.target, timeout=timeout) from None
-        try:
-            ws.run_forever(timeout=timeout)
-            if ws.is_open():
-                raise KubeError(f"exec `{command}` in container {container} of {obj} in namespace "
-                                f"{self.namespace}: no exit after {timeout:g}s", env=self.env.name, obj=obj)
-            stdout, stderr = ws.read_stdout() or "", ws.read_stderr() or ""
-            rc, message = exit_status(ws.read_channel(3) or "")
-        finally:
-            ws.close()
+            out = run_exec(self.api_client, self.namespace, pod, container, argv, timeout=timeout)
+        except ExecDeadline as exc:
+            raise KubeError(f"{action} {obj} in namespace {self.namespace}: cut at its {timeout:g}s deadline "
+                            f"({exc.phase}); the command may still be running in the container",
+                            env=self.env.name, obj=obj) from None
+        except websocket.WebSocketBadStatusException as exc:
+            raise describe_failure(refusal(exc), action=action, obj=obj, target=self.target,
+                                   timeout=timeout) from None
+        except (websocket.WebSocketException, OSError) as exc:
+            raise describe_failure(exc, action=action, obj=obj, target=self.target, timeout=timeout) from None
+        rc, message = exit_status(out.status)
+        stderr = out.stderr
         if rc == -1 and message:
             stderr = f"{stderr}{message}\n"
-        return CommandResult(command=command, rc=rc, stdout=stdout, stderr=stderr,
+        return CommandResult(command=command, rc=rc, stdout=out.stdout, stderr=stderr,
                              duration=time.monotonic() - start)
 
     @staticmethod

@@ -1,226 +1,306 @@
-"""A Kubernetes API mock server over real HTTP on loopback, for the kube adapter's tests.
+"""A Kubernetes API mock server over real HTTP on loopback, stateful, for the kube adapter's contract suite.
 
-REST calls go to pytest-httpserver (a maintained mock HTTP server: scripted responses, every request
-recorded). Exec is a WebSocket upgrade, which that server cannot do, so :class:`ExecServer` answers it: a
-small threaded server speaking the ``v4.channel.k8s.io`` protocol (channel byte + data, Status JSON on the
-error channel), recording each request too.
+It behaves like the real API server where the adapter depends on it: REST for namespaces, nodes, pods,
+events, deployments, replicasets and daemonsets (get, list with label and field selectors, create,
+replace with resourceVersion preconditions, JSON/merge/strategic patches, delete with propagation);
+discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1``) so the client's dynamic client
+works; error bodies as the real server sends them (a ``Status``: ``NotFound``, ``AlreadyExists``,
+``Conflict``, ``Invalid`` with causes, ``Unauthorized``); pod-update validation; ``pods/exec`` over the
+``v5.channel.k8s.io``/``v4.channel.k8s.io`` WebSocket protocol; and behind it a controller and a kubelet
+(:mod:`tests.kube.fake_cluster`, :mod:`tests.kube.fake_kubelet`) that report container status as
+containerd's CRI does.
 
-Object builders return the JSON the API server sends (camelCase), so the adapter parses exactly what it
-would parse from kind or biscayne.
+One small threaded ``http.server`` serves REST and the exec upgrade on one port (pytest-httpserver cannot
+upgrade a connection). Every request is recorded (``requests``), e.g. to check the RBAC Role.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
+import copy
 import json
-import socket
-import socketserver
-import struct
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import yaml
+from tests.kube.fake_cluster import FakeCluster
+from tests.kube.fake_exec import ExecCall, Runner, choose_protocol, local_runner, serve_exec, stall
+from tests.kube.fake_state import (
+    NO_ROUTE,
+    RESOURCES,
+    UNAUTHORIZED,
+    ApiError,
+    Obj,
+    apply_patch,
+    bad_request,
+    conflict,
+    field_selector_matches,
+    label_selector_matches,
+)
+from tests.kube.fake_validation import check_name, validate_deployment, validate_pod_update
 
-from runbook.env import Env, KubeConfig, load_env
-
-NS = "agave"
-API = f"/api/v1/namespaces/{NS}"
-APPS = f"/apis/apps/v1/namespaces/{NS}"
 TOKEN = "test-token"
-
-
-def write_kubeconfig(path: Path, server: str, *, context: str = "fake") -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": context,
-        "clusters": [{"name": "fake", "cluster": {"server": server}}],
-        "users": [{"name": "runbook", "user": {"token": TOKEN}}],
-        "contexts": [{"name": context, "context": {"cluster": "fake", "user": "runbook", "namespace": NS}}],
-    }))
-    return path
-
-
-def make_env(kubeconfig: Path, *, context: str = "fake") -> Env:
-    """The kind env, with its kube section pointing at a kubeconfig of the test's."""
-    return load_env("kind").model_copy(
-        update={"kube": KubeConfig(context=context, namespace=NS, kubeconfig=str(kubeconfig))})
-
-
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    """A Kubernetes Status object, as the API server sends with every error."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
-
-
-def pod_spec(*, sidecar_image: str = "laconicnetwork/doublezero:v0.6.0",
-             app_image: str = "laconicnetwork/agave:v2.1.0") -> dict[str, Any]:
-    return {
-        "initContainers": [{"name": "doublezerod", "image": sidecar_image, "restartPolicy": "Always"}],
-        "containers": [{"name": "agave-validator", "image": app_image}],
-    }
-
-
-def running(started: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
-    return {"running": {"startedAt": started}}
-
-
-def waiting(reason: str) -> dict[str, Any]:
-    return {"waiting": {"reason": reason, "message": f"{reason} message"}}
-
-
-def terminated(reason: str, code: int) -> dict[str, Any]:
-    return {"terminated": {"reason": reason, "exitCode": code, "startedAt": "2026-01-01T00:00:00Z",
-                           "finishedAt": "2026-01-01T00:01:00Z"}}
-
-
-def cstatus(name: str, image: str, state: dict[str, Any], *, restarts: int = 0, ready: bool = True,
-            image_id: str | None = None) -> dict[str, Any]:
-    return {"name": name, "image": f"docker.io/{image}", "imageID": image_id or f"docker.io/{image}@sha256:aa",
-            "state": state, "restartCount": restarts, "ready": ready, "started": "running" in state}
-
-
-def pod(name: str, *, sidecar: dict[str, Any] | None = None, app: dict[str, Any] | None = None,
-        phase: str = "Running", spec: dict[str, Any] | None = None, owner: str | None = "agave-green-5d9f",
-        colour: str = "green", deleting: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": NS,
-                            "labels": {"app.kubernetes.io/name": "agave", "runbook/colour": colour}}
-    if owner:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner,
-                                    "uid": "u1", "controller": True}]
-    if deleting:
-        meta["deletionTimestamp"] = "2026-01-01T00:02:00Z"
-    st: dict[str, Any] = {"phase": phase}
-    if sidecar is not None:
-        st["initContainerStatuses"] = [sidecar]
-    if app is not None:
-        st["containerStatuses"] = [app]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec or pod_spec(), "status": st}
-
-
-def replicaset(name: str, deployment: str) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": name, "namespace": NS, "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": "u0",
-                 "controller": True}]}}
-
-
-def deployment(name: str, *, generation: int = 2, observed: int = 2, available: int = 1,
-               spec: dict[str, Any] | None = None, colour: str = "green") -> dict[str, Any]:
-    labels = {"app.kubernetes.io/name": "agave", "runbook/colour": colour}
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS, "generation": generation, "resourceVersion": "41"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "strategy": {"type": "Recreate"},
-                 "template": {"metadata": {"labels": labels}, "spec": spec or pod_spec()}},
-        "status": {"observedGeneration": observed, "replicas": 1, "updatedReplicas": available,
-                   "availableReplicas": available, "readyReplicas": available},
-    }
-
-
-def requests_made(server: Any) -> list[Any]:
-    """The requests a pytest-httpserver received, in order (werkzeug Request objects)."""
-    return [req for req, _ in server.log]
-
-
-def items(*objs: dict[str, Any], kind: str = "List") -> dict[str, Any]:
-    return {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": list(objs)}
-
-
-# --------------------------------------------------------------------------- exec over WebSocket
-
-_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "0" * 40,
+           "gitTreeState": "clean", "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
+           "platform": "linux/amd64"}
+WRITABLE = {"deployments", "pods", "namespaces"}
 
 
 @dataclass(frozen=True)
-class ExecReply:
-    """What one exec answers: output per channel and the error-channel Status; or an HTTP refusal."""
-
-    stdout: str = ""
-    stderr: str = ""
-    exit_code: int = 0
-    refuse: int = 0  # an HTTP status to refuse the upgrade with (e.g. 403)
-    status_message: str = ""
-
-    def error_channel(self) -> str:
-        if self.exit_code == 0:
-            return json.dumps({"metadata": {}, "status": "Success"})
-        if self.exit_code < 0:
-            return json.dumps({"metadata": {}, "status": "Failure", "reason": "InternalError",
-                               "message": self.status_message})
-        return json.dumps({
-            "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
-            "message": f"command terminated with non-zero exit code: exit status {self.exit_code}",
-            "details": {"causes": [{"reason": "ExitCode", "message": str(self.exit_code)}]}})
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+@dataclass(frozen=True)
+class Route:
+    plural: str
+    namespace: str  # "" for cluster-scoped objects and lists across namespaces
+    name: str | None
+    sub: str | None
+
+
+def parse_route(path: str) -> Route | None:
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        rest, group = parts[2:], ""
+    elif parts[:3] == ["apis", "apps", "v1"]:
+        rest, group = parts[3:], "apps"
     else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    return head + payload
+        return None
+    namespace = ""
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest or rest[0] not in RESOURCES or RESOURCES[rest[0]].group != group or len(rest) > 3:
+        return None
+    res = RESOURCES[rest[0]]
+    if res.namespaced != bool(namespace) and len(rest) > 1:
+        return None
+    return Route(rest[0], namespace, rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None)
 
 
-@dataclass
-class ExecServer:
-    """Answers ``GET .../pods/<pod>/exec`` WebSocket upgrades with a scripted :class:`ExecReply`."""
+def _resource_list(group_version: str, group: str) -> Obj:
+    singular = {"namespaces": "namespace", "nodes": "node", "pods": "pod", "events": "event",
+                "deployments": "deployment", "replicasets": "replicaset", "daemonsets": "daemonset"}
+    resources: list[Obj] = []
+    for r in RESOURCES.values():
+        if r.group != group:
+            continue
+        resources.append({"name": r.plural, "singularName": singular[r.plural], "namespaced": r.namespaced,
+                          "kind": r.kind, "verbs": sorted({*r.verbs, "list", "watch"})})
+        if r.plural in ("pods", "deployments"):
+            resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": True, "kind": r.kind,
+                              "verbs": ["get", "patch", "update"]})
+        if r.plural == "pods":
+            resources.append({"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions",
+                              "verbs": ["create", "get"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
 
-    reply: Callable[[str, dict[str, list[str]]], ExecReply]
-    requests: list[tuple[str, dict[str, list[str]], dict[str, str]]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+def discovery(path: str, host: str) -> Obj | None:
+    if path == "/version":
+        return VERSION
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}
+    if path == "/apis":
+        apps = {"groupVersion": "apps/v1", "version": "v1"}
+        return {"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [{"name": "apps", "versions": [apps], "preferredVersion": apps}]}
+    if path == "/api/v1":
+        return _resource_list("v1", "")
+    if path == "/apis/apps/v1":
+        return _resource_list("apps/v1", "apps")
+    return None
+
+
+class FakeApiServer:
+    """``FakeApiServer()`` listens on 127.0.0.1 at once; ``url`` is its address; ``stop()`` ends it."""
+
+    def __init__(self, cluster: FakeCluster | None = None, *, token: str = TOKEN) -> None:
+        self.cluster = cluster or FakeCluster()
+        self.token = token
+        self.requests: list[Recorded] = []
+        self.exec_runner: Runner = local_runner
+        self.stall_exec = False  # never answer an exec upgrade (a hung API server or kubelet)
+        self._stopping = threading.Event()
         outer = self
 
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                outer._handle(self.request)
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+            def do_GET(self) -> None:
+                outer._serve(self)
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-apiserver", daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
 
-    def _handle(self, sock: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
+    # -- HTTP
+
+    def _reply(self, h: BaseHTTPRequestHandler, code: int, body: Obj) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("Audit-Id", "fake")
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        query = parse_qs(url.query)
+        self.requests.append(Recorded(h.command, url.path, query, {k.lower(): v for k, v in h.headers.items()}, raw))
+        try:
+            if h.headers.get("Authorization") != f"Bearer {self.token}":
+                raise UNAUTHORIZED
+            doc = discovery(url.path, h.headers.get("Host", "")) if h.command == "GET" else None
+            if doc is not None:
+                self._reply(h, 200, doc)
                 return
-            data += chunk
-        head = data.split(b"\r\n\r\n", 1)[0].decode()
-        request_line, *header_lines = head.split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines if ":" in h)}
-        target = urlsplit(request_line.split(" ")[1])
-        query = parse_qs(target.query)
-        self.requests.append((target.path, query, headers))
-        reply = self.reply(target.path, query)
-        if reply.refuse:
-            body = json.dumps(status(reply.refuse, "Forbidden", reply.status_message)).encode()
-            sock.sendall(f"HTTP/1.1 {reply.refuse} Forbidden\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            route = parse_route(url.path)
+            if route is None:
+                raise NO_ROUTE
+            if route.sub == "exec":
+                self._exec(h, route, query)
+                return
+            body = json.loads(raw) if raw else None
+            with self.cluster.lock:
+                self.cluster.settle()
+                code, out = self._rest(h.command, route, query, body, h.headers.get("Content-Type", ""))
+                out = copy.deepcopy(out)
+            self._reply(h, code, out)
+        except ApiError as exc:
+            self._reply(h, exc.code, exc.body())
+        except ValueError as exc:
+            self._reply(h, 400, bad_request(f"the body of the request is not JSON: {exc}").body())
+
+    def _exec(self, h: BaseHTTPRequestHandler, route: Route, query: dict[str, list[str]]) -> None:
+        if h.headers.get("Upgrade", "").lower() != "websocket":
+            raise bad_request("Upgrade request required")
+        protocol = choose_protocol(h.headers.get("Sec-WebSocket-Protocol", ""))
+        if protocol is None:
+            raise bad_request(f"unable to upgrade: requested protocol(s) are not supported: "
+                              f"[{h.headers.get('Sec-WebSocket-Protocol', '')}]; supports [v5.channel.k8s.io "
+                              f"v4.channel.k8s.io]")
+        container = (query.get("container") or [""])[0]
+        with self.cluster.lock:
+            self.cluster.settle()
+            self._exec_target(route, container)
+        h.close_connection = True
+        h.wfile.flush()
+        if self.stall_exec:
+            stall(h.connection, self._stopping.is_set)
             return
-        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + _GUID).encode()).digest())
-        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n")
-        for channel, text in ((1, reply.stdout), (2, reply.stderr), (3, reply.error_channel())):
-            if text:
-                sock.sendall(_frame(0x2, bytes([channel]) + text.encode()))
-        sock.sendall(_frame(0x8, struct.pack("!H", 1000)))
-        with contextlib.suppress(OSError):
-            sock.recv(1024)  # the client's close frame
+        call = ExecCall(route.namespace, route.name or "", container, tuple(query.get("command") or []))
+        serve_exec(h.connection, call, h.headers.get("Sec-WebSocket-Key", ""), protocol, self.exec_runner)
+
+    def _exec_target(self, route: Route, container: str) -> None:
+        pod = self.cluster.get("pods", route.namespace, route.name or "")
+        names = [c["name"] for k in ("initContainers", "containers") for c in pod["spec"].get(k) or []]
+        if not container:
+            if len(names) != 1:
+                raise bad_request(f"a container name must be specified for pod {route.name}, choose one of: "
+                                  f"[{' '.join(names)}]")
+            container = names[0]
+        if container not in names:
+            raise bad_request(f"container {container} is not valid for pod {route.name}")
+        statuses = (pod["status"].get("initContainerStatuses") or []) + (pod["status"].get("containerStatuses") or [])
+        if not any(s["name"] == container and "running" in s["state"] for s in statuses):
+            raise bad_request(f'unable to upgrade connection: container not found ("{container}")')
+
+    # -- REST
+
+    def _rest(self, method: str, route: Route, query: dict[str, list[str]], body: Any,
+              content_type: str) -> tuple[int, Obj]:
+        c = self.cluster
+        res = RESOURCES[route.plural]
+        ns = route.namespace
+        if route.sub is not None:
+            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
+                           f"resource ({route.plural}/{route.sub})")
+        if method == "GET" and route.name is None:
+            return 200, self._list(route, query)
+        if method == "GET":
+            return 200, c.get(route.plural, ns, route.name or "")
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        if route.plural not in WRITABLE or verb not in res.verbs:
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                           f"resource ({route.plural})")
+        if method == "POST":
+            if not isinstance(body, dict):
+                raise bad_request("the body of a create must be an object")
+            check_name(body, None)
+            body_ns = (body.get("metadata") or {}).get("namespace")
+            if res.namespaced and body_ns and body_ns != ns:
+                raise bad_request("the namespace of the provided object does not match the namespace sent on the "
+                                  "request")
+            if route.plural == "deployments":
+                validate_deployment(body, None)
+            if route.plural == "pods":
+                raise ApiError(405, "MethodNotAllowed", "this fake creates pods through Deployments only")
+            return 201, c.create(route.plural, ns, body)
+        name = route.name or ""
+        if method == "DELETE":
+            options = body if isinstance(body, dict) else {}
+            propagation = options.get("propagationPolicy") or next(iter(query.get("propagationPolicy") or []), None)
+            grace = options.get("gracePeriodSeconds", next(iter(query.get("gracePeriodSeconds") or []), None))
+            obj = c.delete(route.plural, ns, name, propagation=propagation,
+                           grace_seconds=None if grace is None else int(grace))
+            if obj is not None:
+                return 200, obj
+            details: Obj = {"name": name, **({"group": res.group} if res.group else {}), "kind": res.plural}
+            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                         "details": details}
+        current = c.get(route.plural, ns, name)
+        if method == "PATCH":
+            new = apply_patch(copy.deepcopy(current), content_type, body)
+        else:
+            if not isinstance(body, dict):
+                raise bad_request("the body of an update must be an object")
+            check_name(body, name)
+            new = body
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            if rv is not None and rv != current["metadata"]["resourceVersion"]:
+                raise conflict(res, name)
+        new.setdefault("metadata", {})["name"] = name
+        if route.plural == "pods":
+            validate_pod_update(name, current, new)
+        elif route.plural == "deployments":
+            validate_deployment(new, current)
+        return 200, c.replace(route.plural, ns, name, new)
+
+    def _list(self, route: Route, query: dict[str, list[str]]) -> Obj:
+        res = RESOURCES[route.plural]
+        labels = (query.get("labelSelector") or [""])[0]
+        fields = (query.get("fieldSelector") or [""])[0]
+        items = [o for o in self.cluster.items(route.plural, route.namespace or None)
+                 if label_selector_matches(labels, o["metadata"].get("labels") or {})
+                 and field_selector_matches(fields, o)]
+        meta: Obj = {"resourceVersion": str(max((int(o["metadata"]["resourceVersion"]) for o in items), default=1))}
+        limit = int((query.get("limit") or ["0"])[0])
+        if limit and len(items) > limit:
+            items, meta["continue"] = items[:limit], "fake-continue"
+        out = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
+        return {"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta, "items": out}

@@ -1,8 +1,10 @@
-"""The kube workloads adapter against a Kubernetes API mock server over real HTTP on loopback.
+"""The kube workloads adapter against scripted answers over real HTTP on loopback (pytest-httpserver):
+the exact requests it sends, and how it reads bodies it is given.
 
-Nothing in the client is monkeypatched: the adapter loads a kubeconfig that points at the mock server
+Nothing in the client is monkeypatched: the adapter loads a kubeconfig that points at the server
 (tests/kube/conftest.py) and talks to it through the official ``kubernetes`` client, as it would to kind or
-biscayne. API errors and RBAC: test_kube_errors.py.
+biscayne. API errors: test_kube_errors.py. Behaviour against a stateful API server (the mock, or a real
+cluster): test_contract.py; exec and RBAC: test_fake_apiserver.py.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from runbook.adapters.base import Workloads
 from runbook.adapters.kube import KubeWorkloads, container_statuses, exit_status
 from runbook.errors import KubeError, WaitTimeout
 from runbook.manifests import render_deployment
-from tests.kube.fake_apiserver import (
+from tests.kube.fake_exec import ExecCall, ExecReply
+from tests.kube.objects import (
     API,
     APPS,
     TOKEN,
-    ExecReply,
-    ExecServer,
     cstatus,
     deployment,
     items,
@@ -166,12 +167,14 @@ def test_terminated_containers_carry_their_reason(server: HTTPServer, kube: Kube
     assert agave.started_at is not None
 
 
-def test_containers_without_status_yet_are_unknown_and_plain_init_containers_are_skipped() -> None:
+def test_containers_without_status_yet_are_unknown_with_no_image_and_plain_init_containers_are_skipped() -> None:
+    """Defect: a container with no status reported its spec image as the running image, so "runs the new
+    image" could hold for a container that never started. The image is the status's, or none."""
     spec = pod_spec()
     spec["initContainers"].insert(0, {"name": "prepare", "image": "busybox:1"})  # run-to-completion
     statuses = container_statuses(pod("p1", phase="Pending", spec=spec))
-    assert [(c.name, c.kind, c.state, c.image) for c in statuses] == [
-        ("doublezerod", "sidecar", "unknown", DZ), ("agave-validator", "app", "unknown", AGAVE)]
+    assert [(c.name, c.kind, c.state, c.image, c.image_id) for c in statuses] == [
+        ("doublezerod", "sidecar", "unknown", "", ""), ("agave-validator", "app", "unknown", "", "")]
 
 
 def test_pod_without_owner_references_falls_back_to_the_colour_label(server: HTTPServer,
@@ -296,34 +299,49 @@ def test_owns_process_reads_the_cgroup(kube: KubeWorkloads) -> None:
     assert kube.owns_process(2**22 + 12345) is False
 
 
+# --------------------------------------------------------------------------- pods: missing, terminating
+
+
+def test_the_pods_of_a_missing_deployment_are_none(server: HTTPServer, kube: KubeWorkloads) -> None:
+    """Defect: the 404 of the Deployment's GET was raised as a KubeError; now it means no pods."""
+    server.expect_request(f"{APPS}/deployments/agave-blue", method="GET").respond_with_json(
+        status(404, "NotFound", 'deployments.apps "agave-blue" not found'), 404)
+    assert kube.pods("agave-blue") == []
+    assert [r.path for r in requests_made(server)] == [f"{APPS}/deployments/agave-blue"]  # no pod list
+
+
+def test_a_terminating_pod_is_not_offered_as_the_deployments_pod(server: HTTPServer, kube: KubeWorkloads) -> None:
+    """Defect: pods() listed a pod with deletionTimestamp (its containers still running) as the Deployment's."""
+    old = pod("agave-green-5d9f-old", deleting=True, sidecar=cstatus("doublezerod", DZ, running()),
+              app=cstatus("agave-validator", AGAVE, running()))
+    new = pod("agave-green-5d9f-new", phase="Pending")
+    server.expect_request(f"{APPS}/deployments/agave-green", method="GET").respond_with_json(deployment("agave-green"))
+    server.expect_request(f"{API}/pods", method="GET").respond_with_json(items(old, new))
+    server.expect_request(f"{API}/pods/agave-green-5d9f-old", method="GET").respond_with_json(old)
+    server.expect_request(f"{APPS}/replicasets/agave-green-5d9f").respond_with_json(
+        replicaset("agave-green-5d9f", "agave-green"))
+
+    assert [p.name for p in kube.pods("agave-green")] == ["agave-green-5d9f-new"]
+    assert kube.pod("agave-green-5d9f-old").phase == "Terminating"
+
+
+def test_wait_rollout_is_not_satisfied_by_a_terminating_pod(server: HTTPServer, kube: KubeWorkloads) -> None:
+    """The Deployment's status still counts the old pod (ready, running) while it terminates: not rolled out."""
+    old = pod("agave-green-5d9f-old", deleting=True, sidecar=cstatus("doublezerod", DZ, running()),
+              app=cstatus("agave-validator", AGAVE, running()))
+    server.expect_request(f"{APPS}/deployments/agave-green", method="GET").respond_with_json(deployment("agave-green"))
+    server.expect_request(f"{API}/pods", method="GET").respond_with_json(items(old))
+    with pytest.raises(WaitTimeout, match="no pods"):
+        kube.wait_rollout("agave-green", timeout=0.3)
+
+
 # --------------------------------------------------------------------------- exec
 
 
-def test_exec_returns_stdout_and_rc_zero(exec_server: ExecServer, exec_kube: KubeWorkloads) -> None:
-    result = exec_kube.exec("p1", "doublezerod", ["doublezero", "--version"], timeout=5)
-    assert (result.rc, result.stdout, result.command) == (0, "DoubleZero 0.6.1\n", "doublezero --version")
-    path, query, headers = exec_server.requests[0]
-    assert path == f"{API}/pods/p1/exec"
-    assert query["container"] == ["doublezerod"]
-    assert query["command"] == ["doublezero", "--version"]
-    assert headers["authorization"] == f"Bearer {TOKEN}"
-
-
-def test_exec_parses_the_exit_code_from_the_error_channel(exec_kube: KubeWorkloads) -> None:
-    result = exec_kube.exec("p1", "agave-validator", ["false"], timeout=5)
-    assert (result.rc, result.stderr, result.ok) == (3, "nope\n", False)
-    missing = exec_kube.exec("p1", "agave-validator", ["missing"], timeout=5)
-    assert missing.rc == -1 and "executable file not found" in missing.stderr
-
-
-def test_exec_refused_is_a_kube_error(exec_kube: KubeWorkloads) -> None:
-    with pytest.raises(KubeError) as err:
-        exec_kube.exec("p1", "agave-validator", ["rm", "-rf", "/"], timeout=5)
-    assert "exec `rm -rf /` in container agave-validator of pod/p1 in namespace agave: forbidden (403)" in str(
-        err.value)
-
-
 def test_exit_status_parsing() -> None:
+    call = ExecCall("agave", "p1", "c", ("x",))
     assert exit_status('{"metadata":{},"status":"Success"}') == (0, "")
     assert exit_status("") == (-1, "the exec ended without a status (connection lost?)")
-    assert exit_status(ExecReply(exit_code=42).error_channel())[0] == 42
+    assert exit_status(json.dumps(ExecReply(exit_code=42).status(call)))[0] == 42
+    rc, message = exit_status(json.dumps(ExecReply(exit_code=None, start_error="boom").status(call)))
+    assert rc == -1 and "boom" in message

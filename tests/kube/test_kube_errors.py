@@ -1,33 +1,24 @@
-"""API failures of the kube adapter, each with its message, and the RBAC Role it needs: exactly the verbs
-it uses. Against the mock API server of tests/kube/conftest.py, over real HTTP on loopback."""
+"""API failures of the kube adapter, each with its message. Against scripted answers over real HTTP on
+loopback (tests/kube/conftest.py). The RBAC Role's verbs: test_fake_apiserver.py."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from runbook.adapters.kube import KubeWorkloads, check_reachable
 from runbook.env import Env, load_env
 from runbook.errors import KubeError
 from runbook.manifests import render_deployment
-from tests.kube.fake_apiserver import (
+from tests.kube.objects import (
     API,
     APPS,
     NS,
-    ExecServer,
-    cstatus,
-    deployment,
     items,
     make_env,
-    pod,
-    replicaset,
-    requests_made,
-    running,
     status,
     write_kubeconfig,
 )
@@ -131,61 +122,3 @@ def test_check_reachable_on_an_env_without_kube() -> None:
 def test_check_reachable_passes_against_a_live_server(server: HTTPServer, env: Env) -> None:
     server.expect_request(f"{APPS}/deployments", method="GET").respond_with_json(items())
     assert check_reachable(env).namespace == NS
-
-
-# --------------------------------------------------------------------------- RBAC: exactly the verbs used
-
-
-def _verb(method: str, path: str) -> tuple[str, str, str]:
-    parts = path.strip("/").split("/")
-    group = "" if parts[0] == "api" else parts[1]
-    rest = parts[parts.index("namespaces") + 2:]
-    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
-    named = len(rest) > 1
-    verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
-            "DELETE": "delete"}[method]
-    return group, resource, verb
-
-
-def test_the_role_grants_exactly_the_verbs_the_adapter_uses(server: HTTPServer, kube: KubeWorkloads,
-                                                            exec_server: ExecServer,
-                                                            exec_kube: KubeWorkloads) -> None:
-    ready = pod("agave-green-5d9f-x", sidecar=cstatus("doublezerod", DZ, running()),
-                app=cstatus("agave-validator", AGAVE, running()))
-    dep = deployment("agave-green")
-    server.expect_request(f"{APPS}/deployments/agave-green", method="GET").respond_with_json(dep)
-    server.expect_request(f"{APPS}/deployments/agave-blue", method="GET").respond_with_json(
-        status(404, "NotFound", "not found"), 404)
-    for method in ("PUT", "PATCH", "DELETE"):
-        server.expect_request(f"{APPS}/deployments/agave-green", method=method).respond_with_json(dep)
-    server.expect_request(f"{APPS}/deployments", method="POST").respond_with_json(dep, 201)
-    server.expect_request(f"{APPS}/deployments", method="GET").respond_with_json(items(dep))
-    server.expect_request(f"{APPS}/replicasets/agave-green-5d9f").respond_with_json(
-        replicaset("agave-green-5d9f", "agave-green"))
-    server.expect_request(f"{API}/pods", method="GET").respond_with_handler(
-        lambda r: Response(json.dumps(items(ready) if r.args["labelSelector"].endswith("=green") else items()), 200,
-                           content_type="application/json"))
-    server.expect_request(f"{API}/pods/agave-green-5d9f-x").respond_with_json(ready)
-    server.expect_request(f"{API}/events").respond_with_json(items())
-    server.expect_request(f"{APPS}/daemonsets", method="GET").respond_with_json(items())
-
-    kube.apply_deployment(render_deployment(kube.env, "green"))  # replace
-    kube.apply_deployment(render_deployment(kube.env, "blue"))  # create
-    kube.deployments()
-    kube.daemonsets()
-    kube.wait_rollout("agave-green", timeout=5)
-    kube.pods("agave-green")
-    kube.pod("agave-green-5d9f-x")
-    kube.patch_pod_container_image("agave-green-5d9f-x", "doublezerod", DZ_NEW)
-    kube.patch_template_container_image("agave-green", "doublezerod", DZ_NEW)
-    kube.events("agave-green-5d9f-x")
-    server.expect_request(f"{API}/pods", method="GET").respond_with_json(items())
-    kube.delete_deployment("agave-green", wait=False)
-    exec_kube.exec("agave-green-5d9f-x", "doublezerod", ["doublezero", "--version"])
-
-    used = {_verb(r.method, r.path) for r in requests_made(server)}
-    used |= {("", "pods/exec", v) for path, _, _ in exec_server.requests for v in ("get", "create")}
-    role = next(d for d in yaml.safe_load_all((ROOT / "deploy/k8s/base/rbac.yaml").read_text()) if d["kind"] == "Role")
-    granted = {(g, res, verb) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
-               for verb in rule["verbs"]}
-    assert used == granted
