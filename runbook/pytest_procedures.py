@@ -1,5 +1,5 @@
 """pytest plugin for the procedures: their options, the upgrade target, and the testbed baseline that
-every mutating scenario starts from and leaves behind."""
+every mutating scenario starts from and leaves (:mod:`runbook.baseline`, on the local testbed and on kind)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from runbook import baseline as bl
+from runbook.baseline import Baseline
 from runbook.env import Env
+from runbook.evidence.recorder import Recorder
 
 log = logging.getLogger("runbook")
 
@@ -38,13 +41,46 @@ def target_version(pytestconfig: pytest.Config, env: Env) -> str:
     return str(version)
 
 
+@pytest.fixture(scope="session")
+def baseline(env: Env, request: pytest.FixtureRequest) -> Baseline | None:
+    """The baseline of a testbed (local or kind), read from the live environment when the session's first
+    mutating test starts, before anything changed it. None elsewhere: on a real env the state an operator's
+    procedure leaves is the new production, never something to undo."""
+    if not bl.is_testbed(env):
+        return None
+    testbed = request.getfixturevalue("testbed")
+    captured = bl.capture(request.getfixturevalue("adapters"),
+                          extras=testbed.baseline_extras() if testbed is not None else None)
+    log.info("baseline captured: %s", captured.describe())
+    return captured
+
+
+def _is_scenario(item: pytest.Item) -> bool:
+    return "_pytest_bdd_example" in getattr(item, "fixturenames", ())
+
+
 @pytest.fixture(autouse=True)
 def _testbed_baseline(request: pytest.FixtureRequest, env: Env) -> Iterator[None]:
-    """A mutating scenario on the testbed starts from, and leaves, the baseline (green serving alone)."""
-    if env.testbed is None or request.node.get_closest_marker("mutating") is None:
+    """A mutating test on a testbed starts from, and leaves, the baseline (green serving alone).
+
+    Before: whatever an earlier test left is repaired and recorded (lenient). After: the reset returns what
+    it had to fix; for a scenario that list fails it, in teardown, with the list in the message and in the
+    evidence. A plain mutating test (not a scenario) is only reset, and the fixes recorded."""
+    if request.node.get_closest_marker("mutating") is None or not bl.is_testbed(env):
         yield
         return
-    tb = request.getfixturevalue("testbed")
-    tb.reset_to_baseline(progress=log.info)
+    captured: Baseline = request.getfixturevalue("baseline")
+    adapters = request.getfixturevalue("adapters")
+    testbed = request.getfixturevalue("testbed")
+    evidence: Recorder = request.getfixturevalue("evidence")
+    extras = testbed.baseline_extras() if testbed is not None else None
+    before = bl.restore(adapters, captured, extras=extras, progress=log.info)
+    if before:
+        evidence.note("baseline reset before the test repaired what an earlier one left: " + "; ".join(before))
     yield
-    tb.reset_to_baseline(progress=log.info)
+    after = bl.restore(adapters, captured, extras=extras, progress=log.info)
+    strict = _is_scenario(request.node)
+    evidence.compare("left behind (what the baseline reset after the test had to fix)", expected=[],
+                     observed=after, ok=not after or not strict)
+    if strict:
+        bl.check_left_nothing(after, env=env.name, scenario=request.node.name)

@@ -19,7 +19,7 @@ from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
 from runbook.procedures import agave_rollback, journal_for, procedure_for
 from runbook.procedures import bluegreen as bg
-from runbook.procedures.framework import Context, Interrupted, RunResult
+from runbook.procedures.framework import Context, Interrupted, RunResult, StepOutcome
 
 log = logging.getLogger("runbook.progress")
 
@@ -46,12 +46,22 @@ class ProbeRun:
                                                                               "shift back")])
 
 
+@dataclass(frozen=True)
+class ExpectedFailure:
+    """The failure a scenario's Gherkin names: ``step`` of the procedure failed because its deadline of
+    ``deadline`` seconds passed (not because anything before it, or anything else in it, failed)."""
+
+    step: str
+    deadline: float
+
+
 @dataclass
 class UpgradeRun:
     ctx: Context
     result: RunResult | None = None
     interrupted: str = ""
     rollback_steps: list[Any] = field(default_factory=list)
+    expected_failure: ExpectedFailure | None = None
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -114,15 +124,53 @@ def _upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, par
     return run
 
 
+def _roll_back_after(request: pytest.FixtureRequest, adapters: Adapters, evidence: Recorder) -> None:
+    """The scenario cleans up after itself: whatever the upgrade left (interrupted, or done) is rolled back
+    as `runbook rollback agave-upgrade` would, unless a step already did. A failure here fails the scenario."""
+    def clean_up() -> None:
+        env = adapters.env
+        state = journal_for(env, "agave-upgrade").load()
+        if state.get("procedure") != "agave-upgrade" or state.get("status") == "rolled back":
+            return  # nothing of ours to undo (another procedure's leftovers fail the scenario at the reset)
+        evidence.note("scenario cleanup: rolling the upgrade back (runbook rollback agave-upgrade)")
+        steps = agave_rollback.rollback(_context(adapters, evidence, None, {}), journal_for(env, "agave-upgrade"),
+                                        journal_for(env, "agave-rollback"))
+        evidence.attach("scenario cleanup: rollback outcome", [vars(s) for s in steps])
+
+    request.addfinalizer(clean_up)
+
+
+def _upgrade_back_after(request: pytest.FixtureRequest, adapters: Adapters, evidence: Recorder) -> None:
+    """After an upgrade that destroyed the old data nothing can be rolled back: the scenario cleans up by
+    upgrading back to the old version onto the old colour, destroying the data it replaces."""
+    def clean_up() -> None:
+        env = adapters.env
+        state = journal_for(env, "agave-upgrade").load()
+        facts = state.get("facts") or {}
+        if state.get("status") != "done" or not facts.get("old_destroyed"):
+            return
+        old = facts["live_image"].rsplit(":", 1)[-1]
+        evidence.note(f"scenario cleanup: upgrading back to {old} on {facts['live']}, destroying "
+                      f"{facts['idle']}'s data (the old data is gone: nothing to roll back to)")
+        back = _upgrade(adapters, evidence, None, {"target_version": old, "cleanup": "destroy"}, request)
+        if back.result is None or not back.result.ok:
+            raise CheckFailed(f"scenario cleanup: the upgrade back to {old} failed: "
+                              f"{back.result.error if back.result else back.interrupted}", observed=back.result)
+
+    request.addfinalizer(clean_up)
+
+
 @when("the agave upgrade runs to the target version", target_fixture="upgrade")
 def run_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str,
                 request: pytest.FixtureRequest) -> UpgradeRun:
+    _roll_back_after(request, adapters, evidence)
     return _upgrade(adapters, evidence, probe, {"target_version": target_version}, request)
 
 
 @when("the agave upgrade runs to the target version, destroying the old data at cleanup", target_fixture="upgrade")
 def run_upgrade_destroy_old(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str,
                             request: pytest.FixtureRequest) -> UpgradeRun:
+    _upgrade_back_after(request, adapters, evidence)
     return _upgrade(adapters, evidence, probe, {"target_version": target_version, "cleanup": "destroy"}, request)
 
 
@@ -156,6 +204,7 @@ def rollback_refused(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder
       target_fixture="upgrade")
 def run_upgrade_until(adapters: Adapters, evidence: Recorder, probe: ProbeRun, target_version: str, step: str,
                       request: pytest.FixtureRequest) -> UpgradeRun:
+    _roll_back_after(request, adapters, evidence)
     run = _upgrade(adapters, evidence, probe, {"target_version": target_version}, request, interrupt_after=step)
     if not run.interrupted:
         raise CheckFailed(f"the upgrade did not stop after {step}", observed=run.result)
@@ -170,7 +219,9 @@ def run_stuck_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, v
     patched = env.model_copy(update={"timeouts": env.timeouts.model_copy(update={"catch_up": float(seconds)})})
     short = Adapters(env=patched, host=adapters.host, workloads=adapters.workloads, ingress=adapters.ingress,
                      storage=adapters.storage)
-    return _upgrade(short, evidence, probe, {"target_version": version}, request)
+    run = _upgrade(short, evidence, probe, {"target_version": version}, request)
+    run.expected_failure = ExpectedFailure(step="catch-up", deadline=float(seconds))
+    return run
 
 
 @when("the upgrade is rolled back")
@@ -192,6 +243,28 @@ def all_steps_done(upgrade: UpgradeRun, evidence: Recorder) -> None:
         raise CheckFailed(f"the upgrade did not complete: {r.error if r else upgrade.interrupted}", observed=r)
 
 
+def failure_cause_problems(result: RunResult | None, expected: ExpectedFailure) -> list[str]:
+    """Why ``result`` is not a failure at ``expected.step`` caused by its deadline (empty: it is). Every
+    step before it must have completed (the image pulled, the pod rolled out), the failed step must be that
+    one, and it must have failed by timing out no sooner than its deadline."""
+    if result is None:
+        return ["the procedure did not finish (interrupted)"]
+    failed = [s for s in result.steps if s.status == "failed"]
+    if len(failed) != 1:
+        return [f"{len(failed)} failed steps: {[s.name for s in failed]}"]
+    bad: StepOutcome = failed[0]
+    names = [s.name for s in result.steps]
+    if bad.name != expected.step:
+        return [f"failed at {bad.name}, not at {expected.step}: {bad.error}"]
+    problems = [f"{s.name} did not complete ({s.status}) before {expected.step}"
+                for s in result.steps[:names.index(bad.name)] if s.status not in ("done", "skipped (already done)")]
+    if not bad.error.startswith("timed out waiting for"):
+        problems.append(f"{bad.name} failed, but not by its deadline: {bad.error}")
+    elif bad.seconds < expected.deadline:
+        problems.append(f"{bad.name} timed out after {bad.seconds:.1f}s, before its {expected.deadline:g}s deadline")
+    return problems
+
+
 @then("the upgrade failed and was rolled back automatically")
 def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Recorder) -> None:
     r = upgrade.result
@@ -202,6 +275,17 @@ def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Re
                                "error": r.error if r else upgrade.interrupted, "journal": state.get("status")}, ok=ok)
     if not ok:
         raise CheckFailed("expected a failed upgrade with an automatic rollback", observed=r)
+    want = upgrade.expected_failure
+    if want is None:
+        return
+    problems = failure_cause_problems(r, want)
+    evidence.compare("what failed", expected=f"{want.step}, at its {want.deadline:g}s deadline",
+                     observed=problems or [f"{s.name}: {s.status} ({s.seconds:.1f}s) {s.error}".strip()
+                                           for s in (r.steps if r else [])], ok=not problems)
+    if problems:
+        raise CheckFailed(f"the upgrade was rolled back, but not for the reason the scenario names "
+                          f"({want.step} past its {want.deadline:g}s deadline): {'; '.join(problems)}",
+                          expected=want.step, observed=problems)
 
 
 @then("the prober saw no failed request")

@@ -6,7 +6,8 @@
 - After cleanup (the upgrade finished): the old colour's data is rolled back to the pre-upgrade
   snapshot and it is redeployed with its old version; once it is caught up and answers `ok`, the new
   colour is stopped gracefully (the ingress retries onto the old one), the upstream order is restored
-  and the clone and the pre-upgrade snapshot are destroyed. These steps are not rolled back in turn: a failure stops, loudly.
+  and the clone and the pre-upgrade snapshot are destroyed. These steps are not rolled back in turn: a
+  failure stops, loudly.
 """
 
 from __future__ import annotations

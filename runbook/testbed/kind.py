@@ -3,14 +3,16 @@
 ``up`` needs ``kind`` and a working container engine (Docker). Without them it stops at once with one
 message saying exactly what is missing. With them it creates the cluster (``deploy/kind/kind-config.yaml``,
 named after the env's ``kind-<name>`` context), builds the stand-in images (``deploy/kind/Dockerfile.standin``)
-under their stand-in and production names and loads them into the node, prepares the node's host paths
-and the DZ identity, applies the namespace and RBAC, Caddy (from the production template) and the
-cluster-tip stand-in, deploys green, and waits until the ingress answers ``ok``.
+under their stand-in and production names (every image a scenario can deploy, derived from the env, its
+manifests and the features: :mod:`runbook.testbed.kind_images`) and loads them into the node, prepares
+the node's host paths and the DZ identity, applies the namespace and RBAC, Caddy (from the production
+template) and the cluster-tip stand-in, deploys green, and waits until the ingress answers ``ok``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -22,7 +24,9 @@ import httpx
 
 from runbook.env import PROJECT_ROOT, Env, load_env
 from runbook.errors import ConfigError, KubeError, TestbedError
-from runbook.manifests import cluster_manifests, load_documents, render_deployment, split_image
+from runbook.manifests import cluster_manifests, load_documents, render_deployment
+from runbook.testbed import kind_images
+from runbook.testbed.kind_images import ImageBuild
 from runbook.wait import wait_for
 
 KIND_DIR = PROJECT_ROOT / "deploy" / "kind"
@@ -104,23 +108,41 @@ def _kubeconfig_args(env: Env) -> list[str]:
 
 
 def image_builds(env: Env, agave_versions: Sequence[str] = AGAVE_VERSIONS,
-                 doublezero_versions: Sequence[str] = DOUBLEZERO_VERSIONS) -> list[tuple[str, str, list[str]]]:
-    """(target, version, tags) for every stand-in image: production names and ``runbook/*-standin``."""
-    agave = set(agave_versions)
-    for cfg in (env.deployments.green, env.deployments.blue):
-        if cfg.image:
-            agave.add(split_image(cfg.image)[1].removeprefix("v"))
-    builds = [("standin", "", [STANDIN_IMAGE])]
-    builds += [("agave", v, [f"laconicnetwork/agave:v{v}", f"runbook/agave-standin:v{v}"])
-               for v in sorted(x for x in agave if x)]
-    builds += [("doublezero", v, [f"laconicnetwork/doublezero:v{v}", f"runbook/doublezero-standin:v{v}"])
-               for v in sorted(doublezero_versions)]
-    return builds
+                 doublezero_versions: Sequence[str] = DOUBLEZERO_VERSIONS, *,
+                 features_dir: Path = kind_images.FEATURES_DIR) -> list[ImageBuild]:
+    """(target, version, tags) for every stand-in image a scenario on ``env`` can deploy, under production
+    names and ``runbook/*-standin``: derived from the env, its manifests and the features
+    (:mod:`runbook.testbed.kind_images`), plus the versions given (the CI's target)."""
+    wants = kind_images.wanted(env, extra={"agave": agave_versions, "doublezero": doublezero_versions},
+                               features_dir=features_dir)
+    return [ImageBuild("standin", "", [STANDIN_IMAGE]),
+            *kind_images.builds(wants, kind_images.variant_args(load_env("local")))]
 
 
-def _build_and_load(env: Env, name: str, builds: Sequence[tuple[str, str, list[str]]], say: Progress) -> None:
-    for target, version, tags in builds:
+def _build_variant(env: Env, build: ImageBuild, built: Sequence[ImageBuild]) -> None:
+    """``<target>-<variant>`` with no stage of that name in Dockerfile.standin: the plain image of the same
+    version with the local testbed's variant arguments appended to its entrypoint."""
+    component, _, variant = build.target.partition("-")
+    base = next((b.tags[0] for b in built if b.target == component and b.version == build.version), None)
+    if base is None:
+        raise TestbedError(f"{build.tags[0]}: its plain image ({component} {build.version}) is not built",
+                           env=env.name, obj=build.tags[0])
+    args = kind_images.variant_args(load_env("local"))[(component, variant)]
+    entrypoint = json.loads(_run(["docker", "image", "inspect", "-f", "{{json .Config.Entrypoint}}", base], env=env,
+                                 what=f"reading the entrypoint of {base}"))
+    dockerfile = kind_images.variant_dockerfile(base, entrypoint, args)
+    _run(["docker", "build", *(x for t in build.tags for x in ("-t", t)), "-"], env=env,
+         what=f"building the {build.target} stand-in image", stdin=dockerfile.encode())
+
+
+def _build_and_load(env: Env, name: str, builds: Sequence[ImageBuild], say: Progress) -> None:
+    targets = kind_images.dockerfile_targets(DOCKERFILE)
+    for i, build in enumerate(builds):
+        target, version, tags = build
         say(f"building {', '.join(tags)}")
+        if target not in targets:
+            _build_variant(env, build, builds[:i])
+            continue
         argv = ["docker", "build", "-f", str(DOCKERFILE), "--target", target]
         if version:
             argv += ["--build-arg", f"RUNBOOK_IMAGE_VERSION={version}"]

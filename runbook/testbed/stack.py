@@ -24,9 +24,9 @@ import psutil
 
 from runbook.adapters.base import Dataset, Storage
 from runbook.adapters.base import Progress as StorageProgress
-from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.rpc import RpcClient
 from runbook.adapters.storage import make_storage
+from runbook.baseline import Baseline, LocalExtras
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, PortInUse, TestbedError
 from runbook.manifests import render_deployment
@@ -205,46 +205,20 @@ class Testbed:
         return render_deployment(self.env, "green", image=green.image,
                                  host_paths={"ledger": str(Path(self.storage.path(green.data)) / "ledger")})
 
-    def reset_to_baseline(self, *, progress: Progress = _quiet) -> list[str]:
-        """Put the testbed back as `up` left it (green serving alone, our Caddy config, no clone, no
-        snapshot, no journal). Returns what it had to change; acts only where state differs."""
-        changed: list[str] = []
-        env, wl, storage = self.env, self.workloads, self.storage
-        ours = caddy.adapt(caddy.render(PROJECT_ROOT / env.ingress.template, env))
-        admin = CaddyAdmin(env.ingress.admin)
-        if admin.config() != ours:
-            admin.load(ours)
-            changed.append("caddy config reloaded from the template")
-        blue = env.deployments.blue
-        if wl.pods(blue.name) or blue.name in wl.deployments():
-            wl.delete_deployment(blue.name)
-            changed.append(f"deleted {blue.name}")
-        names = {d.name: d for d in storage.datasets()}
-        if blue.data in names:
-            storage.destroy(blue.data, recursive=True)
-            changed.append(f"destroyed {blue.data}")
-        green_data = env.deployments.green.data
-        for snap in reversed(names[green_data].snapshots if green_data in names else ()):
-            storage.destroy(snap)
-            changed.append(f"destroyed {snap}")
-        if green_data not in names:  # an upgrade that destroyed the old data at cleanup
-            self._seed_green_data(progress)
-            changed.append(f"recreated {green_data}")
-        green_pods = wl.pods(env.deployments.green.name)
-        want = self.green_manifest()["spec"]["template"]["spec"]
-        want_images = {c["name"]: c["image"] for c in want.get("initContainers", []) + want["containers"]}
-        if len(green_pods) != 1 or green_pods[0].spec_images != want_images or any(
-                c.state != "running" for c in green_pods[0].containers):
-            if green_pods:
-                wl.delete_deployment(env.deployments.green.name)
-            wl.apply_deployment(self.green_manifest())
-            changed.append(f"redeployed {env.deployments.green.name}")
-        wl.wait_rollout(env.deployments.green.name, timeout=env.timeouts.rollout)
-        shutil.rmtree(self.state_dir / "journal", ignore_errors=True)
-        if changed:
-            progress("reset to baseline: " + "; ".join(changed))
-        self._wait_serving(progress)
-        return changed
+    def baseline_extras(self) -> LocalExtras:
+        """What only this testbed can do for the baseline (:mod:`runbook.baseline`): green's manifest when
+        nothing is deployed yet, and re-seeding green's data after a scenario destroyed it."""
+        return LocalExtras(green_manifest=self.green_manifest, reseed_green_data=self._seed_green_data)
+
+    def reset_to_baseline(self, *, progress: Progress = _quiet, baseline: Baseline | None = None) -> list[str]:
+        """Put the testbed back to ``baseline`` (captured now when not given): green serving alone, Caddy's
+        config as captured, no blue, no clone, no pre-upgrade snapshot, no journal. The same reset as on
+        kind (:func:`runbook.baseline.restore`, through the ports). Returns what it had to fix."""
+        from runbook import baseline as bl
+        from runbook.adapters.factory import connect
+
+        adapters, extras = connect(self.env, self), self.baseline_extras()
+        return bl.restore(adapters, baseline or bl.capture(adapters, extras=extras), extras=extras, progress=progress)
 
     def _chain_env(self) -> dict[str, str]:
         return {**chain.ChainParams.from_testbed(self.tb).to_env(), "PYTHONPATH": str(PROJECT_ROOT)}

@@ -1,0 +1,143 @@
+"""Which stand-in images the kind testbed builds: every image a scenario can deploy, derived, never listed.
+
+Sources, so that a new image cannot be forgotten:
+
+- the env's deployment images and the images of the manifests it deploys (``deploy/k8s``);
+- every version a feature names (``features/*.feature``), as a version of the component the line names
+  last before it: ``doublezero``, ``sidecar`` or ``dz`` (the doublezerod sidecar) or ``agave`` (the
+  validator); a version with no such word before it is refused (:class:`ConfigError`), not guessed;
+- the versions the caller adds (the CI's ``--target-version``).
+
+A version with a suffix (``v2.2.1-stuck``) is a *variant*: the local testbed's image map
+(``envs/local.yaml`` ``testbed.images``) says what it is, as extra arguments to the plain version's
+command (``--fail never-healthy``). On kind it is built from the plain image with those arguments
+appended to its entrypoint, so it behaves exactly as on the local testbed. When ``Dockerfile.standin``
+has a target of the variant's name (``agave-stuck``) that target is built instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from runbook.env import PROJECT_ROOT, Env
+from runbook.errors import ConfigError
+from runbook.manifests import render_deployment, split_image
+
+FEATURES_DIR = PROJECT_ROOT / "features"
+VERSION = re.compile(r"(?<![\w.{])v(\d+\.\d+\.\d+)(?:-([a-z]\w*(?:\.\w+)*))?(?![\w-]|\.\d)")
+STANDIN_REPOS = {"agave": ("laconicnetwork/agave", "runbook/agave-standin"),
+                 "doublezero": ("laconicnetwork/doublezero", "runbook/doublezero-standin")}
+COMPONENT_WORDS = re.compile(r"\b(?:(?P<doublezero>doublezero\w*|sidecar|dz)|(?P<agave>agave))\b", re.I)
+
+
+class ImageBuild(NamedTuple):
+    """One ``docker build``: a Dockerfile.standin target (or ``<target>-<variant>``), its version, its tags."""
+
+    target: str
+    version: str
+    tags: list[str]
+
+
+class Wanted(NamedTuple):
+    component: str  # agave | doublezero
+    version: str  # 2.2.1
+    variant: str  # "" or stuck
+
+
+def component_of(image: str) -> str | None:
+    """``laconicnetwork/agave:v2.1.0`` / ``runbook/agave-standin:v2.1.0`` -> agave."""
+    last = split_image(image)[0].rsplit("/", 1)[-1].removesuffix("-standin")
+    return last if last in STANDIN_REPOS else None
+
+
+def _parse_tag(tag: str) -> tuple[str, str] | None:
+    m = VERSION.fullmatch(tag)
+    return (m.group(1), m.group(2) or "") if m else None
+
+
+def from_images(images: Iterable[str]) -> set[Wanted]:
+    out = set()
+    for image in images:
+        component, parsed = component_of(image), _parse_tag(split_image(image)[1])
+        if component and parsed:
+            out.add(Wanted(component, *parsed))
+    return out
+
+
+def from_features(features_dir: Path = FEATURES_DIR) -> set[Wanted]:
+    """Every version a feature names, as the image it is a version of."""
+    out = set()
+    for path in sorted(features_dir.glob("*.feature")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for m in VERSION.finditer(line):
+                named = list(COMPONENT_WORDS.finditer(line, 0, m.start()))
+                if not named:
+                    raise ConfigError(f"{path.name}:{n}: cannot tell which image {m.group(0)} is a version of: "
+                                      f"no `agave`, `doublezero`, `sidecar` or `dz` before it in "
+                                      f"{line.strip()!r}", obj=str(path))
+                component = next(k for k, v in named[-1].groupdict().items() if v)
+                out.add(Wanted(component, m.group(1), m.group(2) or ""))
+    return out
+
+
+def variant_args(local: Env) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(component, variant) -> the arguments the local testbed adds to the plain version's command."""
+    images = local.testbed.images if local.testbed else {}
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for pattern, argv in images.items():
+        name, tag, _ = split_image(pattern)
+        m = re.fullmatch(r"v\{version\}-([a-z][\w.]*)", tag)
+        component = component_of(name + ":v0.0.0")
+        if not m or component is None:
+            continue
+        plain = list(images.get(f"{name}:v{{version}}", []))
+        if not plain or list(argv[:len(plain)]) != plain:
+            raise ConfigError(f"testbed.images of env {local.name}: {pattern!r} must be {name}:v{{version}}'s "
+                              f"command with arguments appended", env=local.name, obj=pattern)
+        out[(component, m.group(1))] = tuple(argv[len(plain):])
+    return out
+
+
+def wanted(env: Env, *, extra: Mapping[str, Sequence[str]], features_dir: Path = FEATURES_DIR) -> set[Wanted]:
+    """Every (component, version, variant) a scenario on ``env`` can deploy."""
+    images = [d.image for d in (env.deployments.green, env.deployments.blue) if d.image]
+    for colour in ("green", "blue"):
+        spec = render_deployment(env, colour)["spec"]["template"]["spec"]
+        images += [c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]]
+    found = from_images(images) | from_features(features_dir)
+    if env.target_version:
+        found |= {Wanted("agave", *(_parse_tag(env.target_version) or (env.target_version.removeprefix("v"), "")))}
+    for component, versions in extra.items():
+        found |= {Wanted(component, v.removeprefix("v"), "") for v in versions if v}
+    return found | {Wanted(w.component, w.version, "") for w in found if w.variant}  # a variant needs its base
+
+
+def builds(wants: Iterable[Wanted], variants: Mapping[tuple[str, str], tuple[str, ...]]) -> list[ImageBuild]:
+    """The builds for ``wants``: plain versions first (a variant is built on top of its plain image)."""
+    plain, derived = [], []
+    for w in sorted(set(wants)):
+        tag = f"v{w.version}" + (f"-{w.variant}" if w.variant else "")
+        tags = [f"{repo}:{tag}" for repo in STANDIN_REPOS[w.component]]
+        if not w.variant:
+            plain.append(ImageBuild(w.component, w.version, tags))
+        elif (w.component, w.variant) not in variants:
+            raise ConfigError(f"image {tags[0]}: variant {w.variant!r} has no stand-in behaviour in the local "
+                              f"testbed's testbed.images (e.g. {STANDIN_REPOS[w.component][0]}:v{{version}}-"
+                              f"{w.variant}: the plain command plus its arguments)", obj=tags[0])
+        else:
+            derived.append(ImageBuild(f"{w.component}-{w.variant}", w.version, tags))
+    return plain + derived
+
+
+def dockerfile_targets(dockerfile: Path) -> set[str]:
+    return set(re.findall(r"(?im)^FROM\s+\S+\s+AS\s+([\w.-]+)\s*$", dockerfile.read_text()))
+
+
+def variant_dockerfile(base_image: str, entrypoint: Sequence[str], args: Sequence[str]) -> str:
+    """A variant image: the plain image with ``args`` appended to its entrypoint (before the pod's args, as
+    ``sh -c '... "$@"' name`` and exec-form entrypoints both pass them on)."""
+    return f"FROM {base_image}\nENTRYPOINT {json.dumps([*entrypoint, *args])}\n"
