@@ -37,6 +37,8 @@ class ProcessInfo:
     ppid: int
     name: str
     cmdline: str
+    pidns: str = ""  # the PID namespace's inode, as the host's `ps -o pidns` lists it ("" unknown)
+    cgroup: str = ""  # the host's `ps -o cgroup` (a Kubernetes pod's processes are under kubepods)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Workloads(Protocol):
 
     def events(self, pod: str) -> list[str]: ...
 
-    def owns_process(self, pid: int) -> bool: ...
+    def owns_process(self, proc: ProcessInfo) -> bool: ...
 
 
 # --------------------------------------------------------------------------- storage

@@ -42,18 +42,20 @@ class TestinfraHost:
         return result
 
     def processes(self, name: str) -> list[ProcessInfo]:
-        """Processes whose program is ``name`` (by comm or by the program word of the command line)."""
-        out = self.run("ps -ww -eo pid=,ppid=,comm=,args=", check=True).stdout
+        """Processes whose program is ``name`` (by comm or by the program word of the command line), with
+        their PID namespace and cgroup as the host itself lists them (never read from the runner's /proc)."""
+        out = self.run("ps -ww -eo pid=,ppid=,pidns=,cgroup=,comm=,args=", check=True).stdout
         word = re.compile(rf"(^|[\s/.]){re.escape(name)}(\s|$)")
         found = []
         for line in out.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) < 4:
+            parts = line.split(None, 5)
+            if len(parts) < 6:
                 continue
-            pid, ppid, comm, args = int(parts[0]), int(parts[1]), parts[2], parts[3]
+            pid, ppid, pidns, cgroup, comm, args = int(parts[0]), int(parts[1]), *parts[2:]
             program = " ".join(args.split()[:3])  # interpreter, -m, module for the stand-ins
             if comm == name or word.search(program):
-                found.append(ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=args))
+                found.append(ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=args,
+                                         pidns="" if pidns == "-" else pidns, cgroup="" if cgroup == "-" else cgroup))
         return found
 
     def service(self, name: str) -> ServiceState:

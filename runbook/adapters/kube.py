@@ -14,13 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import websocket
 from kubernetes import client as k8s
 
-from runbook.adapters.base import CommandResult, ContainerKind, ContainerState, ContainerStatus, PodInfo
+from runbook.adapters.base import CommandResult, ContainerKind, ContainerState, ContainerStatus, PodInfo, ProcessInfo
 from runbook.adapters.kube_api import call, call_json, check_reachable, connect, describe_failure
 from runbook.adapters.kube_exec import ExecDeadline, refusal, run_exec
 from runbook.env import Env
@@ -379,10 +378,7 @@ class KubeWorkloads:
                        + (f" (x{count})" if count > 1 else ""))
         return out
 
-    def owns_process(self, pid: int) -> bool:
-        """Whether a host process belongs to a Kubernetes pod (its cgroup is under ``kubepods``).
-        Best effort, host side: False when /proc/<pid> cannot be read."""
-        try:
-            return "kubepods" in Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
-            return False
+    def owns_process(self, proc: ProcessInfo) -> bool:
+        """Whether a process, as the host listed it (``ps -o cgroup`` through the host port, never the
+        runner's /proc), belongs to a Kubernetes pod: its cgroup is under ``kubepods``."""
+        return "kubepods" in proc.cgroup

@@ -34,6 +34,11 @@ class DzStatus:
     def device(self) -> str:
         return self._col("current device", "device")
 
+    @property
+    def last_update(self) -> str:
+        """When the session last changed state: a reset (a flap) moves it."""
+        return self._col("last session update")
+
 
 def parse_status(text: str) -> DzStatus:
     lines = [ln for ln in text.splitlines() if "|" in ln and set(ln.strip()) - set("|-+ ")]
@@ -84,7 +89,7 @@ def check_session(status: DzStatus, *, device: str) -> None:
 
 def stray_daemons(host: Host, workloads: Workloads, name: str) -> list[ProcessInfo]:
     """``name`` processes on the host that no pod owns (a host systemd doublezerod, a leftover DaemonSet...)."""
-    return [p for p in host.processes(name) if not workloads.owns_process(p.pid)]
+    return [p for p in host.processes(name) if not workloads.owns_process(p)]
 
 
 def check_no_stray_daemons(strays: list[ProcessInfo], *, name: str, seen: list[ProcessInfo] | None = None) -> None:
@@ -109,3 +114,24 @@ def check_host_service_off(state: ServiceState) -> None:
             expected={"active": False, "enabled": False},
             observed={"active": state.active, "enabled": state.enabled}, obj=state.name,
         )
+
+
+def check_session_held(before: DzStatus, after: DzStatus, *, routes_before: list[str], routes_after: list[str],
+                       who: str) -> None:
+    """The session holder was not disturbed (design trap 10): still up, its session never reset (the same
+    "Last Session Update"), the tunnel's routes the same set. Fails with what changed."""
+    problems = []
+    if after.session != "BGP Session Up":
+        problems.append(f"session {after.session or '(none)'!r}")
+    if not before.last_update or after.last_update != before.last_update:
+        problems.append(f"session reset: last update {before.last_update!r} -> {after.last_update!r}")
+    if not routes_before:
+        problems.append("no routes before: their survival proves nothing")
+    elif set(routes_after) != set(routes_before):
+        problems.append(f"routes changed: {sorted(routes_before)} -> {sorted(routes_after)}")
+    if problems:
+        raise CheckFailed(f"{who}'s DoubleZero session was disturbed: " + "; ".join(problems),
+                          expected={"session": "BGP Session Up", "last update": before.last_update,
+                                    "routes": sorted(routes_before)},
+                          observed={"session": after.session, "last update": after.last_update,
+                                    "routes": sorted(routes_after)}, obj=who)

@@ -10,7 +10,7 @@ The shim (run by supervisord, which passes its own environment to it) starts the
 exactly ``env`` (the manifest's env plus the image's, as a kubelet does; nothing of the runner's) and:
 
 - ``netns``: joins that named network namespace first (a host-network pod shares the node's);
-- ``isolate``: a private mount namespace with its own ``/run`` and ``/tmp`` (so a daemon's socket under
+- ``isolate``: a private mount namespace with its own ``/run`` (so a daemon's socket under
   ``/var/run`` is private to its container, as on biscayne) and its own PID namespace, in which the
   container's process is PID 1 with ``/proc`` mounted for that namespace. As root this uses the
   namespaces directly; otherwise it first makes a user namespace (root inside maps to the caller).
@@ -80,8 +80,9 @@ def isolate() -> None:
     else:
         _check(_libc.unshare(flags), "unshare(mount, pid)")
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
-    for path in ("/run", "/tmp"):
-        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if path == "/tmp" else "mode=0755")
+    # /run only: /tmp stays shared, because the testbed's volumes are the host's directories seen through
+    # the container's root (a state dir under /tmp must stay visible), not bind mounts of its own
+    _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
 
 
 def _child(config: dict[str, Any], isolated: bool) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -294,9 +293,15 @@ def test_deployments_lists_names(server: HTTPServer, kube: KubeWorkloads) -> Non
     assert kube.deployments() == ["agave-blue", "agave-green"]
 
 
-def test_owns_process_reads_the_cgroup(kube: KubeWorkloads) -> None:
-    assert kube.owns_process(os.getpid()) is ("kubepods" in Path("/proc/self/cgroup").read_text())
-    assert kube.owns_process(2**22 + 12345) is False
+def test_owns_process_reads_the_hosts_listing_not_the_runners_proc(kube: KubeWorkloads) -> None:
+    from runbook.adapters.base import ProcessInfo
+
+    pod = "0::/kubepods.slice/kubepods-besteffort.slice/cri-containerd-0123.scope"
+    assert kube.owns_process(ProcessInfo(pid=1, ppid=0, name="doublezerod", cmdline="doublezerod", cgroup=pod))
+    host = "0::/system.slice/doublezerod.service"
+    assert not kube.owns_process(ProcessInfo(pid=1, ppid=0, name="doublezerod", cmdline="doublezerod", cgroup=host))
+    # a PID that happens to exist on the runner is irrelevant: only the listing counts
+    assert not kube.owns_process(ProcessInfo(pid=os.getpid(), ppid=0, name="x", cmdline="x", cgroup=""))
 
 
 # --------------------------------------------------------------------------- pods: missing, terminating

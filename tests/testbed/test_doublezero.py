@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import base58
+import psutil
 import pytest
 from nacl.signing import SigningKey
 
@@ -282,6 +283,49 @@ def test_the_same_identity_in_two_network_namespaces_is_two_hosts(config_dir: Pa
         subprocess.run(["ip", "netns", "del", other], capture_output=True, check=False)
 
 
+def _manifest_sidecar(config_dir: Path, ns: str) -> list[str]:
+    """The doublezerod container's argv exactly as deploy/k8s gives it (command + args), its lock and
+    config dir pointed at this test's, run in the node namespace ``ns``."""
+    from runbook.env import load_env
+    from runbook.manifests import render_deployment
+
+    pod = render_deployment(load_env("local"), "blue")["spec"]["template"]["spec"]
+    c = pod["initContainers"][0]
+    mount = c["volumeMounts"][0]["mountPath"]
+    argv = [str(a).replace(mount, str(config_dir)) for a in c["command"] + c["args"]]
+    (config_dir / "bin").mkdir(exist_ok=True)
+    exe = config_dir / "bin" / "doublezerod"  # the image's binary
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} -m runbook.testbed.doublezerod --session-delay 0.3 \"$@\"\n")
+    exe.chmod(0o755)
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def locked_env(config_dir: Path) -> dict[str, str]:
+    env = _env(config_dir) | {"RUNBOOK_DZ_DEVICE": DEVICE}
+    return env | {"PATH": f"{config_dir / 'bin'}:{env['PATH']}"}
+
+
+@pytest.mark.netadmin
+@needs_net_admin
+def test_a_sidecar_waiting_for_the_identity_stops_at_once_on_sigterm(config_dir: Path, ns_name: str) -> None:
+    """PID 1 of a container ignores SIGTERM without a handler: the manifest's waiting shell must not."""
+    locked = _manifest_sidecar(config_dir, ns_name)
+    lock = config_dir / "identity.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "30"])
+    try:
+        wait_for(lambda: subprocess.run(["flock", "-n", str(lock), "true"]).returncode, lambda rc: rc != 0,
+                 timeout=5, interval=0.05, what="the lock to be held")
+        waiting = subprocess.Popen([*locked, "--socket", str(config_dir / "w.sock")], env=locked_env(config_dir))
+        wait_for(lambda: [c.name() for c in psutil.Process(waiting.pid).children()], lambda names: "sleep" in names,
+                 timeout=5, interval=0.05, what="the sidecar to be waiting in its lock loop")
+        waiting.terminate()
+        assert waiting.wait(timeout=3) == 143
+        assert not (config_dir / "w.sock").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.netadmin
 @needs_net_admin
 def test_the_manifests_identity_lock_hands_the_tunnel_over_without_a_reset(
@@ -290,13 +334,10 @@ def test_the_manifests_identity_lock_hands_the_tunnel_over_without_a_reset(
     """The fix deploy/k8s uses: each sidecar takes the identity's lock (flock on the shared config dir)
     before the daemon starts. Blue's waits while green's runs; green's session is never reset; when green
     stops, blue's takes over and finds doublezero0 and its routes untouched."""
-    lock = str(config_dir / "identity.lock")
-    env = _env(config_dir) | {"RUNBOOK_DZ_DEVICE": DEVICE}
-    daemon = [sys.executable, "-m", "runbook.testbed.doublezerod", "--session-delay", "0.3"]
-    locked = ["ip", "netns", "exec", ns_name, "flock", "--no-fork", lock, *daemon]
-    g = subprocess.Popen([*locked, "--socket", str(config_dir / "green.sock")], env=env,
+    locked = _manifest_sidecar(config_dir, ns_name)
+    g = subprocess.Popen([*locked, "--socket", str(config_dir / "green.sock")], env=locked_env(config_dir),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    b = subprocess.Popen([*locked, "--socket", str(config_dir / "blue.sock")], env=env,
+    b = subprocess.Popen([*locked, "--socket", str(config_dir / "blue.sock")], env=locked_env(config_dir),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_session_up(config_dir, g, sock=config_dir / "green.sock")
