@@ -438,3 +438,32 @@ def test_cluster_rpc_and_clis(spawn: Callable[..., Proc]) -> None:
     assert cluster.stop() == 0
     down = cli("solana", "-u", cluster.url, "slot")
     assert down.returncode == 1 and cluster.url in down.stderr and "getSlot" in down.stderr
+
+
+def test_a_validator_learns_the_chain_from_its_entrypoint_not_from_side_variables(
+    spawn: Callable[..., Proc], validator: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Issue 8: on kind no manifest set the RUNBOOK_* chain variables, so a clone was never seen `behind`.
+    A validator given only its manifest's args (--entrypoint) takes the cluster's parameters from it."""
+    cluster = spawn("cluster")  # FAST parameters, from its own configuration
+    cluster.wait_serving()
+    slow = chain.ChainParams()  # what a validator without the cluster's parameters would assume
+    assert slow.tip() != FAST.tip()
+    ledger = tmp_path / "ledger"
+    start = make_ledger(ledger, behind=3000)
+    env = {var: "" for var in FAST.to_env()}  # nothing from the runner: the chain comes from the entrypoint
+    node = validator(ledger, "--entrypoint", f"127.0.0.1:{cluster.port}", env=env)
+    node.wait_serving()
+    with node.rpc() as rpc:
+        first = rpc.health().body
+    assert first == "behind", f"a clone 3000 slots behind must report behind, got {first!r}"
+    assert start < slot_of(node) <= FAST.tip()
+    wait_for(node.alive(lambda: node.rpc().health().body), lambda body: body == "ok", timeout=20, interval=0.1,
+             what="the clone to catch up with the entrypoint's cluster", tolerate=(AdapterError,))
+
+
+def test_a_validator_whose_entrypoint_never_answers_says_so() -> None:
+    from runbook.testbed.validator import join_cluster
+
+    with pytest.raises(ConfigError, match="no entrypoint answered"):
+        join_cluster([f"127.0.0.1:{free_port()}"], timeout=1.5)
