@@ -204,9 +204,13 @@ class DockerEngine:
         self._end_children()
         self._unmount_all()
         self._remove_cgroups()
-        for d in self._absent_before:  # deepest first (GLOBAL_DIRS order); only empty ones
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        # deepest first, only empty ones: those we created, and any when no engine runs here any more (an
+        # engine started while another's were there leaves them to the last one to stop)
+        alone = not _engines_running()
+        for d in GLOBAL_DIRS:
+            if d in self._absent_before or alone:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
         if self.root.exists():
             left = mounts_under(self.root)
             if left:
@@ -277,7 +281,8 @@ class DockerEngine:
                     out.append(f"dockerd pid {self.pid} is still alive")
         out += [f"mount {m}" for m in mounts_under(self.root)]
         out += [f"cgroup {c}" for c in self.cgroups()]
-        out += [f"directory {d}" for d in self._absent_before if d.exists()]
+        if not _engines_running():  # while another engine runs, these are in its use
+            out += [f"directory {d}" for d in self._absent_before if d.exists()]
         if self.root.exists():
             out.append(f"directory {self.root}")
         out += [f"iptables: {line}" for line in _iptables_lines()
@@ -285,6 +290,12 @@ class DockerEngine:
         if Path("/sys/class/net/docker0").exists() and not self._bridge_before:
             out.append("bridge docker0")
         return out
+
+
+def _engines_running() -> bool:
+    """Is any dockerd or containerd (ours or not) running on this machine?"""
+    names = {"dockerd", "containerd"}
+    return any(p.info["name"] in names for p in psutil.process_iter(["name"]))
 
 
 def _iptables_lines() -> list[str]:
