@@ -337,10 +337,13 @@ def test_the_manifests_identity_lock_hands_the_tunnel_over_without_a_reset(
     locked = _manifest_sidecar(config_dir, ns_name)
     g = subprocess.Popen([*locked, "--socket", str(config_dir / "green.sock")], env=locked_env(config_dir),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    b = subprocess.Popen([*locked, "--socket", str(config_dir / "blue.sock")], env=locked_env(config_dir),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b: subprocess.Popen[bytes] | None = None
     try:
-        wait_session_up(config_dir, g, sock=config_dir / "green.sock")
+        wait_session_up(config_dir, g, sock=config_dir / "green.sock")  # green holds it before blue starts
+        b = subprocess.Popen([*locked, "--socket", str(config_dir / "blue.sock")], env=locked_env(config_dir),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: [c.name() for c in psutil.Process(b.pid).children()], lambda names: "sleep" in names,
+                 timeout=5, interval=0.05, what="blue's sidecar to be waiting for the identity")
         routes, link = netns.routes(ns_name, "doublezero0"), netns.interface(ns_name, "doublezero0")
         assert routes and link is not None
         assert b.poll() is None and not (config_dir / "blue.sock").exists()  # waiting on the lock, not running
@@ -355,7 +358,7 @@ def test_the_manifests_identity_lock_hands_the_tunnel_over_without_a_reset(
         assert after is not None and after.ifindex == link.ifindex
     finally:
         for p in (g, b):
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
 
