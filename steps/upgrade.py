@@ -12,6 +12,7 @@ from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters
 from runbook.checks import zero_drop
+from runbook.checks.failure_cause import ExpectedFailure, failure_cause_problems, never_caught_up
 from runbook.errors import CheckFailed, RunbookError
 from runbook.evidence.artifacts import slug
 from runbook.evidence.recorder import Recorder
@@ -19,7 +20,7 @@ from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
 from runbook.procedures import agave_rollback, journal_for, procedure_for
 from runbook.procedures import bluegreen as bg
-from runbook.procedures.framework import Context, Interrupted, RunResult, StepOutcome
+from runbook.procedures.framework import Context, Interrupted, RunResult
 
 log = logging.getLogger("runbook.progress")
 
@@ -44,15 +45,6 @@ class ProbeRun:
         evidence.attach_probe(self.prober.out_dir, upstream_names=names,
                               cutover_events=[e for c in bg.COLOURS for e in (f"{c} healthy", "shift", f"{c} stopped",
                                                                               "shift back")])
-
-
-@dataclass(frozen=True)
-class ExpectedFailure:
-    """The failure a scenario's Gherkin names: ``step`` of the procedure failed because its deadline of
-    ``deadline`` seconds passed (not because anything before it, or anything else in it, failed)."""
-
-    step: str
-    deadline: float
 
 
 @dataclass
@@ -220,7 +212,7 @@ def run_stuck_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, v
     short = Adapters(env=patched, host=adapters.host, workloads=adapters.workloads, ingress=adapters.ingress,
                      storage=adapters.storage)
     run = _upgrade(short, evidence, probe, {"target_version": version}, request)
-    run.expected_failure = ExpectedFailure(step="catch-up", deadline=float(seconds))
+    run.expected_failure = never_caught_up(float(seconds))
     return run
 
 
@@ -243,28 +235,6 @@ def all_steps_done(upgrade: UpgradeRun, evidence: Recorder) -> None:
         raise CheckFailed(f"the upgrade did not complete: {r.error if r else upgrade.interrupted}", observed=r)
 
 
-def failure_cause_problems(result: RunResult | None, expected: ExpectedFailure) -> list[str]:
-    """Why ``result`` is not a failure at ``expected.step`` caused by its deadline (empty: it is). Every
-    step before it must have completed (the image pulled, the pod rolled out), the failed step must be that
-    one, and it must have failed by timing out no sooner than its deadline."""
-    if result is None:
-        return ["the procedure did not finish (interrupted)"]
-    failed = [s for s in result.steps if s.status == "failed"]
-    if len(failed) != 1:
-        return [f"{len(failed)} failed steps: {[s.name for s in failed]}"]
-    bad: StepOutcome = failed[0]
-    names = [s.name for s in result.steps]
-    if bad.name != expected.step:
-        return [f"failed at {bad.name}, not at {expected.step}: {bad.error}"]
-    problems = [f"{s.name} did not complete ({s.status}) before {expected.step}"
-                for s in result.steps[:names.index(bad.name)] if s.status not in ("done", "skipped (already done)")]
-    if not bad.error.startswith("timed out waiting for"):
-        problems.append(f"{bad.name} failed, but not by its deadline: {bad.error}")
-    elif bad.seconds < expected.deadline:
-        problems.append(f"{bad.name} timed out after {bad.seconds:.1f}s, before its {expected.deadline:g}s deadline")
-    return problems
-
-
 @then("the upgrade failed and was rolled back automatically")
 def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Recorder) -> None:
     r = upgrade.result
@@ -279,7 +249,9 @@ def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Re
     if want is None:
         return
     problems = failure_cause_problems(r, want)
-    evidence.compare("what failed", expected=f"{want.step}, at its {want.deadline:g}s deadline",
+    named = f"{want.step}, at its {want.deadline:g}s deadline" + (f", {want.last_state_means}" if want.last_state_means
+                                                                   else "")
+    evidence.compare("what failed", expected=named,
                      observed=problems or [f"{s.name}: {s.status} ({s.seconds:.1f}s) {s.error}".strip()
                                            for s in (r.steps if r else [])], ok=not problems)
     if problems:

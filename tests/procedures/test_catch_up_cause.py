@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 
 from runbook.adapters.factory import Adapters
+from runbook.checks.failure_cause import ExpectedFailure, failure_cause_problems, never_caught_up
 from runbook.errors import CheckFailed
 from runbook.evidence.recorder import Recorder
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import journal_for
 from runbook.procedures.bluegreen import image_with_tag
 from runbook.procedures.framework import Context, RunResult, StepOutcome
-from steps.upgrade import ExpectedFailure, UpgradeRun, failed_and_rolled_back, failure_cause_problems
+from steps.upgrade import UpgradeRun, failed_and_rolled_back
 from tests.baseline_fakes import make_env
 
-CATCH_UP = ExpectedFailure(step="catch-up", deadline=12.0)
+CATCH_UP = never_caught_up(12.0)  # what the stuck scenario's When step expects
 BEFORE = [StepOutcome(n, "done", 0.2) for n in ("snapshot", "clone", "copy-accounts", "deploy-idle")]
 TIMEOUT_AT_CATCH_UP = StepOutcome(
     "catch-up", "failed", 12.3, "timed out waiting for blue to catch up (health ok, within 30 slots, version 2.2.1) "
@@ -63,6 +64,19 @@ def test_a_catch_up_that_fails_before_its_deadline_is_not() -> None:
         "catch-up timed out after 5.0s, before its 12s deadline"]
 
 
+def test_a_catch_up_timeout_with_the_clone_healthy_is_not() -> None:
+    """Healthy and close to the tip, yet the wait timed out (e.g. on the version): not a build that never
+    catches up."""
+    healthy = dataclasses.replace(TIMEOUT_AT_CATCH_UP, error=TIMEOUT_AT_CATCH_UP.error.replace("health='behind'",
+                                                                                               "health='ok'"))
+    problems = failure_cause_problems(result(*BEFORE, healthy, ROLLED_BACK), CATCH_UP)
+    assert len(problems) == 1 and problems[0].startswith(
+        "catch-up timed out, but its last state was not the idle colour still not healthy: NodeState(colour='blue', "
+        "health='ok'")
+    assert ExpectedFailure("catch-up", 12.0) != CATCH_UP and failure_cause_problems(
+        result(*BEFORE, healthy, ROLLED_BACK), ExpectedFailure("catch-up", 12.0)) == []
+
+
 @dataclasses.dataclass
 class _Env:
     env: Any
@@ -85,7 +99,8 @@ def test_the_then_step_refuses_a_rollback_caused_by_an_image_pull_failure(tmp_pa
         _then(tmp_path, wrong, CATCH_UP)
     evidence = _then(tmp_path, result(*BEFORE, TIMEOUT_AT_CATCH_UP, ROLLED_BACK), CATCH_UP)
     compares = [e.data for e in evidence.current.entries if e.kind == "compare"]
-    assert compares[-1] == {"expected": "catch-up, at its 12s deadline", "observed": [
+    assert compares[-1] == {"expected": "catch-up, at its 12s deadline, the idle colour still not healthy",
+                            "observed": [
         "snapshot: done (0.2s)", "clone: done (0.2s)", "copy-accounts: done (0.2s)", "deploy-idle: done (0.2s)",
         f"catch-up: failed (12.3s) {TIMEOUT_AT_CATCH_UP.error}", "(rollback): rolled back (0.0s)"], "ok": True}
 
