@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from runbook.adapters.base import Dataset, PodInfo, Workloads
 from runbook.adapters.rpc import RpcClient
@@ -90,25 +90,9 @@ def is_testbed(env: Env) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ objects
-@runtime_checkable
-class DeploymentReader(Protocol):
-    def deployment(self, name: str) -> dict[str, Any] | None: ...
-
-
 def read_deployment(workloads: Workloads, name: str) -> dict[str, Any] | None:
-    """The live Deployment object, or None. Through ``Workloads.deployment(name)`` where the adapter has
-    it; until the port does, through the two adapters' own readers (kube: the API; local: its store)."""
-    if isinstance(workloads, DeploymentReader):
-        return workloads.deployment(name)
-    find = getattr(workloads, "_find_deployment", None)  # KubeWorkloads: GET, None on 404
-    if callable(find):
-        found = find(name)
-        return dict(found) if found is not None else None
-    read = getattr(workloads, "_read", None)  # LocalWorkloads: the manifest as applied
-    if callable(read):
-        stored = read("deployments", name)
-        return dict(stored) if stored is not None else None
-    raise AdapterError(f"{type(workloads).__name__} cannot read a Deployment object", obj=f"deployment/{name}")
+    """The live Deployment object, or None (``Workloads.deployment``)."""
+    return workloads.deployment(name)
 
 
 def sanitise(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class FakeWorkloads:
     def events(self, pod: str) -> list[str]:
         return []
 
-    def owns_process(self, pid: int) -> bool:
+    def owns_process(self, proc: Any) -> bool:
         return False
 
 

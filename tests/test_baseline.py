@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -172,20 +171,6 @@ def test_the_capture_refuses_an_environment_that_is_not_the_baseline(adapters: A
 def test_the_baseline_applies_to_testbeds_only() -> None:
     assert bl.is_testbed(load_env("local")) and bl.is_testbed(load_env("kind"))
     assert not bl.is_testbed(load_env("biscayne"))  # an operator's upgrade there is the new production
-
-
-def test_the_live_object_is_read_through_the_adapters_own_reader_until_the_port_has_one() -> None:
-    class Local:
-        def _read(self, kind: str, name: str) -> dict[str, Any] | None:
-            return {"kind": "Deployment", "metadata": {"name": name}} if kind == "deployments" else None
-
-    class Kube:
-        def _find_deployment(self, name: str) -> dict[str, Any] | None:
-            return None
-
-    assert bl.read_deployment(Local(), "agave-green") == {"kind": "Deployment",  # type: ignore[arg-type]
-                                                          "metadata": {"name": "agave-green"}}
-    assert bl.read_deployment(Kube(), "agave-green") is None  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ the fixture

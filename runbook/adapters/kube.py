@@ -175,6 +175,10 @@ class KubeWorkloads:
         return self._json(self.apps.read_namespaced_deployment, name, self.namespace, action="get",
                           obj=f"deployment/{name}")
 
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        found = self._find_deployment(name)
+        return dict(found) if found is not None else None
+
     def _find_deployment(self, name: str) -> dict[str, Any] | None:
         return call_json(self.apps.read_namespaced_deployment, name, self.namespace, action="get",
                          obj=f"deployment/{name}", target=self.target, timeout=self.request_timeout,

@@ -6,6 +6,7 @@ facts derived at the start of a run are kept in its journal so a resumed run see
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -96,6 +97,11 @@ def image_with_tag(image: str, version: str) -> str:
 
 
 def bare_version(version: str) -> str:
+    """The release a binary reports for an image tag: ``v2.2.1`` and ``v2.2.1-stuck`` -> ``2.2.1`` (a build
+    suffix names the image, not the release; getVersion and --version report the release only)."""
+    m = re.match(r"v?(\d+\.\d+\.\d+)(?:[-+].*)?$", version)
+    if m:
+        return m.group(1)
     return version[1:] if version.startswith("v") else version
 
 

@@ -86,7 +86,8 @@ class LocalWorkloads:
     def resolve_image(self, image: str) -> tuple[list[str], str]:
         """image -> (stand-in argv, version). Keys of ``testbed.images`` may contain ``{version}``."""
         for pattern, argv in self.tb.images.items():
-            regex = "^" + re.escape(pattern).replace(re.escape("{version}"), r"(?P<version>[\w.+-]+)") + "$"
+            # a release number only: an unknown tag (v2.2.1-missing) is ImagePullBackOff, as on kind
+            regex = "^" + re.escape(pattern).replace(re.escape("{version}"), r"(?P<version>\d+\.\d+\.\d+)") + "$"
             m = re.match(regex, image)
             if m:
                 version = m.groupdict().get("version") or image.rsplit(":", 1)[-1]
@@ -125,6 +126,10 @@ class LocalWorkloads:
     # -- Workloads port --------------------------------------------------------------------
     def deployments(self) -> list[str]:
         return sorted(p.stem for p in (self.kube / "deployments").glob("*.json"))
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        """The Deployment as applied (this kubelet's store is its API server)."""
+        return self._read("deployments", name)
 
     def daemonsets(self) -> list[str]:
         """The local kubelet runs Deployments only: a DaemonSet can never be running here."""

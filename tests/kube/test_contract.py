@@ -71,6 +71,14 @@ def test_the_pods_of_a_missing_deployment_are_none(target: Target) -> None:
     assert target.kube.pods("never-created") == []
 
 
+def test_the_live_deployment_object_or_none(target: Target, dep: str) -> None:
+    """The baseline saves green's live object before anything touches it: read from the API, None if absent."""
+    assert target.kube.deployment("never-created") is None
+    target.kube.apply_deployment(contract_deployment(target, dep))
+    live = target.kube.deployment(dep)
+    assert live is not None and live["metadata"]["name"] == dep and "template" in live["spec"]
+
+
 def test_a_rolled_out_pod_reports_its_containers_as_the_api_does(target: Target, dep: str) -> None:
     t = target
     pod = rolled_out(t, dep)
