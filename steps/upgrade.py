@@ -11,6 +11,7 @@ import pytest
 from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters
+from runbook.baseline import is_testbed
 from runbook.checks import zero_drop
 from runbook.checks.failure_cause import ExpectedFailure, failure_cause_problems, never_caught_up
 from runbook.errors import CheckFailed, RunbookError
@@ -117,8 +118,12 @@ def _upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, par
 
 
 def _roll_back_after(request: pytest.FixtureRequest, adapters: Adapters, evidence: Recorder) -> None:
-    """The scenario cleans up after itself: whatever the upgrade left (interrupted, or done) is rolled back
-    as `runbook rollback agave-upgrade` would, unless a step already did. A failure here fails the scenario."""
+    """On a testbed the scenario cleans up after itself: whatever the upgrade left (interrupted, or done) is
+    rolled back as `runbook rollback agave-upgrade` would, unless a step already did. A failure here fails
+    the scenario. Never on production: there the upgraded state is the operator's result."""
+    if not is_testbed(adapters.env):
+        return
+
     def clean_up() -> None:
         env = adapters.env
         state = journal_for(env, "agave-upgrade").load()
@@ -133,8 +138,12 @@ def _roll_back_after(request: pytest.FixtureRequest, adapters: Adapters, evidenc
 
 
 def _upgrade_back_after(request: pytest.FixtureRequest, adapters: Adapters, evidence: Recorder) -> None:
-    """After an upgrade that destroyed the old data nothing can be rolled back: the scenario cleans up by
-    upgrading back to the old version onto the old colour, destroying the data it replaces."""
+    """After an upgrade that destroyed the old data nothing can be rolled back: on a testbed the scenario
+    cleans up by upgrading back to the old version onto the old colour, destroying the data it replaces.
+    Never on production."""
+    if not is_testbed(adapters.env):
+        return
+
     def clean_up() -> None:
         env = adapters.env
         state = journal_for(env, "agave-upgrade").load()
