@@ -16,6 +16,7 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
     And the new colour serves on its target version
     And the old colour's ledger is unchanged
 
+  @proof
   Scenario: A new version that never catches up is rolled back automatically, with nothing dropped
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
     And the checksum of the live colour's ledger
@@ -26,6 +27,7 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
     And the prober saw no failed request
     And the live colour's ledger is unchanged
 
+  @proof
   Scenario: The operator chooses to destroy the old colour's data at cleanup
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
     When the agave upgrade runs to the target version, destroying the old data at cleanup

@@ -6,6 +6,7 @@ Feature: DoubleZero binary upgrade (spec step 2 and procedure 1)
   place drifts from its template, and the next rollout of the template reverts the sidecar: the runbook
   records that drift.
 
+  @proof
   Scenario: DZ spec step 2: patching the sidecar image restarts only the sidecar, and the tunnel survives
     Given the green deployment's running pod
     When the doublezerod sidecar image is patched to v0.6.1 in the running pod
@@ -19,6 +20,7 @@ Feature: DoubleZero binary upgrade (spec step 2 and procedure 1)
     And the pod no longer drifts from its Deployment template
     And the doublezero0 routes survived
 
+  @proof
   Scenario: DZ procedure 1: the DoubleZero binary upgrade, end to end and rolled back
     Given the green deployment's running pod
     When the dz-upgrade procedure runs to v0.6.1

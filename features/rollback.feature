@@ -4,6 +4,7 @@ Feature: Rolling the agave upgrade back, before and after its cleanup
   snapshot go. After cleanup the old colour's data is rolled back to the pre-upgrade snapshot and it is
   redeployed with its old version; once caught up, the new colour is stopped gracefully.
 
+  @proof
   Scenario: Rolling back before cleanup leaves the live colour as it was
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
     And the checksum of the live colour's ledger
@@ -14,6 +15,7 @@ Feature: Rolling the agave upgrade back, before and after its cleanup
     And the prober saw no failed request
     And the live colour's ledger is unchanged
 
+  @proof
   Scenario: Rolling back after cleanup brings the old colour back on its old data and version
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
     And the checksum of the live colour's ledger

@@ -5,6 +5,7 @@ Feature: Biscayne's spec steps 3 and 4: Caddy routing, clone and catch-up
   first upstream becomes unavailable or the order changes. Spec step 4: the idle colour starts from a
   copy-on-write clone, behind the cluster, and catches up until healthy.
 
+  @proof
   Scenario: A clone of the live ledger starts behind, catches up, and takes no traffic while green is up
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 100 requests/s
     And the checksum of the live colour's ledger

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from runbook.testbed.stack import Testbed, check_ports
 log = logging.getLogger("runbook")
 
 ENV_KEY = pytest.StashKey[Env]()
+REFUSED_KEY = pytest.StashKey[list[str]]()  # proof scenarios refused on a non-disposable env
 
 
 # ------------------------------------------------------------------------------- options
@@ -76,6 +78,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     env = config.stash[ENV_KEY]
+    if not env.disposable:  # proofs never run outside a throwaway env, whatever -k/-m or a node id selects
+        refused = [item for item in items if item.get_closest_marker("proof")]
+        if refused:
+            items[:] = [item for item in items if not item.get_closest_marker("proof")]
+            config.hook.pytest_deselected(items=refused)
+            config.stash[REFUSED_KEY] = [item.nodeid for item in refused]
     allow = config.getoption("allow_mutations") or env.disposable
     for item in items:
         if item.get_closest_marker("mutating") and not allow:
@@ -83,6 +91,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                                     "run with --allow-mutations"))
         if item.get_closest_marker("kubernetes") and env.kube is None:
             item.add_marker(pytest.mark.skip(reason=f"env {env.name} has no Kubernetes API"))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    refused = config.stash.get(REFUSED_KEY, [])
+    if refused:
+        env = config.stash[ENV_KEY]
+        terminalreporter.write_sep("-", f"{len(refused)} proof scenarios refused: env {env.name} is not disposable")
+        for nodeid in refused:
+            terminalreporter.write_line(f"refused (proof, runs on disposable envs only): {nodeid}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

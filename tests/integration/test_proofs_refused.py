@@ -1,0 +1,60 @@
+"""On production only the operator's procedures run: every scenario tagged @proof (it exists to show the
+suite catches something: a stuck build, destroyed data, an interruption, fixed versions) is refused on an
+env that is not disposable, whatever -k, -m or a node id selects. Collection only: nothing is reachable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runbook.env import PROJECT_ROOT
+from tests.integration.run import pytest as run_pytest
+
+OPERATOR_UPGRADE = ("features/test_features.py::"
+                    "test_the_whole_upgrade_drops_no_request_and_never_serves_a_node_that_is_behind")
+
+
+def _proof_scenarios() -> list[str]:
+    """Every scenario the feature files tag @proof, by its title (read from the files, not a list here)."""
+    titles = []
+    for f in sorted((PROJECT_ROOT / "features").glob("*.feature")):
+        lines = f.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip().startswith("Scenario") and i and "@proof" in lines[i - 1]:
+                titles.append(line.split(":", 1)[1].strip())
+    return titles
+
+
+def _collected(out: str) -> list[str]:
+    return [ln.strip() for ln in out.splitlines() if ln.startswith("features/test_features.py::")]
+
+
+@pytest.mark.parametrize("selection", [["-k", "upgrade"], ["-k", "rollback"], ["-m", "mutating"],
+                                       ["-m", "mutating", "-k", "upgrade or rollback or doublezero or spec"]])
+def test_production_selects_only_the_operators_procedures(selection: list[str], tmp_path: Path) -> None:
+    ran = run_pytest("features/", "--env=biscayne", "--allow-mutations", "--target-version=v2.2.1", "--yes",
+                     "--collect-only", "-q", *selection, reports=tmp_path)
+    assert ran.rc in (0, 5), ran.out
+    picked = _collected(ran.out)
+    assert set(picked) <= {OPERATOR_UPGRADE}, picked
+    assert "proof scenarios refused: env biscayne is not disposable" in ran.out
+
+
+def test_every_proof_is_refused_on_a_non_disposable_env_even_by_node_id(tmp_path: Path) -> None:
+    proofs = _proof_scenarios()
+    assert len(proofs) >= 7, proofs
+    listed = run_pytest("features/", "--env=local", "--collect-only", "-q", "-m", "proof", reports=tmp_path / "local")
+    ids = _collected(listed.out)  # their node ids, as a disposable env collects them
+    assert len(ids) == len(proofs), listed.out
+    ran = run_pytest(*ids, "--env=biscayne", "--allow-mutations", "--target-version=v2.2.1", "--yes",
+                     "--collect-only", "-q", reports=tmp_path)
+    assert _collected(ran.out) == [], ran.out
+    for nodeid in ids:
+        assert f"refused (proof, runs on disposable envs only): {nodeid}" in ran.out, (nodeid, ran.out)
+
+
+def test_a_disposable_env_runs_the_proofs(tmp_path: Path) -> None:
+    ran = run_pytest("features/", "--env=local", "--collect-only", "-q", "-m", "proof", reports=tmp_path)
+    assert len(_collected(ran.out)) == len(_proof_scenarios()), ran.out
+    assert "refused" not in ran.out
