@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from runbook.errors import AdapterError, RunbookError
-from runbook.testbed.doublezerod import KEYPAIR_NAME, SESSION_UP, default_config_dir, default_socket, socket_address
+from runbook.testbed.doublezerod import KEYPAIR_NAME, SESSION_UP, default_config_dir, default_socket
+from runbook.testbed.dz_api import socket_address
 from runbook.testbed.keypair import read_pubkey
 
 STATUS_COLUMNS = (

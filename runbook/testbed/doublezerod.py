@@ -1,44 +1,45 @@
-"""Stand-in doublezerod: the DoubleZero sidecar daemon of the local testbed.
+"""Stand-in doublezerod: the DoubleZero sidecar daemon of the testbeds (local and kind).
 
-    python -m runbook.testbed.doublezerod --version 0.6.0 --config-dir DIR [--netns NS] [--device D]
+    python -m runbook.testbed.doublezerod --version 0.6.0 --config-dir DIR [--socket PATH] [--device D]
 
 What it does, like the real daemon on biscayne:
 - reads its identity from ``DIR/id.json`` and refuses to start when that is missing or malformed;
-- owns the ``doublezero0`` "tunnel" and its BGP-learned routes, in the kernel of the testbed's network
-  namespace (see :mod:`runbook.testbed.netns`): created only when missing, never removed on exit, so a
-  restart (an image patch) leaves them exactly where they were;
+- holds that identity in the network namespace it runs in (the host's, for a host-network pod): a second
+  daemon with the same identity there resets the holder's BGP session and exits (design trap 10: one
+  tunnel and one BGP session per identity per host);
+- owns the ``doublezero0`` "tunnel" and its BGP-learned routes in the kernel of that namespace (see
+  :mod:`runbook.testbed.netns`): created only when missing, never removed on exit, so a restart (an image
+  patch) or a handover to another colour's daemon leaves them exactly where they were;
 - "establishes the BGP session" a short, configurable delay after start;
-- serves its status as HTTP/JSON on a unix socket (``GET /status``, the real daemon's shape, plus
-  ``GET /info`` with the stand-in's own facts), which the stand-in ``doublezero`` CLI reads;
+- serves its status on its container's private socket ``/var/run/doublezerod/doublezerod.sock``
+  (:mod:`runbook.testbed.dz_api`; ``GET /status``, the real daemon's shape, plus ``GET /info`` with the
+  stand-in's own facts), which the stand-in ``doublezero`` CLI reads;
 - exits 0 promptly on SIGTERM/SIGINT.
 
 Status is read from the kernel on every request: when the daemon manages a tunnel and the link is gone
-or down, the session reads ``BGP Session Down``. Without a netns (or without CAP_NET_ADMIN) the daemon
-runs, the tunnel is reported absent with the reason, and the session still comes up.
+or down, the session reads ``BGP Session Down``. Without CAP_NET_ADMIN the daemon runs, the tunnel is
+reported absent with the reason, and the session still comes up. ``--netns`` is for test harnesses only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError
 from runbook.testbed import netns as kernel
+from runbook.testbed.dz_api import Server, claim_socket, release_socket
 from runbook.testbed.keypair import read_pubkey
 
 log = logging.getLogger("doublezerod")
@@ -57,7 +58,6 @@ TUNNEL_DST = "203.0.113.1"
 USER_TYPE = "IBRL"
 NETWORK = "mainnet-beta"
 METROS = {"mia": "Miami", "nyc": "New York", "ams": "Amsterdam", "fra": "Frankfurt", "lon": "London"}
-MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL; see socket_address()
 
 SESSION_UP = "BGP Session Up"
 SESSION_DOWN = "BGP Session Down"
@@ -74,26 +74,6 @@ def default_socket(config_dir: Path | None = None) -> Path:
     container's own): ``/var/run/doublezerod/doublezerod.sock``. Two pods that mount the same config dir
     (one identity) therefore never share a socket."""
     return Path(DEFAULT_SOCKET)
-
-
-@contextlib.contextmanager
-def socket_address(path: Path) -> Iterator[str]:
-    """An address for ``bind``/``connect`` to ``path``, however long the path is.
-
-    ``sun_path`` holds 107 bytes; testbed paths (through a container's rootfs) can be longer. Then the
-    parent directory is opened and addressed as ``/proc/self/fd/N/<name>`` for the duration.
-    """
-    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        short = f"/proc/self/fd/{fd}/{path.name}"
-        if len(os.fsencode(short)) > MAX_SOCKET_PATH:
-            raise RunbookError(f"socket file name too long: {path.name}", obj=str(path))
-        yield short
-    finally:
-        os.close(fd)
 
 
 def metro_of(device: str) -> str:
@@ -299,85 +279,6 @@ class Daemon:
         }
 
 
-# --------------------------------------------------------------------------- the unix-socket API
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = False
-
-    def __init__(self, path: Path, daemon: Daemon) -> None:
-        self.doublezerod = daemon
-        super().__init__(str(path), _Handler, bind_and_activate=False)
-        try:
-            with socket_address(path) as address:
-                self.socket.bind(address)
-            self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "doublezerod-standin"
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self) -> None:
-        d = self.server.doublezerod
-        routes = {"/status": d.status, "/info": d.info, "/v1/info": d.info}
-        handler = routes.get(self.path.split("?", 1)[0])
-        if handler is None:
-            self._send(404, {"status": "error", "description": f"no such endpoint: {self.path}"})
-            return
-        try:
-            self._send(200, handler())
-        except Exception as exc:  # the API must answer, whatever went wrong inside
-            log.exception("GET %s failed", self.path)
-            self._send(500, {"status": "error", "description": str(exc)})
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def address_string(self) -> str:  # unix sockets have no peer address
-        return "unix"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("api: " + format, *args)
-
-
-def _claim_socket(path: Path) -> None:
-    """Remove a stale socket file; refuse when another daemon is answering on it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() and not path.is_symlink():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        with socket_address(path) as address:
-            probe.connect(address)
-    except OSError:
-        path.unlink()  # nobody is listening: a stale file from a killed daemon
-        return
-    finally:
-        probe.close()
-    raise RunbookError(f"another doublezerod is already serving {path}", obj=str(path))
-
-
-def _release_socket(path: Path, inode: int) -> None:
-    """Remove our socket file, unless a newer daemon has already replaced it."""
-    try:
-        if path.stat().st_ino == inode:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -430,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("identity %s", daemon.identity)
         claim = daemon.claim_identity()
         daemon.setup_tunnel()
-        _claim_socket(config.socket)
-        server = _Server(config.socket, daemon)
+        claim_socket(config.socket)
+        server = Server(config.socket, daemon)
         socket_inode = config.socket.stat().st_ino
     except (RunbookError, OSError) as exc:
         log.error("cannot start: %s", exc)
@@ -446,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon.stop()
     server.shutdown()
     server.server_close()
-    _release_socket(config.socket, socket_inode)
+    release_socket(config.socket, socket_inode)
     claim.close()
     if daemon.tunnel.managed:
         log.info("leaving %s and its routes in place (%s)", config.interface, config.netns or "own netns")

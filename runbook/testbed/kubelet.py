@@ -9,8 +9,12 @@ kubelet semantics the procedures depend on:
 - changing the Deployment template replaces the pod (strategy Recreate: old pod gone, new pod created);
 - an image with no stand-in is ``ImagePullBackOff``; a container that keeps exiting is ``CrashLoopBackOff``.
 
-Every status it reports is read from real state: supervisord's process table, the supervisord event
-stream (restart counts), and the running process itself (``/proc/<pid>/environ`` for its image).
+A container gets exactly what a kubelet gives it (its manifest's command/args and env, its image's env,
+HOME), runs under :mod:`runbook.testbed.shim` in a PID namespace and a private ``/run`` of its own, and a
+host-network pod's containers join the node's network namespace. Statuses are read from real state
+(supervisord's process table and event stream for restart counts) and named as containerd's CRI names them
+(the image's fully qualified first repo tag, a ``sha256:`` imageID), from this kubelet's own record of what
+it created each container from, never from the process's environment.
 """
 
 from __future__ import annotations
@@ -438,7 +442,7 @@ class LocalWorkloads:
         return counts
 
     def _status(self, pod: str, kind: str, c: Mapping[str, Any], waiting: str | None,
-                starts: Mapping[str, int], obj_created: Mapping[str, Any]) -> ContainerStatus:
+                starts: Mapping[str, int], cri: Mapping[str, Any]) -> ContainerStatus:
         name = c["name"]
         restarts = max(0, starts.get(name, 0) - 1)
         if waiting:
@@ -446,13 +450,14 @@ class LocalWorkloads:
         info = self.sup.info(_program(pod, name))
         if info is None:
             return ContainerStatus(name, kind, c["image"], "", "unknown", None, restarts, False, "NotFound")  # type: ignore[arg-type]
-        created = obj_created.get(name, {})
+        created = cri.get(name, {})
         if info.running:
             started = datetime.fromtimestamp(info.start, UTC)
             return ContainerStatus(name, kind, created.get("image", ""), created.get("imageID", ""),  # type: ignore[arg-type]
                                    "running", started, restarts, True, "", pid=container_pid(info.pid))
         reason = {"BACKOFF": "CrashLoopBackOff", "FATAL": "CrashLoopBackOff", "STARTING": "ContainerCreating"}
+        ran = created.get("image") or c["image"]  # a container that ran: as created; else as the spec says
         if info.state in reason:
-            return ContainerStatus(name, kind, c["image"], "", "waiting", None, restarts, False, reason[info.state])  # type: ignore[arg-type]
+            return ContainerStatus(name, kind, ran, "", "waiting", None, restarts, False, reason[info.state])  # type: ignore[arg-type]
         why = "Completed" if info.exitstatus == 0 else "Error"
-        return ContainerStatus(name, kind, c["image"], "", "terminated", None, restarts, False, why)  # type: ignore[arg-type]
+        return ContainerStatus(name, kind, ran, "", "terminated", None, restarts, False, why)  # type: ignore[arg-type]
