@@ -82,6 +82,7 @@ def make_env(tmp: Path) -> Path:
     data["testbed"]["supervisor_port"] = base["sup"] + shift
     data["testbed"]["cluster_port"] = base["cluster"] + shift
     data["cluster_rpc"] = f"http://127.0.0.1:{base['cluster'] + shift}"
+    data["entrypoints"] = [f"127.0.0.1:{base['cluster'] + shift}"]
     data["testbed"]["state_dir"] = str(tmp / "state")
     data["testbed"]["storage_size"] = "256M"
     path = tmp / f"{data['name']}.yaml"

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import base58
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runbook.errors import ConfigError, UnknownEnvironment
 
@@ -163,6 +163,18 @@ class Env(_Model):
     timeouts: Timeouts = Timeouts()
     testbed: TestbedConfig | None = None
     source: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _entrypoints_reach_the_testbeds_cluster(self) -> Env:
+        """On a testbed, a loopback entrypoint must be the testbed's own cluster stand-in: a copied env with
+        its ports moved but not its entrypoint would start validators that wait for a cluster never there."""
+        if self.testbed is not None:
+            for ep in self.entrypoints:
+                host, _, port = ep.rpartition(":")
+                if host in ("127.0.0.1", "localhost") and port != str(self.testbed.cluster_port):
+                    raise ValueError(f"entrypoints: {ep} is not this testbed's cluster stand-in "
+                                     f"(testbed.cluster_port is {self.testbed.cluster_port})")
+        return self
 
     def port_settings(self) -> list[tuple[str, int]]:
         """Every (setting, port) this env binds locally, for collision checks and messages."""
