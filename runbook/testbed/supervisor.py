@@ -235,23 +235,6 @@ class Supervisor:
         except OSError:
             return ""
 
-    def descendant_of_supervisor(self, pid: int) -> bool:
-        """Is ``pid`` supervisord or one of its descendants? (the testbed owns that process)"""
-        root = self.pid()
-        if root is None:
-            return False
-        seen = 0
-        while pid > 1 and seen < 64:
-            if pid == root:
-                return True
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                return False
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-            seen += 1
-        return False
-
 
 def wait_gone(pid: int, *, timeout: float) -> None:
     def alive() -> bool:

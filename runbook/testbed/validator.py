@@ -317,7 +317,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--startup-delay",
         type=float,
-        default=float(os.environ.get("RUNBOOK_STARTUP_DELAY", "0")),
+        default=0.0,
         help="seconds to report `unknown` before verifying the ledger, as agave loading a snapshot",
     )
     p.add_argument("--persist-interval", type=float, default=1.0, help="seconds between progress writes")
