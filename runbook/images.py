@@ -99,9 +99,3 @@ def same_image(a: str, b: str) -> bool:
     if ra.digest or rb.digest:  # one side pinned by digest, the other by tag: not comparable as equal
         return False
     return ra.tag == rb.tag
-
-
-def image_digest(image_id: str) -> str:
-    """The content digest of an imageID in any CRI form (``repo@sha256:..``, ``sha256:..``, ``docker-pullable://..``)."""
-    value = image_id.split("://", 1)[-1]
-    return value.rsplit("@", 1)[-1]

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextI
     try:
         if args.command == "address":
             return cmd_address(args.keypair or config_dir / KEYPAIR_NAME, out)
-        return cmd_status(args.socket or default_socket(config_dir), as_json=args.json, out=out, err=err)
+        return cmd_status(args.socket or default_socket(), as_json=args.json, out=out, err=err)
     except RunbookError as exc:
         err.write(f"Error: {exc}\n")
         return 1

@@ -46,7 +46,6 @@ log = logging.getLogger("doublezerod")
 
 DEFAULT_DEVICE = "laconic-mia-sw01"
 DEFAULT_SESSION_DELAY = 0.5
-SOCKET_NAME = "doublezerod.sock"
 DEFAULT_SOCKET = "/var/run/doublezerod/doublezerod.sock"
 IDENTITY_CLAIM = "doublezerod/identity/"  # abstract unix socket name prefix: per network namespace
 KEYPAIR_NAME = "id.json"
@@ -69,7 +68,7 @@ def default_config_dir() -> Path:
     return Path(env) if env else Path.home() / ".config" / "doublezero"
 
 
-def default_socket(config_dir: Path | None = None) -> Path:
+def default_socket() -> Path:
     """The real daemon's control socket, private to its container on biscayne (``/var/run`` is the
     container's own): ``/var/run/doublezerod/doublezerod.sock``. Two pods that mount the same config dir
     (one identity) therefore never share a socket."""

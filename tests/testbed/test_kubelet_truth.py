@@ -30,7 +30,6 @@ from runbook.env import Env
 from runbook.errors import CheckFailed
 from runbook.images import same_image
 from runbook.manifests import render_deployment
-from runbook.testbed import netns
 from runbook.testbed.stack import Testbed
 from runbook.wait import wait_for
 
@@ -184,4 +183,3 @@ def test_a_blue_sidecar_without_the_identity_lock_resets_greens_session_and_the_
     after, routes_after = _holder_state(adapters, host, env, green.name)
     with pytest.raises(CheckFailed, match="session reset"):
         dzc.check_session_held(before, after, routes_before=routes_before, routes_after=routes_after, who="green")
-    assert netns.has_net_admin()
