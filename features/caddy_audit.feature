@@ -12,7 +12,7 @@ Feature: Caddy ingress configuration audit
 
     Examples:
       | requirement                                                | settings                                         |
-      | both colours are upstreams, green first, under lb_policy first | upstreams, lb_policy                         |
+      | both colours are upstreams, the live colour first, under lb_policy first | upstreams, lb_policy               |
       | only a node answering "ok" receives traffic                | health_uri, health_interval, health_body         |
       | a failing upstream is taken out at once                    | fail_duration/max_fails                          |
       | GET and POST are retried, with buffered bodies             | lb_try_duration, lb_retry_match, request_buffers |

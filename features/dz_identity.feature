@@ -5,7 +5,7 @@ Feature: DoubleZero identity (spec step 1)
   beside it would contend for the same tunnel.
 
   Scenario: The sidecar runs the registered identity, is connected, and is the only doublezerod
-    Given the green deployment's running pod
+    Given the live colour's running pod
     When the doublezerod sidecar is asked for its address
     Then the address is the expected DoubleZero identity
     When the doublezerod sidecar is asked for its status

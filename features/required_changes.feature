@@ -5,7 +5,7 @@ Feature: The required changes to agave-stack are in place
   workaround deleted, the registered identity in the sidecar's volume, the host's doublezerod disabled.
 
   Scenario: The live pod and the specs carry every required change
-    Given the green deployment's running pod
+    Given the live colour's running pod
     Then doublezerod runs as a native sidecar of the pod
     And the DoubleZero identity file is in the sidecar's config volume, private
     And green and blue are rendered from one parameterized spec

@@ -7,15 +7,21 @@ from pytest_bdd import given, parsers, then
 from runbook.adapters.factory import Adapters
 from runbook.checks.caddy_audit import AuditReport, audit
 from runbook.evidence.recorder import Recorder
-from runbook.testbed.caddy import template_vars
+from runbook.procedures import bluegreen as bg
 
 
 @given("the live Caddy configuration read from the admin API", target_fixture="caddy_audit")
 def live_config(adapters: Adapters, evidence: Recorder) -> AuditReport:
+    """The config Caddy runs, audited on the reverse_proxy serving the env's site, against the order the
+    live colour (found from real state, whichever it is) needs."""
+    env = adapters.env
     config = adapters.ingress.config()
-    evidence.attach(f"GET {adapters.env.ingress.admin}/config/", config)
-    expected = template_vars(adapters.env)["upstreams"].split()
-    return audit(config, expected_upstreams=expected, upstream_header=adapters.env.ingress.upstream_header)
+    evidence.attach(f"GET {env.ingress.admin}/config/", config)
+    live, how = bg.live_colour(env, adapters.workloads)
+    evidence.call(f"the live colour: {live or 'unknown'} ({how})")
+    expected = bg.upstream_order_for(env, live) if live else None
+    return audit(config, expected_upstreams=expected, site_url=env.ingress.url,
+                 upstream_header=env.ingress.upstream_header, live_unknown=how)
 
 
 @then(parsers.parse("the audit passes {settings}"))

@@ -43,7 +43,7 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
             env=env,
             host=TestinfraHost(env.host, netns=testbed.netns, env_name=env.name),
             workloads=testbed.workloads,
-            ingress=CaddyAdmin(env.ingress.admin),
+            ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url),
             storage=testbed.storage,
         )
     from runbook.adapters.kube import KubeWorkloads
@@ -54,7 +54,7 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
         env=env,
         host=host,
         workloads=KubeWorkloads(env),
-        ingress=CaddyAdmin(env.ingress.admin),
+        ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url),
         storage=storage_for(env, host),
     )
 

@@ -63,6 +63,40 @@ def find_reverse_proxies(config: dict[str, Any]) -> list[ProxyHandler]:
     return list(_walk(config, ()))
 
 
+def find_site_proxies(config: dict[str, Any], site_url: str) -> list[ProxyHandler]:
+    """The ``reverse_proxy`` handlers that serve ``site_url``: in the servers listening on its port, in
+    the routes whose host matchers take its host, in Caddy's order, up to the first such terminal route.
+    Another site's proxy (another host or port in the same config) is never taken for the env's."""
+    parts = urlsplit(site_url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    servers = dict_at(config, "apps", "http", "servers")
+    found: list[ProxyHandler] = []
+    for name, server in servers.items():
+        if not isinstance(server, dict) or not any(_listens_on(str(a), port) for a in server.get("listen") or []):
+            continue
+        for i, route in enumerate(server.get("routes") or []):
+            if not isinstance(route, dict) or not _route_takes_host(route, host):
+                continue
+            found += _walk(route, ("apps", "http", "servers", name, "routes", i))
+            if route.get("terminal"):
+                break
+    return found
+
+
+def find_site_proxy(config: dict[str, Any], site_url: str, *, source: str = "config") -> ProxyHandler:
+    """The one ``reverse_proxy`` serving ``site_url``; :class:`AdapterError` if there is none or several."""
+    found = find_site_proxies(config, site_url)
+    if len(found) != 1:
+        where = ", ".join(h.config_path for h in find_reverse_proxies(config)) or "none"
+        raise AdapterError(
+            f"expected exactly one reverse_proxy serving {site_url} in {source}, found {len(found)} "
+            f"(every reverse_proxy in the config: {where})",
+            obj=source,
+        )
+    return found[0]
+
+
 def find_reverse_proxy(config: dict[str, Any], *, source: str = "config") -> ProxyHandler:
     """The one ``reverse_proxy`` handler in ``config``; :class:`AdapterError` if there is none or several."""
     found = find_reverse_proxies(config)
@@ -75,6 +109,50 @@ def find_reverse_proxy(config: dict[str, Any], *, source: str = "config") -> Pro
     return found[0]
 
 
+def upstream_key(address: str) -> str:
+    """An upstream's dial address, comparable: ``localhost``, ``127.0.0.1`` and ``[::1]`` are one host."""
+    return _listen_key(address)
+
+
+def same_upstreams(a: Sequence[str], b: Sequence[str]) -> bool:
+    """The same upstreams in the same order, loopback spellings equal."""
+    return [upstream_key(x) for x in a] == [upstream_key(x) for x in b]
+
+
+def dict_at(obj: Any, *keys: str) -> dict[str, Any]:
+    """obj[k1][k2]..., or {} where any level is missing or not an object."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _listens_on(address: str, port: int) -> bool:
+    """Whether a Caddy listen address (``:443``, ``tcp/127.0.0.1:8080``, ``:8000-8010``) covers ``port``."""
+    _, sep, ports = address.rpartition(":")
+    if not sep:
+        return False
+    low, _, high = ports.partition("-")
+    try:
+        return int(low) <= port <= int(high or low)
+    except ValueError:
+        return False
+
+
+def _host_matches(pattern: str, host: str) -> bool:
+    want, have = pattern.lower().strip("[]").split("."), host.strip("[]").split(".")
+    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=True))
+
+
+def _route_takes_host(route: dict[str, Any], host: str) -> bool:
+    """A route with no matcher takes every request; else one of its matcher sets must take the host
+    (a set without a host matcher does, for whatever else it matches)."""
+    sets = route.get("match")
+    if not sets:
+        return True
+    return any(isinstance(m, dict) and ("host" not in m or any(_host_matches(str(p), host) for p in m["host"]))
+               for m in sets)
+
+
 class CaddyAdmin:
     """:class:`~runbook.adapters.base.Ingress` over Caddy's admin API at ``admin_url``."""
 
@@ -82,11 +160,13 @@ class CaddyAdmin:
         self,
         admin_url: str,
         *,
+        site_url: str | None = None,
         timeout: float = 5.0,
         load_timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.admin_url = admin_url.rstrip("/")
+        self.site_url = site_url  # the env's site: its reverse_proxy is the one read and edited
         self.timeout = timeout
         self.load_timeout = load_timeout
         self._client = httpx.Client(base_url=self.admin_url, timeout=timeout, transport=transport)
@@ -215,8 +295,14 @@ class CaddyAdmin:
             ) from exc
 
     def proxy(self) -> ProxyHandler:
-        """The live config's one reverse_proxy handler."""
-        return find_reverse_proxy(self.config(), source=f"live config of {self.admin_url}")
+        """The live config's reverse_proxy serving the env's site (the one reverse_proxy, without a site)."""
+        return self._proxy_in(self.config())
+
+    def _proxy_in(self, config: dict[str, Any]) -> ProxyHandler:
+        source = f"live config of {self.admin_url}"
+        if self.site_url:
+            return find_site_proxy(config, self.site_url, source=source)
+        return find_reverse_proxy(config, source=source)
 
     def upstream_order(self) -> list[str]:
         """Dial addresses of the reverse_proxy handler's upstreams, in the live config's order."""
@@ -236,13 +322,13 @@ class CaddyAdmin:
                 obj=self.admin_url,
             )
         config, etag = self._config_with_etag()
-        proxy = find_reverse_proxy(config, source=f"live config of {self.admin_url}")
-        if proxy.dials == wanted:
+        proxy = self._proxy_in(config)
+        if same_upstreams(proxy.dials, wanted):
             return
-        existing = {
-            str(u.get("dial")): u for u in proxy.handler.get("upstreams", []) if isinstance(u, dict)
+        existing = {  # each upstream keeps its own object, and its own spelling of a loopback host
+            upstream_key(str(u.get("dial"))): u for u in proxy.handler.get("upstreams", []) if isinstance(u, dict)
         }
-        new_upstreams = [existing.get(a, {"dial": a}) for a in wanted]
+        new_upstreams = [existing.get(upstream_key(a), {"dial": a}) for a in wanted]
         headers = {"If-Match": etag} if etag else None
         path = proxy.config_path + "/upstreams"
         if "upstreams" in proxy.handler:
@@ -250,7 +336,7 @@ class CaddyAdmin:
         else:
             self._request("POST", path, json_body=new_upstreams, headers=headers, timeout=self.load_timeout)
         observed = self.upstream_order()
-        if observed != wanted:
+        if not same_upstreams(observed, wanted):
             raise AdapterError(
                 f"Caddy admin API {self.admin_url}: upstream order is {observed} after setting {wanted}",
                 obj=self.admin_url,

@@ -7,7 +7,8 @@ Caddyfile text, so it audits what Caddy is actually running. Each required setti
 ==========================  ===========================================================================
 setting                     required because
 ==========================  ===========================================================================
-``upstreams``               both colours present, in the expected order (green first)
+``reverse_proxy``           exactly one proxy serves the env's site (its host and port)
+``upstreams``               both colours present, the live colour first (loopback spellings equal)
 ``lb_policy``               ``first``: all traffic to the first available upstream (trap 2)
 ``health_uri``              active checks on ``/health``
 ``health_interval``         short: a node that falls ``behind`` keeps traffic until the next check
@@ -23,10 +24,11 @@ setting                     required because
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runbook.adapters.ingress import ProxyHandler, find_reverse_proxies
+from runbook.adapters.ingress import ProxyHandler, dict_at, find_reverse_proxies, find_site_proxies, upstream_key
 from runbook.errors import CheckFailed
 
 UPSTREAM_PLACEHOLDER = "{http.reverse_proxy.upstream.hostport}"
@@ -147,23 +149,24 @@ def _duration(obj: dict[str, Any], key: str) -> tuple[float | None, str]:
         return None, f" (unreadable: {exc})"
 
 
-def _dict(obj: Any, *keys: str) -> dict[str, Any]:
-    for key in keys:
-        obj = obj.get(key) if isinstance(obj, dict) else None
-    return obj if isinstance(obj, dict) else {}
+_dict = dict_at
 
 
 # --------------------------------------------------------------------------- one check per setting
 
 
-def _check_upstreams(proxy: ProxyHandler, expected: list[str]) -> Finding:
+def _check_upstreams(proxy: ProxyHandler, expected: Sequence[str] | None, unknown: str) -> Finding:
     observed = proxy.dials
+    why = "both colours must be upstreams, and with lb_policy first the order decides who serves"
+    if expected is None:
+        return Finding("upstreams", False, "the live colour's upstream first, then the idle one",
+                       " ".join(observed) or "none", f"{why}; the live colour is unknown: {unknown}")
     return Finding(
         "upstreams",
-        observed == expected,
-        " ".join(expected) + " (in this order, green first)",
+        [upstream_key(d) for d in observed] == [upstream_key(e) for e in expected],
+        " ".join(expected) + " (in this order, the live colour first; localhost, 127.0.0.1 and [::1] are one host)",
         " ".join(observed) or "none",
-        "both colours must be upstreams, and with lb_policy first the order decides who serves",
+        why,
     )
 
 
@@ -322,29 +325,35 @@ def _check_header(h: dict[str, Any], header: str) -> Finding:
 def audit(
     config: dict[str, Any],
     *,
-    expected_upstreams: list[str],
+    expected_upstreams: Sequence[str] | None,
+    site_url: str | None = None,
     upstream_header: str = "X-Upstream",
     max_health_interval: float = DEFAULT_MAX_HEALTH_INTERVAL,
+    live_unknown: str = "",
 ) -> AuditReport:
-    """Audit Caddy's JSON ``config``: one :class:`Finding` per required setting."""
-    proxies = find_reverse_proxies(config)
+    """Audit Caddy's JSON ``config``: one :class:`Finding` per required setting, on the reverse_proxy that
+    serves ``site_url`` (the env's site; without it, the config's only reverse_proxy).
+
+    ``expected_upstreams`` is the order the live colour needs (live first), from real state; None when the
+    live colour could not be told (``live_unknown`` says why): the upstreams finding then fails."""
+    proxies = find_site_proxies(config, site_url) if site_url else find_reverse_proxies(config)
     if len(proxies) != 1:
-        where = ", ".join(p.config_path for p in proxies) or "none"
+        every = ", ".join(p.config_path for p in find_reverse_proxies(config)) or "none"
         return AuditReport(
             (
                 Finding(
                     "reverse_proxy",
                     False,
-                    "exactly one reverse_proxy handler",
-                    f"{len(proxies)} ({where})",
-                    "the ingress must have one load-balanced proxy over both colours",
+                    f"exactly one reverse_proxy serving {site_url or 'the ingress'}",
+                    f"{len(proxies)} (every reverse_proxy in the config: {every})",
+                    "the ingress must have one load-balanced proxy over both colours for the env's site",
                 ),
             )
         )
     proxy = proxies[0]
     h = proxy.handler
     findings = (
-        _check_upstreams(proxy, list(expected_upstreams)),
+        _check_upstreams(proxy, expected_upstreams, live_unknown),
         _check_policy(h),
         _check_health_uri(h),
         _check_interval(h, max_health_interval),
@@ -361,7 +370,8 @@ def audit(
 def require_audit(
     config: dict[str, Any],
     *,
-    expected_upstreams: list[str],
+    expected_upstreams: Sequence[str] | None,
+    site_url: str | None = None,
     upstream_header: str = "X-Upstream",
     max_health_interval: float = DEFAULT_MAX_HEALTH_INTERVAL,
     **ctx: Any,
@@ -370,6 +380,7 @@ def require_audit(
     report = audit(
         config,
         expected_upstreams=expected_upstreams,
+        site_url=site_url,
         upstream_header=upstream_header,
         max_health_interval=max_health_interval,
     )

@@ -31,6 +31,12 @@ def upstream_address(env: Env, colour: str) -> str:
     return f"127.0.0.1:{env.deployments.colour(colour).rpc_port}"
 
 
+def upstream_order_for(env: Env, live: str) -> list[str]:
+    """The ingress's upstream order when ``live`` serves: the live colour first (under lb_policy first the
+    idle one gets traffic only if the live one fails)."""
+    return [upstream_address(env, live), upstream_address(env, other(live))]
+
+
 def colour_of_upstream(env: Env, upstream: str | None) -> str | None:
     if not upstream:
         return None
@@ -67,10 +73,9 @@ def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float)
     checker has seen it too (two intervals plus the check's timeout). Caddy's admin API does not say which
     upstreams it believes healthy (design trap 4), so this is read from the checker's own schedule; stopping
     the other colour earlier leaves Caddy with no upstream it believes available. Returns the hold used."""
-    from runbook.adapters.ingress import find_reverse_proxy
     from runbook.checks.caddy_audit import go_duration
 
-    active = (find_reverse_proxy(ingress.config()).handler.get("health_checks") or {}).get("active") or {}
+    active = (ingress.proxy().handler.get("health_checks") or {}).get("active") or {}
     hold = 2 * (go_duration(active.get("interval")) or 30.0) + (go_duration(active.get("timeout")) or 5.0)
     since: list[float] = []
 

@@ -131,7 +131,7 @@ def test_missing_blue_upstream_fails_upstreams(env: Env) -> None:
 def test_blue_first_fails_upstreams_order(env: Env) -> None:
     report = _audit(caddy.adapt(caddy.render(caddy.TEMPLATE, env, upstreams=f"{BLUE} {GREEN}")))
     assert report.failed_settings == ["upstreams"]
-    assert "green first" in report.finding("upstreams").expected
+    assert "the live colour first" in report.finding("upstreams").expected
 
 
 def test_max_fails_absent_is_caddys_default_of_one(ours_text: str) -> None:

@@ -1,0 +1,117 @@
+"""The audit is true in every steady state (issue 9): the live colour first, whichever it is; `localhost`,
+`127.0.0.1` and `[::1]` are one upstream host; the reverse_proxy audited is the one serving the env's site.
+
+Configs are Caddy's own JSON (``caddy adapt`` of real Caddyfiles), never hand-written shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runbook.adapters.ingress import find_site_proxies, find_site_proxy, same_upstreams
+from runbook.checks.caddy_audit import audit
+from runbook.env import Env, load_env
+from runbook.errors import AdapterError
+from runbook.procedures import bluegreen as bg
+from runbook.testbed import caddy
+
+pytestmark = pytest.mark.caddy
+
+
+@pytest.fixture(scope="module")
+def env() -> Env:
+    return load_env("local")
+
+
+@pytest.fixture(scope="module")
+def ours(env: Env) -> dict[str, Any]:
+    return caddy.adapt(caddy.render(caddy.TEMPLATE, env))
+
+
+def _ours_with(env: Env, **overrides: str) -> dict[str, Any]:
+    return caddy.adapt(caddy.render(caddy.TEMPLATE, env, **overrides))
+
+
+def test_after_an_upgrade_blue_first_passes_and_green_first_fails(env: Env) -> None:
+    """Cleanup puts the new live colour first: the audit expects the live colour first, not green."""
+    g, b = bg.upstream_address(env, "green"), bg.upstream_address(env, "blue")
+    blue_first = _ours_with(env, upstreams=f"{b} {g}")
+    assert audit(blue_first, expected_upstreams=bg.upstream_order_for(env, "blue"), site_url=env.ingress.url).ok
+    wrong = audit(blue_first, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+    assert wrong.failed_settings == ["upstreams"], wrong.summary()
+
+
+def test_unknown_live_colour_fails_the_order_and_says_why(ours: dict[str, Any], env: Env) -> None:
+    report = audit(ours, expected_upstreams=None, site_url=env.ingress.url, live_unknown="no X-Upstream header")
+    assert report.failed_settings == ["upstreams"]
+    assert "no X-Upstream header" in report.finding("upstreams").why
+
+
+@pytest.mark.parametrize("spelling", ["localhost", "[::1]", "127.0.0.1"])
+def test_loopback_spellings_are_one_upstream(env: Env, spelling: str) -> None:
+    """The seed writes `localhost:8899`: in the right order it passes the order check."""
+    g, b = (env.deployments.colour(c).rpc_port for c in ("green", "blue"))
+    config = _ours_with(env, upstreams=f"{spelling}:{g} {spelling}:{b}")
+    report = audit(config, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+    assert report.finding("upstreams").ok, report.summary()
+    reversed_order = _ours_with(env, upstreams=f"{spelling}:{b} {spelling}:{g}")
+    assert not audit(reversed_order, expected_upstreams=bg.upstream_order_for(env, "green"),
+                     site_url=env.ingress.url).finding("upstreams").ok
+
+
+def test_seed_block_with_localhost_upstreams_passes_the_order_check(env: Env) -> None:
+    g, b = (env.deployments.colour(c).rpc_port for c in ("green", "blue"))
+    seed = caddy.adapt(caddy.render(caddy.SEED_TEMPLATE, env, upstreams=f"localhost:{g} localhost:{b}"))
+    report = audit(seed, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+    assert report.finding("upstreams").ok and report.finding("lb_policy").ok
+    assert "health_body" in report.failed_settings  # the seed's real bugs are still caught
+
+
+def test_a_different_host_is_a_different_upstream() -> None:
+    assert not same_upstreams(["10.0.0.1:8899"], ["127.0.0.1:8899"])
+    assert not same_upstreams(["localhost:8899"], ["localhost:8897"])
+    assert same_upstreams(["localhost:8899", "[::1]:8897"], ["127.0.0.1:8899", "127.0.0.1:8897"])
+
+
+OTHER_SITES = """
+{{
+	admin 127.0.0.1:12019
+	auto_https off
+}}
+http://other.example:{port} {{
+	reverse_proxy 127.0.0.1:5
+}}
+http://127.0.0.1:9000 {{
+	reverse_proxy 127.0.0.1:7
+}}
+"""
+
+
+def test_the_proxy_serving_the_env_site_is_audited_not_another_sites(env: Env) -> None:
+    """Two other sites' proxies (another host on the same port, the same host on another port) beside ours:
+    the env's is found and passes; without ours, the audit fails naming every proxy it saw."""
+    ours_text = caddy.render(caddy.TEMPLATE, env)
+    others = OTHER_SITES.format(port=env.ingress.port).split("}\n", 1)[1]  # without the global block
+    both = caddy.adapt(ours_text + others)
+    assert len(find_site_proxies(both, env.ingress.url)) == 1
+    report = audit(both, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+    assert report.ok, report.summary()
+    unscoped = audit(both, expected_upstreams=bg.upstream_order_for(env, "green"))
+    assert unscoped.failed_settings == ["reverse_proxy"]  # the old whole-config lookup cannot tell
+
+    only_others = caddy.adapt(OTHER_SITES.format(port=env.ingress.port))
+    report = audit(only_others, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+    assert report.failed_settings == ["reverse_proxy"]
+    assert "routes" in report.findings[0].observed  # names the proxies it did see
+    with pytest.raises(AdapterError, match="reverse_proxy serving"):
+        find_site_proxy(only_others, env.ingress.url)
+
+
+def test_production_site_is_found_by_its_domain() -> None:
+    env = load_env("biscayne")
+    config = caddy.adapt(caddy.render(env.ingress.template, env))
+    report = audit(config, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+    assert report.ok, report.summary()
+    assert find_site_proxies(config, "https://elsewhere.example") == []
