@@ -20,6 +20,8 @@ from runbook.errors import ConfigError, UnknownEnvironment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+CATCH_UP_OVER_RETRY = 3
+"""How many times the ingress's retry window a catch-up must last at least (production: thousands)."""
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -53,6 +55,8 @@ class IngressConfig(_Model):
     admin: str
     upstream_header: str = "X-Upstream"
     template: str = "deploy/caddy/Caddyfile.tmpl"
+    health_interval: Duration = Field(default=1.0, gt=0, description="Caddy's active health check interval")
+    try_duration: Duration = Field(default=5.0, gt=0, description="Caddy's retry window (lb_try_duration)")
 
     @field_validator("url", "admin")
     @classmethod
@@ -118,6 +122,19 @@ class DoubleZeroConfig(_Model):
     config_dir: str = "/root/.config/doublezero"
 
 
+class ProbeConfig(_Model):
+    """The client the zero-drop verdict stands for: one that does not retry (issue 9).
+
+    ``client_timeout`` 2 s: an RPC client polling a validator (getSlot, getHealth, a bot or a wallet
+    refreshing) gives up after a few slot times (0.4 s each) and goes to another endpoint; 2 s is 5 slots,
+    and well under the 5 s a request can wait in Caddy's retry loop, so such a stall fails instead of
+    passing as answered. ``max_gap`` 1 s: no second without a successful answer at any time (at 150
+    requests/s one is due every 7 ms), so a stall fails even when every request is answered in the end."""
+
+    client_timeout: Duration = Field(default=2.0, gt=0, description="answers later than this are lost (late)")
+    max_gap: Duration = Field(default=1.0, gt=0, description="longest allowed time between successful answers")
+
+
 class Timeouts(_Model):
     catch_up: Duration = 6 * 3600.0
     healthy: Duration = 600.0
@@ -161,6 +178,7 @@ class Env(_Model):
     target_version: str | None = Field(default=None, description="default upgrade target (disposable envs)")
     catch_up_distance: int = Field(default=150, ge=0, description="slots behind the tip that count as caught up")
     timeouts: Timeouts = Timeouts()
+    probe: ProbeConfig = ProbeConfig()
     testbed: TestbedConfig | None = None
     source: str = Field(default="", exclude=True)
 
@@ -174,6 +192,28 @@ class Env(_Model):
                 if host in ("127.0.0.1", "localhost") and port != str(self.testbed.cluster_port):
                     raise ValueError(f"entrypoints: {ep} is not this testbed's cluster stand-in "
                                      f"(testbed.cluster_port is {self.testbed.cluster_port})")
+        return self
+
+    @model_validator(mode="after")
+    def _production_order_of_durations(self) -> Env:
+        """Production's order: catch-up (hours) far longer than the ingress's retry window, itself longer
+        than its health check interval. A testbed compresses time, but never so far that the retry window
+        holds a whole catch-up: a shift before the new colour is caught up would then be answered late
+        instead of failing, hiding what production would show."""
+        ing = self.ingress
+        catch_up, what = ((self.testbed.startup_delay, "testbed.startup_delay (the shortest catch-up: the "
+                           "stand-in answers `unknown` that long)") if self.testbed is not None
+                          else (self.timeouts.catch_up, "timeouts.catch_up"))
+        problems = []
+        if not ing.try_duration > ing.health_interval:
+            problems.append(f"ingress.try_duration ({ing.try_duration:g}s) must be longer than ingress.health_interval "
+                            f"({ing.health_interval:g}s): a retry must outlast a health check")
+        if catch_up < CATCH_UP_OVER_RETRY * ing.try_duration:
+            problems.append(f"{what} is {catch_up:g}s: catch-up must be at least {CATCH_UP_OVER_RETRY}x the ingress's "
+                            f"retry window (ingress.try_duration {ing.try_duration:g}s), or the retry window can hide "
+                            "a shift made before the new colour caught up")
+        if problems:
+            raise ValueError("durations out of production's order: " + "; ".join(problems))
         return self
 
     def port_settings(self) -> list[tuple[str, int]]:

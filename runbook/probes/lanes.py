@@ -120,11 +120,12 @@ def closed_while_idle(exc: BaseException) -> bool:
 class CoreLane:
     """One keep-alive connection (reconnected when closed or expired), prebuilt requests.
 
-    Like every mainstream HTTP client (Go's net/http for idempotent requests, browsers, hyper for requests
-    it had not finished sending), a request that fails *on a reused connection the server closed* before
-    any byte of a response is retried once on a new connection: the server never saw it. The retry is
-    recorded (``retried``) and counted apart, so the cost of a config reload stays visible; a request on
-    a fresh connection, or one whose retry fails too, is a failure."""
+    A request that fails *on a reused connection the server closed* before any byte of a response is
+    sent again once on a new connection, as Go's net/http (idempotent requests only), browsers and hyper
+    would. The retry is only there to keep measuring (latency, upstream, body): the prober records the
+    request as failed (``needed_retry``, the reason in ``retried``), since a client that does not retry,
+    or a JSON-RPC POST that Go would not replay, lost it. A request on a fresh connection, or one whose
+    retry fails too, fails with what it met."""
 
     def __init__(self, pool: httpcore.AsyncConnectionPool, requests: list[httpcore.Request], header: bytes) -> None:
         self._pool, self._requests, self._header = pool, requests, header

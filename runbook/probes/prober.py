@@ -9,8 +9,14 @@ It runs in its own thread with its own event loop, so a synchronous procedure ru
 
 **Open loop.** Request ``i`` is due at ``t0 + i / rate`` and is sent then, whatever happened to earlier
 ones (no coordinated omission). At most ``max_in_flight`` are outstanding; a request due while the cap is
-reached is recorded as failed (``overload``) at its scheduled time, never delayed. Nothing is retried: a
-keep-alive connection reset under a request is a failed request, as a client would see it.
+reached is recorded as failed (``overload``) at its scheduled time, never delayed.
+
+**Strict verdict: what a client that does not retry would lose.** A request that met a reused keep-alive
+connection the server had closed (Caddy closes idle client connections at every config reload) is sent
+again on a new connection, but only to keep measuring: it is recorded as failed (``needed_retry``, with the
+reason), since a client that does not retry lost it. An answer later than ``client_timeout`` is failed too
+(``late``): the client had given up. ``timeout`` (the transport's own, longer) only bounds how long the
+prober waits, so a late answer is still measured (its latency, its upstream, what its body said).
 
 **Lanes.** Each in-flight request has its own keep-alive connection (a one-connection httpcore pool, the
 engine of httpx; idle lanes are reused warmest first). A single pool of hundreds of connections scans
@@ -23,6 +29,9 @@ memory stays flat however long it runs. One JSON object per line::
 
     {"seq": 17, "sched": 0.034, "sent": 0.0342, "done": 0.0351, "latency_ms": 0.9, "kind": "POST getSlot",
      "status": 200, "upstream": "127.0.0.1:18899", "ok": true, "verdict": "ok", "error": ""}
+
+A request failed by the strict verdict keeps what its answer said in ``answer`` (``"answer": "ok"``) and,
+when it needed the prober's retry, why in ``retried``.
 
 Times are seconds since ``t0`` on the monotonic clock (``prober.json`` has ``t0_monotonic`` and the wall
 clock at t0); ``latency_ms`` is ``done - sent``; an ``overload`` record has ``sent`` and ``latency_ms``
@@ -120,6 +129,7 @@ class Prober:
         upstream_header: str = "X-Upstream",
         mix: Sequence[str] = DEFAULT_MIX,
         timeout: float = 2.0,
+        client_timeout: float | None = None,
         max_requests: int = 1_000_000,
         max_duration: float = 600.0,
         stale_slots: int = 150,
@@ -134,6 +144,9 @@ class Prober:
             *(["url must start with http:// or https://"] if not url.startswith(("http://", "https://")) else []),
             *(["rate must be > 0"] if not rate > 0 else []),
             *(["timeout must be > 0"] if not timeout > 0 else []),
+            *([f"client_timeout must be > 0 and <= timeout ({timeout:g} s): the transport must wait longer than "
+               "a client so a late answer is still measured"]
+              if client_timeout is not None and not 0 < client_timeout <= timeout else []),
             *(["max_requests must be >= 1"] if max_requests < 1 else []),
             *(["max_duration must be > 0"] if not max_duration > 0 else []),
             *(["mix is empty"] if not mix else []),
@@ -147,6 +160,7 @@ class Prober:
         self.upstream_header = upstream_header
         self.mix = tuple(KINDS[k] for k in mix)
         self.timeout = float(timeout)
+        self.client_timeout = float(client_timeout) if client_timeout is not None else self.timeout
         self.max_requests = int(max_requests)
         self.max_duration = float(max_duration)
         self.stale_slots = int(stale_slots)
@@ -206,7 +220,8 @@ class Prober:
             raise RunbookError(f"prober failed to start: {self._error!r}", obj=self.url) from self._error
         (self.out_dir / META_FILE).write_text(json.dumps({
             "url": self.url, "rate": self.rate, "t0_monotonic": self.t0, "started_at": self.started_at,
-            "mix": [k.name for k in self.mix], "timeout": self.timeout, "max_requests": self.max_requests,
+            "mix": [k.name for k in self.mix], "timeout": self.timeout,
+            "client_timeout": self.client_timeout, "max_requests": self.max_requests,
             "max_duration": self.max_duration, "stale_slots": self.stale_slots, "max_in_flight": self.max_in_flight,
             "upstream_header": self.upstream_header, "isolate": self.isolate, "thread_priority": self.thread_priority,
         }, indent=1))
@@ -405,13 +420,22 @@ class Prober:
             verdict, error = "timeout", "cancelled: the prober stopped before an answer"
         except Exception as exc:  # anything else is still a failed request, never a crashed prober
             verdict, error = "conn_error", f"{type(exc).__name__}: {exc}"
+        done = time.monotonic()
         self._in_flight -= 1
         self._idle.append(lane)
-        self._record(seq, sent, time.monotonic(), status, upstream, verdict, error,
-                     retried=getattr(lane, "retried", ""))
+        retried = getattr(lane, "retried", "")
+        answer = ""
+        if verdict == "ok" and retried:  # answered, but only on the prober's own retry
+            answer, verdict = verdict, "needed_retry"
+            error = f"lost to a client that does not retry: {retried}"
+        elif verdict == "ok" and done - sent > self.client_timeout:
+            answer, verdict = verdict, "late"
+            error = (f"answered after {done - sent:.3f} s, later than a client's {self.client_timeout:g} s timeout "
+                     "(the client had given up)")
+        self._record(seq, sent, done, status, upstream, verdict, error, retried=retried, answer=answer)
 
     def _record(self, seq: int, sent: float | None, done: float, status: int | None, upstream: str | None,
-                verdict: str, error: str, retried: str = "") -> None:
+                verdict: str, error: str, retried: str = "", answer: str = "") -> None:
         t0 = self.t0
         ok = verdict == "ok"
         self._completed += 1
@@ -427,5 +451,7 @@ class Prober:
         }
         if retried:
             rec["retried"] = retried
+        if answer:
+            rec["answer"] = answer
         assert self._fh is not None
         self._fh.write(_ENCODER.encode(rec) + "\n")

@@ -11,7 +11,10 @@ records are kept whole.
 
 Phases are the intervals between consecutive events: ``before <first>``, ``<first> -> <second>``, ...,
 ``after <last>`` (one phase, ``whole run``, when no event was marked). A request belongs to the phase its
-*scheduled* time falls in.
+*scheduled* time falls in. Each phase has its lost requests by cause (every verdict but ``ok``), its slowest
+answer, and the longest gap between successful answers that overlaps it (a gap across a boundary shows
+whole in both phases, never split). These are figures: the verdict over them is
+:func:`runbook.checks.zero_drop.verdict`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ META_FILE = "prober.json"
 SUMMARY_FILE = "summary.json"
 NO_UPSTREAM = "-"
 """Key of requests that named no upstream (no response, or no upstream header) in per-upstream counts."""
-VERDICTS = ("ok", "behind", "stale", "http_error", "conn_error", "timeout", "bad_body", "overload")
+VERDICTS = ("ok", "behind", "stale", "http_error", "conn_error", "timeout", "bad_body", "overload", "needed_retry",
+            "late")
+"""``needed_retry``: answered only on the prober's own retry (lost to a client that does not retry);
+``late``: answered after the client's timeout; both set by the prober, see :mod:`runbook.probes.prober`."""
 NODE_UNHEALTHY = -32005  # agave's RpcCustomError::NodeUnhealthy
 
 
@@ -179,6 +185,11 @@ class Event:
     detail: str = ""
 
 
+def lost_by_cause(verdicts: Mapping[str, int]) -> dict[str, int]:
+    """The failed requests of a verdict count, by cause (every verdict but ``ok``)."""
+    return {v: n for v, n in sorted(verdicts.items()) if v != "ok" and n}
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -189,6 +200,12 @@ class Phase:
     verdicts: Mapping[str, int]
     upstreams: Mapping[str, int]
     latency: Percentiles
+    slowest_ms: float = 0.0  # the slowest answer (a response of any status, late ones included)
+    longest_gap: Gap = Gap(0.0, 0.0, 0.0)  # the longest gap between successes overlapping the phase
+
+    @property
+    def lost(self) -> dict[str, int]:
+        return lost_by_cause(self.verdicts)
 
 
 @dataclass(frozen=True)
@@ -212,8 +229,14 @@ class ProbeSummary:
     upstreams: Mapping[str, int]
     phases: tuple[Phase, ...]
     events: tuple[Event, ...] = field(default=())
-    retried: int = 0  # answered only on a retry: the server had closed a reused connection (config reload)
+    retried: int = 0  # needed a retry: the server had closed a reused connection (config reload); failed
     retries: tuple[Mapping[str, Any], ...] = field(default=())  # the first such records, whole
+    slowest_ms: float = 0.0  # the slowest answer of the run
+    client_timeout: float = 0.0  # s: answers later than this are failed (``late``); from prober.json
+
+    @property
+    def lost(self) -> dict[str, int]:
+        return lost_by_cause(self.verdicts)
 
     @property
     def ok(self) -> bool:
@@ -233,19 +256,23 @@ class ProbeSummary:
             f"(achieved {self.achieved_rate:.1f}/s); {self.failed} failed"
             + ("" if self.ok else " -- NOT zero-drop"),
             f"  verdicts: {verdicts or 'none'}",
-            f"  latency: {self.latency}",
+            f"  latency: {self.latency}; slowest answer {self.slowest_ms:.1f} ms (client timeout "
+            f"{self.client_timeout * 1000:.0f} ms)",
             f"  send lag: {self.send_lag}; {self.send_lag_within_5ms:.2%} within 5 ms",
             f"  longest gap between successes: {gap.seconds * 1000:.1f} ms (t={gap.start:.3f}..{gap.end:.3f} s)",
             "  upstreams: " + _counts(self.upstreams),
         ]
         if self.retried:
             lines.append(f"  {self.retried} request(s) met a keep-alive connection the server had closed (a Caddy "
-                         "config reload closes idle client connections) and were answered on a retry:")
+                         "config reload closes idle client connections): lost to a client that does not retry:")
             lines += [f"    #{r.get('seq')} t={float(r.get('sched') or 0):.3f}s {r.get('kind')}: {r.get('retried')}"
                       for r in self.retries[:max_listed]]
         for ph in self.phases:
-            lines.append(f"  phase {ph.name!r} ({_span(ph.start, ph.end)}): {ph.total} requests, {ph.failed} failed; "
-                         f"upstreams {_counts(ph.upstreams)}; latency {ph.latency}")
+            lost = ", ".join(f"{k} {v}" for k, v in ph.lost.items()) or "none"
+            lines.append(f"  phase {ph.name!r} ({_span(ph.start, ph.end)}): {ph.total} requests, {ph.failed} lost "
+                         f"({lost}); slowest answer {ph.slowest_ms:.1f} ms; longest gap "
+                         f"{ph.longest_gap.seconds * 1000:.1f} ms; upstreams {_counts(ph.upstreams)}; "
+                         f"latency {ph.latency}")
         if self.failures:
             lines.append("  failed requests (seq, t, kind, verdict, upstream, error):")
             for rec in self.failures[:max_listed]:
@@ -277,6 +304,8 @@ class _Acc:
         self.verdicts: Counter[str] = Counter()
         self.upstreams: Counter[str] = Counter()
         self.latency = Histogram()
+        self.slowest = 0.0
+        self.gap = Gap(0.0, 0.0, 0.0)
 
     def add(self, rec: Mapping[str, Any]) -> None:
         self.total += 1
@@ -287,6 +316,8 @@ class _Acc:
         latency = rec.get("latency_ms")
         if latency is not None:
             self.latency.add(float(latency))
+            if rec.get("status") is not None and float(latency) > self.slowest:
+                self.slowest = float(latency)
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -360,6 +391,8 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
         if rec.get("ok"):
             if done - last_ok > gap.seconds:
                 gap = Gap(round(done - last_ok, 6), round(last_ok, 6), round(done, 6))
+            if done > last_ok:
+                _gap_into_phases(accs, bounds, last_ok, done)
             last_ok = max(last_ok, done)
         else:
             first_fail = sched if first_fail is None else min(first_fail, sched)
@@ -368,6 +401,8 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
                 failures.append(rec)
     if end - last_ok > gap.seconds:  # the run ended without a success since last_ok
         gap = Gap(round(end - last_ok, 6), round(last_ok, 6), round(end, 6))
+    if end > last_ok:
+        _gap_into_phases(accs, bounds, last_ok, end)
     names = phase_names(events)
     phases = tuple(
         Phase(
@@ -379,6 +414,8 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
             verdicts=dict(acc.verdicts),
             upstreams=dict(acc.upstreams),
             latency=acc.latency.percentiles(),
+            slowest_ms=round(acc.slowest, 3),
+            longest_gap=acc.gap,
         )
         for i, acc in enumerate(accs)
     )
@@ -403,7 +440,17 @@ def summarize(out_dir: Path, *, max_failures: int = 50) -> ProbeSummary:
         events=events,
         retried=retried,
         retries=tuple(retries),
+        slowest_ms=round(overall.slowest, 3),
+        client_timeout=float(meta.get("client_timeout", meta.get("timeout", 0.0))),
     )
+
+
+def _gap_into_phases(accs: list[_Acc], bounds: list[float], start: float, end: float) -> None:
+    """The gap between successes ``start..end`` counts, whole, in every phase it overlaps."""
+    seconds = end - start
+    for i in range(bisect_right(bounds, start), min(bisect_right(bounds, end), len(bounds)) + 1):
+        if seconds > accs[i].gap.seconds:
+            accs[i].gap = Gap(round(seconds, 6), round(start, 6), round(end, 6))
 
 
 def write_summary(summary: ProbeSummary, out_dir: Path) -> Path:

@@ -14,7 +14,9 @@ placeholder       value
 ``global_options``  loopback sites: ``auto_https off``, ``skip_install_trust``, ``default_bind <host>``
                   (no certificates, no ACME, nothing bound beyond loopback); public sites: none
 ``health_interval``, ``health_timeout``, ``fail_duration``, ``try_duration``, ``try_interval``:
-                  timings with production defaults (:data:`DEFAULTS`); tests override them
+                  timings with production defaults (:data:`DEFAULTS`); ``health_interval`` and
+                  ``try_duration`` from the env (``ingress.*``, production's by default; health_timeout
+                  no longer than the interval); tests override them
 ================  =====================================================================================
 
 Caddy keeps certificates/locks under ``$XDG_DATA_HOME/caddy`` and its autosaved config under
@@ -136,6 +138,12 @@ def global_options(url: str) -> str:
     return "".join(f"\t{line}\n" for line in lines)
 
 
+def go_duration(seconds: float) -> str:
+    """Seconds as a Caddyfile duration (``250ms``, ``5s``)."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def template_vars(env: Env, **overrides: str) -> dict[str, str]:
     """Every placeholder's value for ``env``; ``overrides`` replace any of them (unknown names refused)."""
     unknown = sorted(set(overrides) - set(VARIABLES))
@@ -149,6 +157,10 @@ def template_vars(env: Env, **overrides: str) -> dict[str, str]:
         "upstream_header": env.ingress.upstream_header,
         "global_options": global_options(env.ingress.url),
         **DEFAULTS,
+        # the env's retry window and health interval (production's by default; a testbed compresses them)
+        "health_interval": go_duration(env.ingress.health_interval),
+        "health_timeout": go_duration(min(env.ingress.health_interval, 1.0)),
+        "try_duration": go_duration(env.ingress.try_duration),
     }
     values.update(overrides)
     return values

@@ -34,6 +34,7 @@ class Behaviour:
     status: int = 200
     upstream: str = "up-a:1"
     hang: bool = False
+    delay: float = 0.0  # seconds before each answer
     rpc_error: int | None = None
 
 
@@ -68,8 +69,12 @@ class _Http(asyncio.Protocol):
                 body = b'{"jsonrpc":"2.0","id":1,"error":{"code":%d,"message":"nope"}}' % b.rpc_error
             else:
                 body = b'{"jsonrpc":"2.0","id":1,"result":%d}' % b.slot
-            self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nX-Upstream: %s\r\n\r\n%s"
-                                 % (b.status, len(body), b.upstream.encode(), body))
+            answer = (b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nX-Upstream: %s\r\n\r\n%s"
+                      % (b.status, len(body), b.upstream.encode(), body))
+            if b.delay:
+                asyncio.get_running_loop().call_later(b.delay, self.transport.write, answer)
+            else:
+                self.transport.write(answer)
 
 
 class Upstream:
@@ -220,6 +225,52 @@ def test_a_stale_slot_is_a_failure(upstream: Upstream, make: Callable[..., Probe
     assert set(summary.verdicts) == {"ok", "stale"}
     stale = [r for r in records(p) if r["verdict"] == "stale"]
     assert stale and "slot 9000 is 1000 behind the highest seen (10000" in stale[0]["error"]
+
+
+def test_an_answer_later_than_the_client_timeout_is_failed_but_measured(upstream: Upstream,
+                                                                        make: Callable[..., Prober]) -> None:
+    upstream.behaviour.delay = 0.3
+    p = make(url=upstream.url, rate=50, max_requests=4, mix=["GET /health"], timeout=2.0, client_timeout=0.1).start()
+    assert p.wait(15)
+    summary = p.stop()
+    assert summary.verdicts == {"late": 4} and summary.lost == {"late": 4} and not summary.ok
+    assert summary.client_timeout == 0.1 and summary.slowest_ms >= 300
+    for r in records(p):
+        assert (r["status"], r["answer"], r["upstream"]) == (200, "ok", "up-a:1") and r["latency_ms"] >= 300
+        assert "later than a client's 0.1 s timeout" in r["error"]
+    (phase,) = summary.phases
+    assert phase.lost == {"late": 4} and phase.slowest_ms == summary.slowest_ms
+    assert phase.longest_gap.seconds >= 0.3  # no success at all: the whole run is one gap
+    # the same answers within a patient client's timeout are ok (the protection: a late answer fails)
+    q = make(url=upstream.url, rate=50, max_requests=4, mix=["GET /health"], timeout=2.0, client_timeout=1.0,
+             out_dir=p.out_dir.parent / "q").start()
+    assert q.wait(15)
+    assert q.stop().verdicts == {"ok": 4}
+
+
+def test_a_gap_overlapping_two_phases_counts_whole_in_both(upstream: Upstream, make: Callable[..., Prober]) -> None:
+    p = make(url=upstream.url, rate=100, max_duration=30, mix=["GET /health"]).start()
+    until(lambda: p.progress.completed, lambda n: n >= 10, "10 answers")
+    upstream.behaviour.health = b"behind"
+    mark = p.progress.scheduled
+    until(lambda: p.progress.completed, lambda n: n >= mark + 10, "10 behind answers")
+    p.event("half way")
+    mark = p.progress.scheduled
+    until(lambda: p.progress.completed, lambda n: n >= mark + 10, "10 more behind answers")
+    upstream.behaviour.health = b"ok"
+    mark = p.progress.scheduled
+    until(lambda: p.progress.completed, lambda n: n >= mark + 10, "answers ok again")
+    summary = p.stop()
+    before, after = summary.phases
+    gap = summary.longest_gap
+    assert gap.seconds >= 0.15 and gap.start < summary.events[0].t < gap.end
+    assert before.longest_gap == after.longest_gap == gap
+    assert before.lost == {"behind": before.failed} and after.lost == {"behind": after.failed}
+
+
+def test_a_client_timeout_longer_than_the_transport_timeout_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="client_timeout"):
+        Prober(url="http://127.0.0.1:1", rate=1, out_dir=tmp_path, timeout=1.0, client_timeout=2.0)
 
 
 def test_http_errors_and_json_rpc_errors_are_failures(upstream: Upstream, make: Callable[..., Prober]) -> None:
