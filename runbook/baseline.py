@@ -35,8 +35,8 @@ from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed, RunbookError, TestbedError
 from runbook.procedures import bluegreen as bg
-from runbook.procedures import journal_for, registry
-from runbook.procedures.framework import Journal
+from runbook.procedures import journal_for, journal_store, registry
+from runbook.procedures.journal import Journal, JournalCorrupt
 from runbook.wait import wait_for
 
 log = logging.getLogger("runbook")
@@ -311,20 +311,26 @@ def journal_dir(env: Env) -> Path:
 
 
 def clear_journals(env: Env) -> list[str]:
-    """Clear every procedure's journal. A finished run's is routine; an unfinished one is reported."""
+    """Clear every procedure's journal. A finished run's is routine; an unfinished or corrupt one is reported."""
     fixed = []
-    paths = {journal_for(env, name).path for name in registry()} | set(journal_dir(env).glob("*.json"))
-    for path in sorted(paths):
-        if not path.exists():
+    store = journal_store(env)
+    for name in sorted({f"{proc}.json" for proc in registry()} | set(store.names())):
+        journal = Journal(store=store, name=name)
+        try:
+            state = journal.load()
+        except JournalCorrupt as exc:
+            journal.clear()
+            fixed.append(f"cleared the corrupt journal {name} ({exc.message.split('. ')[0]})")
             continue
-        state = Journal(path).load()
-        Journal(path).clear()
+        if not state:
+            continue
+        journal.clear()
         status = state.get("status")
         if status not in FINISHED:
-            fixed.append(f"cleared the journal {path.name} of an unfinished {state.get('procedure', '?')} run "
+            fixed.append(f"cleared the journal {name} of an unfinished {state.get('procedure', '?')} run "
                          f"(status {status!r})")
         else:
-            log.info("cleared the journal %s (%s run %s)", path, state.get("procedure"), status)
+            log.info("cleared the journal %s (%s run %s)", journal.where, state.get("procedure"), status)
     return fixed
 
 

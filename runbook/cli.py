@@ -177,6 +177,9 @@ def run_procedure(procedure: str, env: str = EnvOption, target_version: str = Ta
         if procedure not in FEATURES:
             raise RunbookError(f"unknown procedure {procedure!r}: known are {', '.join(sorted(FEATURES))}")
         _confirm(e, f"running {procedure}", target_version, yes)
+        from runbook.procedures import before_run
+
+        _say(before_run(e, procedure, target_version))  # the lock and the journal, checked before anything runs
         argv = [sys.executable, "-m", "pytest", FEATURES[procedure], f"--env={env}", "--allow-mutations",
                 "-o", "log_cli=true", "--log-cli-level=INFO"]  # progress (slots behind, ETA, MiB/s) live
         if target_version:
@@ -200,6 +203,12 @@ def rollback_cmd(procedure: str = typer.Argument("agave-upgrade"), env: str = En
 
         e = _env(env)
         proc = get(procedure)
+        journal = journal_for(e, procedure)
+        state = journal.load()  # a corrupt journal stops here, before anything connects or changes
+        if not state:
+            raise RunbookError(f"no {procedure} run in the journal {journal.where}: nothing to roll back")
+        _say(f"{procedure} run {state.get('facts', {}).get('run_id', '?')}: {state.get('status')} "
+             f"(journal {journal.where})")
         _confirm(e, f"rolling back {procedure}", None, yes, need_target=False)
         ctx = Context(adapters=_adapters(e), params={}, progress=_say)
         if procedure == "agave-upgrade":

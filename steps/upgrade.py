@@ -109,8 +109,7 @@ def _upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, par
     proc = procedure_for(request.config, "agave-upgrade")
     ctx = _context(adapters, evidence, probe, params)
     run = UpgradeRun(ctx)
-    journal = journal_for(adapters.env, "agave-upgrade")
-    journal.clear()
+    journal = journal_for(adapters.env, "agave-upgrade")  # an unfinished run with these parameters resumes
     try:
         run.result = proc.run(ctx, journal=journal, interrupt_after=interrupt_after)
     except Interrupted as exc:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import time
 
 import testinfra
+from testinfra.backend.ssh import SshBackend
 
 from runbook.adapters.base import CommandResult, ProcessInfo, ServiceState
 from runbook.errors import AdapterError, CommandFailed
@@ -40,6 +42,25 @@ class TestinfraHost:
         if check and r.rc != 0:
             raise CommandFailed(f"on host {self.url}", command=command, rc=r.rc, stderr=r.stderr, env=self.env_name)
         return result
+
+    def spawn(self, command: str) -> subprocess.Popen[str]:
+        """Start ``command`` on the host and leave it running, its stdin, stdout and stderr piped to us: it
+        ends when we close its stdin or exit (the ssh session closes). With sudo when the URL says so.
+        In its own session, so the operator's Ctrl-C reaches us, not it."""
+        backend = self._host.backend
+        remote = backend.get_command(command)
+        if isinstance(backend, SshBackend):
+            cmd, args = backend._build_ssh_command(remote)  # testinfra's own ssh options (user, port, config)
+            local = backend.quote(" ".join(cmd), *args)
+        elif backend.NAME == "local":
+            local = remote
+        elif backend.NAME == "docker":
+            local = backend.quote("docker exec -i %s /bin/sh -c %s", backend.name, remote)
+        else:
+            raise AdapterError(f"host {self.url}: cannot keep a command running over the {backend.NAME} backend",
+                               env=self.env_name)
+        return subprocess.Popen(["/bin/sh", "-c", local], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def processes(self, name: str) -> list[ProcessInfo]:
         """Processes whose program is ``name`` (by comm or by the program word of the command line), with

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
 from runbook.procedures import agave_upgrade as up
@@ -128,10 +130,16 @@ AFTER_CLEANUP = Procedure(
 
 
 def rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
-    """Roll the upgrade back from wherever its journal says it stopped."""
+    """Roll the upgrade back from wherever its journal says it stopped, under the env's lock. The snapshot
+    restored and destroyed is the one the upgrade's journal records (that run's, by its run id)."""
+    with upgrade_journal.lock(up.PROCEDURE.name, "rollback"):
+        return _rollback(ctx, upgrade_journal, rollback_journal)
+
+
+def _rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
     state = upgrade_journal.load()
     if not state or state.get("procedure") != up.PROCEDURE.name:
-        raise RunbookError("no agave-upgrade in the journal: nothing to roll back", obj=str(upgrade_journal.path))
+        raise RunbookError("no agave-upgrade in the journal: nothing to roll back", obj=upgrade_journal.where)
     ctx.facts.update(state.get("facts", {}))
     if state.get("status") == "rolled back":
         ctx.progress("the upgrade was already rolled back")
@@ -142,7 +150,11 @@ def rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) 
     if state.get("status") != "done":
         up.PROCEDURE.roll_back(ctx, upgrade_journal)
         return [StepOutcome("(rollback before cleanup)", "rolled back")]
-    result = AFTER_CLEANUP.run(ctx, journal=rollback_journal, rollback="none")
+    prior = rollback_journal.load()
+    if prior.get("status") == "failed":  # `runbook rollback` again retries it: its steps skip what is done
+        rollback_journal.save({**prior, "status": "running"})
+    # no parameters: the same run whether the CLI or a scenario resumes it (the facts are the upgrade's)
+    result = AFTER_CLEANUP.run(dataclasses.replace(ctx, params={}), journal=rollback_journal, rollback="none")
     if not result.ok:
         raise RunbookError(f"ROLLBACK AFTER CLEANUP FAILED: {result.error}", procedure=AFTER_CLEANUP.name)
     state["status"] = "rolled back"

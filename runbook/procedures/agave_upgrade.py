@@ -26,7 +26,7 @@ from runbook.errors import CheckFailed, PreconditionFailed
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
-from runbook.procedures.framework import Context, Procedure, Step
+from runbook.procedures.framework import Context, Procedure, Step, new_run_id
 from runbook.testbed.caddy import template_vars
 from runbook.wait import wait_for
 
@@ -56,8 +56,18 @@ def prepare(ctx: Context) -> None:
         "live": live, "idle": idle, "target_version": target,
         "live_image": live_image, "target_image": bg.image_with_tag(live_image, target),
         "sidecar_image": sidecar_image,
-        "snapshot": f"{env.storage.snapshot_prefix}-{target}",
+        "snapshot": snapshot_name(env, target, ctx),
     })
+
+
+def snapshot_name(env: Any, target: str, ctx: Context) -> str:
+    """This run's snapshot: ``<prefix>-<target>-<run id>``. Named per run, so a snapshot an earlier run left
+    (``pre-upgrade-v2.2.1`` after a rollback, or another run's) is never taken for this run's and cloned."""
+    if ctx.params.get("plan"):
+        return f"{env.storage.snapshot_prefix}-{target}-YYYYMMDDTHHMMSSZ-xxxx"  # the run id's shape
+    if "run_id" not in ctx.facts:
+        ctx.facts["run_id"] = new_run_id()
+    return f"{env.storage.snapshot_prefix}-{target}-{ctx.facts['run_id']}"
 
 
 def _live(ctx: Context) -> Any:
@@ -90,11 +100,24 @@ def _kubectl(ctx: Context) -> str:
 
 # ------------------------------------------------------------------------------------------- prepare
 def snapshot_exists(ctx: Context) -> bool:
+    """This run's snapshot (the name in its journal's facts) exists; no other snapshot counts."""
     ds = _dataset(ctx, _live(ctx).data)
     return ds is not None and _snapshot(ctx) in ds.snapshots
 
 
+def stale_snapshots(ctx: Context) -> list[str]:
+    """Pre-upgrade snapshots of the live data that are not this run's: left alone, never cloned."""
+    ds = _dataset(ctx, _live(ctx).data)
+    mine, prefix = _snapshot(ctx), f"{_live(ctx).data}@{ctx.env.storage.snapshot_prefix}-"
+    return [s for s in (ds.snapshots if ds else ()) if s.startswith(prefix) and s != mine]
+
+
 def take_snapshot(ctx: Context) -> None:
+    stale = stale_snapshots(ctx)
+    if stale:
+        ctx.progress(f"left alone: {', '.join(stale)} (earlier runs' pre-upgrade snapshots; this run takes and "
+                     f"clones its own, {_snapshot(ctx)})")
+        ctx.record("earlier pre-upgrade snapshots, not used", stale)
     name = ctx.adapters.storage.snapshot(_live(ctx).data, ctx.facts["snapshot"])
     ctx.record("snapshot", name)
 

@@ -3,8 +3,13 @@ deadline, and a rollback. Modelled on chaostoolkit's experiment (steady state be
 with an explicit policy, a journal as evidence), but typed.
 
 - A step whose real state is already there (``is_done``) is not acted on again: a re-run resumes.
-- The journal (one JSON file per env and procedure) records what completed, with which parameters, so an
-  interrupted run is resumed with the same parameters and `runbook rollback` knows what to undo.
+- The journal (one JSON document per env and procedure, :mod:`runbook.procedures.journal`) records what
+  completed, with which parameters, so an interrupted run is resumed with the same parameters and
+  `runbook rollback` knows what to undo. A run finds the journal in one of three states: finished (done,
+  rolled back) or absent, and a new run starts, with a new run id in its facts; unfinished with the same
+  parameters, and it resumes; anything else (other parameters, a failed run not rolled back, a failed
+  rollback) is refused with what to do (:func:`resume_or_refuse`). A corrupt journal is an error.
+- One run or rollback at a time per env: the journal's lock, held for the whole run, names its holder.
 - A failed step stops the procedure; with ``rollback="auto"`` the rollbacks of the steps that changed
   something run in reverse order, then the procedure's steady state is verified again. A rollback
   failure is raised loudly with the original error attached.
@@ -14,13 +19,17 @@ with an explicit policy, a journal as evidence), but typed.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from runbook.errors import RunbookError
+from runbook.procedures.journal import Journal, JournalCorrupt, Locked
+
+__all__ = ["Context", "Interrupted", "Journal", "JournalCorrupt", "Locked", "Procedure", "RollbackFailed",
+           "RunRefused", "RunResult", "Step", "StepOutcome", "new_run_id", "resume_or_refuse"]
 
 Progress = Callable[[str], None]
 RollbackPolicy = Literal["auto", "none"]
@@ -34,26 +43,61 @@ class RollbackFailed(RunbookError):
     """A rollback did not restore the environment: loud, with the error that caused it."""
 
 
-class Journal:
-    """What a procedure completed on an env, persisted after every step."""
+class RunRefused(RunbookError):
+    """The journal holds an unfinished run this one cannot resume: the message says how to go on."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def load(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.path.read_text()))
-        except (OSError, ValueError):
-            return {}
+def new_run_id() -> str:
+    """A short id naming one run (and what it creates, like its snapshot): UTC time and 4 random hex digits."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}"
 
-    def save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        tmp.replace(self.path)
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+def _options(params: dict[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items() if k in ("target_version", "cleanup"))
+
+
+def env_option(env: Any) -> str:
+    """How a command line names ``env``: its name for a file under envs/, else the file's path."""
+    from pathlib import Path
+
+    from runbook.env import envs_dir
+
+    source = str(getattr(env, "source", "") or "")
+    if not source or Path(source).resolve() == (envs_dir() / f"{env.name}.yaml").resolve():
+        return str(env.name)
+    return source
+
+
+def resume_or_refuse(state: dict[str, Any], procedure: str, params: dict[str, Any], *, env: str = "",
+                     where: str = "") -> dict[str, Any] | None:
+    """What a run of ``procedure`` with ``params`` does with the journal ``state``: None starts a new run
+    (no journal, or a finished one), a state is resumed (an unfinished run with the same parameters);
+    anything else raises :class:`RunRefused` saying how to go on."""
+    status = state.get("status")
+    if not state or status in ("done", "rolled back"):
+        return None
+    owner = str(state.get("procedure"))
+    env_opt = f" --env={env}" if env else ""
+    rollback = f"`runbook rollback {owner}{env_opt}`"
+    stopped = f"completed: {', '.join(state.get('completed') or []) or 'nothing yet'}"
+    if status == "running" and owner == procedure and state.get("params") == _jsonable(params):
+        return state
+    if status == "running":
+        what = "with other parameters" if owner == procedure else f"of {owner}"
+        raise RunRefused(
+            f"an unfinished {owner} run {what} is in the journal {where} (parameters {state.get('params')}; "
+            f"{stopped}). Resume it with the same parameters (`runbook run {owner}{env_opt} "
+            f"{_options(state.get('params') or {})}`), or roll it back with {rollback} to start over",
+            procedure=procedure, obj=where)
+    if status == "failed":
+        raise RunRefused(
+            f"the last {owner} run failed and was not rolled back ({state.get('error', 'no error recorded')}; "
+            f"{stopped}; journal {where}). Roll it back with {rollback}, then run again", procedure=procedure,
+            obj=where)
+    raise RunRefused(
+        f"a rollback of {owner} failed ({state.get('error', 'see the journal')}; journal {where}): the env is "
+        f"half rolled back. Fix what it names, then run {rollback} again; a new run starts once it is rolled back",
+        procedure=procedure, obj=where)
 
 
 @dataclass
@@ -126,21 +170,27 @@ class Procedure:
         rollback: RollbackPolicy = "auto",
         interrupt_after: str | None = None,
     ) -> RunResult:
-        """Run or resume. ``interrupt_after`` stops right after that step (tests of resumption)."""
-        state = journal.load()
-        if state and state.get("procedure") == self.name and state.get("status") == "running":
-            if state.get("params") != _jsonable(ctx.params):
-                raise RunbookError(
-                    f"an unfinished {self.name} run with other parameters is in the journal "
-                    f"({state.get('params')}): resume it with those or roll it back first",
-                    procedure=self.name, obj=str(journal.path))
+        """Run, or resume the journal's unfinished run; under the env's lock for the whole run.
+        ``interrupt_after`` stops right after that step (tests of resumption)."""
+        with journal.lock(self.name, "run"):
+            return self._run(ctx, journal, rollback, interrupt_after)
+
+    def _run(self, ctx: Context, journal: Journal, rollback: RollbackPolicy, interrupt_after: str | None) -> RunResult:
+        env = getattr(ctx.adapters, "env", None)
+        resumed = resume_or_refuse(journal.load(), self.name, ctx.params, env=env_option(env) if env else "",
+                                   where=journal.where)
+        if resumed is not None:
+            state = resumed
             ctx.facts.update(state.get("facts", {}))
-            ctx.progress(f"resuming {self.name} from its journal ({journal.path})")
+            ctx.progress(f"resuming {self.name} run {ctx.facts.get('run_id', '')} from its journal ({journal.where}); "
+                         f"completed: {', '.join(state.get('completed', [])) or 'nothing yet'}")
         else:
             state = {"procedure": self.name, "params": _jsonable(ctx.params), "status": "running",
                      "started": time.time(), "completed": [], "acted": []}
-        if not ctx.facts:
-            self.prepare(ctx)
+            derived = bool(ctx.facts)  # a caller's facts (a rollback's are the upgrade's): prepare is skipped
+            ctx.facts.setdefault("run_id", new_run_id())
+            if not derived:
+                self.prepare(ctx)
         state["facts"] = ctx.facts
         journal.save(state)
 
@@ -196,7 +246,14 @@ class Procedure:
     # -------------------------------------------------------------------- rollback
     def roll_back(self, ctx: Context, journal: Journal, *, cause: BaseException | None = None) -> None:
         """Undo, in reverse, every step the journal says acted; then check the steady state."""
+        with journal.lock(self.name, "rollback"):
+            self._roll_back(ctx, journal, cause)
+
+    def _roll_back(self, ctx: Context, journal: Journal, cause: BaseException | None) -> None:
         state = journal.load()
+        if not state:
+            raise RunbookError(f"no {self.name} run in the journal {journal.where}: nothing to roll back",
+                               procedure=self.name, obj=journal.where)
         ctx.facts.update(state.get("facts", {}))
         acted = [s for s in self.steps if s.name in state.get("acted", [])]
         for step in reversed(acted):
@@ -207,6 +264,7 @@ class Procedure:
                 step.rollback(ctx)
             except RunbookError as exc:
                 state["status"] = "rollback failed"
+                state["error"] = f"at {step.name}: {exc}"
                 journal.save(state)
                 why = f" (the run had failed with: {cause})" if cause else ""
                 raise RollbackFailed(f"ROLLBACK FAILED at {step.name}: {exc}{why}", procedure=self.name,
