@@ -178,14 +178,19 @@ class HostStore:
             self._host = self._host()
         return self._host
 
+    @property
+    def host_name(self) -> str:
+        """The host URL without its query (``ssh://biscayne``, not its ssh_config or sudo options)."""
+        return str(self.host.url).split("?", 1)[0]
+
     def where(self, name: str) -> str:
-        return f"{self.host.url}:{self.directory / name}"
+        return f"{self.host_name}:{self.directory / name}"
 
     def _run(self, command: str, what: str, *, ok: tuple[int, ...] = (0,)) -> Any:
         r = self.host.run(command, check=False, timeout=60.0)
         if r.rc not in ok:
             said = r.stderr.strip() or r.stdout.strip()
-            raise AdapterError(f"cannot {what} in {self.host.url}:{self.directory}: {said} (rc {r.rc}; the host "
+            raise AdapterError(f"cannot {what} in {self.host_name}:{self.directory}: {said} (rc {r.rc}; the host "
                                f"user needs write access there: create the directory, or add ?sudo=true to the "
                                f"env's host URL)", obj=str(self.directory))
         return r
@@ -213,7 +218,7 @@ class HostStore:
         return f"host:{self.host.url}:{self.directory / LOCK_NAME}"
 
     def acquire(self, holder: dict[str, Any]) -> Any:
-        where = f"{self.host.url}:{self.directory / LOCK_NAME}"
+        where = f"{self.host_name}:{self.directory / LOCK_NAME}"
         script = _HOLD.format(dir=shlex.quote(str(self.directory)), busy=_BUSY, holder=shlex.quote(json.dumps(holder)))
         proc = self.host.spawn(script)
         assert proc.stdout is not None
@@ -283,9 +288,9 @@ class Journal:
     def _corrupt(self, why: str) -> JournalCorrupt:
         return JournalCorrupt(
             f"the journal {self.where} is corrupt: {why}. Nothing was run or rolled back: the journal is what "
-            f"says which steps acted. Look at it, and at the env's real state (`runbook status`); then move it "
-            f"aside (keep it: it is the record of that run) and roll back or run again by hand from what you "
-            f"find", obj=self.where)
+            f"says which steps acted. Look at it and at the env's real state (`runbook status`): repair the "
+            f"file if you can read what it held; else move it aside (keep it: it is that run's record) and undo "
+            f"by hand what `runbook status` shows, with the commands `runbook plan` prints", obj=self.where)
 
     def save(self, data: dict[str, Any]) -> None:
         self.store.write(self.name, json.dumps(data, indent=1, default=str))
