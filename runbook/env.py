@@ -135,6 +135,18 @@ class ProbeConfig(_Model):
     max_gap: Duration = Field(default=1.0, gt=0, description="longest allowed time between successful answers")
 
 
+def _one_or_more_urls(value: object) -> list[str]:
+    """``cluster_rpc``: one http(s) URL (as before) or a non-empty list of them."""
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not urls:
+        raise ValueError(f"expected an http(s) URL or a non-empty list of them, got {value!r}")
+    for url in urls:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+    return [str(u).rstrip("/") for u in urls]
+
+
 class Timeouts(_Model):
     catch_up: Duration = 6 * 3600.0
     healthy: Duration = 600.0
@@ -160,6 +172,8 @@ class TestbedConfig(_Model):
     storage_size: str = "1G"
     images: dict[str, list[str]] = Field(description="image -> stand-in command (argv template)")
     host_paths: dict[str, str] = Field(default_factory=dict, description="hostPath prefix -> local path")
+    cluster_rate_limit: float = Field(default=4.0, ge=0, description="requests/s per client address the cluster "
+                                      "stand-in answers before HTTP 429 + Retry-After, as a public RPC; 0: no limit")
 
 
 class Env(_Model):
@@ -172,7 +186,10 @@ class Env(_Model):
     deployments: Deployments
     storage: StorageConfig
     doublezero: DoubleZeroConfig
-    cluster_rpc: str
+    cluster_rpc: Annotated[list[str], BeforeValidator(_one_or_more_urls)] = Field(
+        description="the reference RPC(s) giving the cluster tip, in order of preference (one URL or a list)")
+    reference_poll: Duration = Field(default=2.0, ge=0.5, le=300.0, description="seconds between calls to the "
+                                     "reference RPC while catching up (a public RPC answers 429 above a few a second)")
     entrypoints: list[str] = Field(default_factory=list, description="the cluster's gossip entrypoints "
                                    "(HOST:PORT) the validator joins; empty keeps the manifest's --entrypoint")
     target_version: str | None = Field(default=None, description="default upgrade target (disposable envs)")

@@ -85,7 +85,7 @@ def render_deployment(
         sidecar["image"] = sidecar_image
     for var in sidecar.get("env", []):
         if var.get("name") == "DOUBLEZERO_RPC_ENDPOINT":
-            var["value"] = env.cluster_rpc
+            var["value"] = env.cluster_rpc[0]  # the preferred reference
     paths = {"accounts": cfg.accounts, **(host_paths or {})}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for name, path in paths.items():

@@ -14,7 +14,9 @@ URL and the method. ``getHealth``'s "node is behind" error is an answer, not a f
 
 from __future__ import annotations
 
+import email.utils
 import itertools
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -79,6 +81,34 @@ class RpcError(AdapterError):
         super().__init__(f"RPC {method} at {url}: JSON-RPC error {code}: {rpc_message}", obj=url)
 
 
+class HttpStatusError(AdapterError):
+    """The endpoint answered a JSON-RPC call with an HTTP status other than 200 (a public RPC's 429, a
+    proxy's 502...). ``retry_after`` is the ``Retry-After`` header in seconds, when the answer had one."""
+
+    def __init__(self, *, url: str, method: str, status_code: int, body: str, retry_after: float | None) -> None:
+        self.url = url
+        self.method = method
+        self.status_code = status_code
+        self.retry_after = retry_after
+        super().__init__(f"RPC {method} at {url}: HTTP {status_code}: {body.strip()[:200]!r}", obj=url)
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` (delta-seconds or an HTTP-date) in seconds from now; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 class RpcClient:
     """A synchronous client of one node's RPC endpoint. Keyword-only; ``transport`` is for tests."""
 
@@ -131,7 +161,8 @@ class RpcClient:
         except httpx.HTTPError as exc:
             raise self._fail(method, f"{type(exc).__name__}: {exc}") from exc
         if r.status_code != 200:
-            raise self._fail(method, f"HTTP {r.status_code}: {r.text.strip()[:200]!r}")
+            raise HttpStatusError(url=self.url, method=method, status_code=r.status_code, body=r.text,
+                                  retry_after=retry_after_seconds(r.headers.get("Retry-After")))
         try:
             body = r.json()
         except ValueError as exc:

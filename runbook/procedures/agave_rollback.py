@@ -18,6 +18,7 @@ from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
+from runbook.procedures import catch_up
 from runbook.procedures.framework import Context, Journal, Procedure, Step, StepOutcome
 from runbook.wait import wait_for
 
@@ -47,10 +48,7 @@ def old_caught_up(ctx: Context) -> None:
     colour = ctx.facts["live"]
     ctx.adapters.workloads.wait_rollout(up._live(ctx).name, timeout=ctx.env.timeouts.rollout)
     want = bg.bare_version(ctx.facts["live_image"].rsplit(":", 1)[-1])
-    st = wait_for(lambda: bg.observe_node(ctx.env, colour),
-                  lambda s: s.health == "ok" and s.behind is not None and s.behind <= ctx.env.catch_up_distance
-                  and s.version == want, timeout=ctx.env.timeouts.catch_up, interval=0.25,
-                  what=f"{colour} to catch up on its old version {want}", env=ctx.env.name, step="redeploy-old")
+    st, _ = catch_up.wait_caught_up(ctx, colour, want, step="redeploy-old", procedure="agave-rollback")
     ctx.record(f"{colour} caught up", st.as_dict())
 
 

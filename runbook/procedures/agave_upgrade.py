@@ -26,6 +26,7 @@ from runbook.errors import CheckFailed, PreconditionFailed
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
+from runbook.procedures import catch_up
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
 from runbook.testbed.caddy import template_vars
 from runbook.wait import wait_for
@@ -192,38 +193,10 @@ def delete_idle(ctx: Context) -> None:
 
 # ------------------------------------------------------------------------------------------- catch-up
 def wait_caught_up(ctx: Context) -> None:
-    env, colour = ctx.env, ctx.facts["idle"]
-    want = bg.bare_version(ctx.facts["target_version"])
-    history: list[tuple[float, int]] = []
-
-    seen: dict[str, Any] = {"healths": [], "max_behind": 0}
-
-    def observe() -> bg.NodeState:
-        st = bg.observe_node(env, colour)
-        if st.health not in seen["healths"]:
-            seen["healths"].append(st.health)
-        if st.behind is not None:
-            history.append((time.monotonic(), st.behind))
-            seen["max_behind"] = max(seen["max_behind"], st.behind)
-        return st
-
-    def caught_up(st: bg.NodeState) -> bool:
-        return st.health == "ok" and st.behind is not None and st.behind <= env.catch_up_distance \
-            and st.version == want
-
-    def report(st: Any, waited: float) -> None:
-        if isinstance(st, bg.NodeState) and len(history) >= 2 and st.behind is not None:
-            (t0, b0), (t1, b1) = history[max(0, len(history) - 20)], history[-1]
-            speed = (b0 - b1) / max(t1 - t0, 1e-6)
-            eta = f"ETA {max(0, b1 - env.catch_up_distance) / speed:.0f}s" if speed > 0 else "not closing"
-            ctx.progress(f"{colour}: {st.behind} slots behind, closing at {speed:.1f} slots/s, {eta} "
-                         f"(health {st.health}, version {st.version})")
-        else:
-            ctx.progress(f"{colour}: waiting ({st}) after {waited:.0f}s")
-
-    st = wait_for(observe, caught_up, timeout=env.timeouts.catch_up, interval=0.25, on_progress=report,
-                  progress_every=2.0, what=f"{colour} to catch up (health ok, within {env.catch_up_distance} "
-                  f"slots, version {want})", env=env.name, procedure="agave-upgrade", step="catch-up")
+    """Caught up (runbook.procedures.catch_up): the reference polled every ``reference_poll`` seconds with
+    back-off; a wrong release answering getVersion fails at once, not at the deadline."""
+    colour, want = ctx.facts["idle"], bg.bare_version(ctx.facts["target_version"])
+    st, seen = catch_up.wait_caught_up(ctx, colour, want, step="catch-up", procedure="agave-upgrade")
     ctx.facts["catch_up_seen"] = seen
     ctx.record(f"{colour} caught up", {**st.as_dict(), "seen while catching up": seen})
     ctx.mark(f"{colour} healthy", f"slot {st.slot}, {st.behind} behind")
@@ -238,7 +211,7 @@ def require_retrying_ingress(ctx: Context) -> None:
     if bad:
         raise PreconditionFailed("refusing to stop the live colour: the ingress would drop requests (design trap 3): "
                                  + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
-    st = bg.observe_node(env, ctx.facts["idle"])
+    st = bg.observe_colour(env, ctx.facts["idle"])
     if st.health != "ok":
         raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
                                  env=env.name)
@@ -272,7 +245,7 @@ def restart_live(ctx: Context) -> None:
     if not ctx.adapters.workloads.pods(_live(ctx).name):
         ctx.adapters.workloads.apply_deployment(_manifest(ctx, live, ctx.facts["live_image"]))
     ctx.adapters.workloads.wait_rollout(_live(ctx).name, timeout=ctx.env.timeouts.rollout)
-    wait_for(lambda: bg.observe_node(ctx.env, live).health, lambda h: h == "ok", timeout=ctx.env.timeouts.catch_up,
+    wait_for(lambda: bg.observe_colour(ctx.env, live).health, lambda h: h == "ok", timeout=ctx.env.timeouts.catch_up,
              interval=0.25, what=f"{live} to answer ok again", env=ctx.env.name, step="shift rollback")
 
 
@@ -366,10 +339,7 @@ def _plan_deploy(ctx: Context) -> list[str]:
 
 
 def _plan_catch_up(ctx: Context) -> list[str]:
-    idle, env = _idle(ctx), ctx.env
-    return [f"poll GET http://127.0.0.1:{idle.rpc_port}/health until the body is `ok`",
-            f"poll JSON-RPC getSlot on :{idle.rpc_port} and on {env.cluster_rpc} until within "
-            f"{env.catch_up_distance} slots; getVersion solana-core == {bg.bare_version(ctx.facts['target_version'])}"]
+    return catch_up.plan_lines(ctx.env, _idle(ctx).rpc_port, bg.bare_version(ctx.facts["target_version"]))
 
 
 def _plan_shift(ctx: Context) -> list[str]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
 from runbook.adapters.base import Host
+from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed
@@ -81,7 +82,7 @@ def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float)
 
     def steady_ok() -> float:
         now = time.monotonic()
-        if observe_node(env, colour).health != "ok":
+        if observe_colour(env, colour).health != "ok":
             since.clear()
             return 0.0
         if not since:
@@ -119,6 +120,8 @@ class NodeState:
     slot: int | None
     tip: int | None
     version: str | None
+    tip_age: float | None = None  # seconds since the reference answer the tip comes from (estimated past it)
+    tip_trusted: bool = False  # that answer fresh and the slot rate measured (ReferenceTip.read)
 
     @property
     def behind(self) -> int | None:
@@ -126,13 +129,15 @@ class NodeState:
 
     def as_dict(self) -> dict[str, Any]:
         return {"colour": self.colour, "health": self.health, "slot": self.slot, "tip": self.tip,
-                "behind": self.behind, "version": self.version}
+                "behind": self.behind, "version": self.version,
+                "tip age (s)": None if self.tip_age is None else round(self.tip_age, 2)}
 
 
-def observe_node(env: Env, colour: str) -> NodeState:
-    """Health body, slot, version of a colour (direct, not through the ingress), and the cluster tip."""
+def observe_colour(env: Env, colour: str) -> NodeState:
+    """Health body, slot, version of a colour (direct, not through the ingress); no cluster tip, so no call
+    to the rate-limited reference (for waits on health alone)."""
     dep = env.deployments.colour(colour)
-    health, slot, version, tip = "down", None, None, None
+    health, slot, version = "down", None, None
     with RpcClient(url=f"http://127.0.0.1:{dep.rpc_port}", timeout=3.0) as node:
         try:
             h = node.health()
@@ -141,12 +146,21 @@ def observe_node(env: Env, colour: str) -> NodeState:
             slot = node.get_slot()
         except AdapterError:
             pass
-    try:
-        with RpcClient(url=env.cluster_rpc, timeout=3.0) as cluster:
-            tip = cluster.get_slot()
-    except AdapterError:
-        tip = None
-    return NodeState(colour, health, slot, tip, version)
+    return NodeState(colour, health, slot, None, version)
+
+
+def observe_node(env: Env, colour: str, reference: ReferenceTip | None = None) -> NodeState:
+    """:func:`observe_colour` and the cluster tip: from ``reference`` (polled at its own pace, estimated
+    between answers), or without one from a single call to the env's references (one-off looks only)."""
+    st = observe_colour(env, colour)
+    if reference is None:
+        with ReferenceTip.for_env(env) as once:
+            reading = once.read()
+    else:
+        reading = reference.read()
+    if reading is None:
+        return st
+    return replace(st, tip=reading.slot, tip_age=reading.age, tip_trusted=reading.trusted)
 
 
 def ledger_checksum(host: Host, ledger: str) -> str:

@@ -1,6 +1,9 @@
 """The reference cluster RPC (the stand-in for api.mainnet-beta): ``python -m runbook.testbed.cluster
 --port 18900 [--bind 127.0.0.1] [--version 2.1.0]``.
 
+Like a public RPC it rate-limits: above ``--rate-limit`` requests a second per client address it answers
+HTTP 429 with a JSON-RPC error body and ``Retry-After`` (:class:`RateLimited`).
+
 ``getSlot`` (and ``getBlockHeight``) return the cluster tip of :mod:`runbook.testbed.chain`, ``getHealth``
 is ``ok``, ``getVersion`` names ``--version``; ``GET /health`` answers ``ok``.
 
@@ -15,9 +18,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import FrameType
 from typing import Any
@@ -162,7 +167,7 @@ class _Server(uvicorn.Server):
 
 
 def run_server(
-    app: JsonRpcApp,
+    app: JsonRpcApp | RateLimited,
     *,
     host: str,
     port: int,
@@ -215,6 +220,52 @@ def run_server(
 
 
 # --------------------------------------------------------------------------- the cluster
+DEFAULT_RATE_LIMIT = 4.0  # requests/s per client address; env: testbed.cluster_rate_limit
+
+
+class RateLimited:
+    """ASGI: at most ``rate`` requests a second per client address (a token bucket holding one second's
+    worth), as api.mainnet-beta.solana.com limits each IP; above it, HTTP 429 with a JSON-RPC error body and
+    ``Retry-After`` (whole seconds until a request is allowed again). Every request counts, ``GET /health``
+    and a joining validator's ``getGenesisParams`` too: a public RPC exempts no one, and per address (not
+    global) is what it does, so the validators in the node (127.0.0.1) do not eat the runner's budget (it
+    arrives through the node's port mapping from another address)."""
+
+    def __init__(self, app: Callable[..., Any], *, rate: float, clock: Callable[[], float] | None = None) -> None:
+        self.app, self.rate = app, rate
+        self.burst = max(1.0, rate)
+        self.clock = clock or time.monotonic
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+        self.limited = 0
+
+    def admit(self, address: str) -> float | None:
+        """None if a request from ``address`` may go through now, else the seconds until one may."""
+        now = self.clock()
+        tokens, then = self.buckets.get(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens >= 1.0:
+            self.buckets[address] = (tokens - 1.0, now)
+            return None
+        self.buckets[address] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http" or self.rate <= 0:
+            await self.app(scope, receive, send)
+            return
+        address = (scope.get("client") or ("?", 0))[0]
+        wait = self.admit(address)
+        if wait is None:
+            await self.app(scope, receive, send)
+            return
+        self.limited += 1
+        body = _dumps(_error(None, 429, f"Too many requests for a specific RPC call: at most {self.rate:g} "
+                                       "requests a second per client address"))
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()),
+                   (b"retry-after", str(max(1, math.ceil(wait))).encode())]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
 
 
 def cluster_app(params: chain.ChainParams, version: str) -> JsonRpcApp:
@@ -241,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--version", default="2.1.0", help="release the cluster reports in getVersion")
+    p.add_argument("--rate-limit", type=float, default=DEFAULT_RATE_LIMIT, metavar="PER_SECOND",
+                   help="requests a second per client address before HTTP 429 (0: no limit)")
     args = p.parse_args(argv)
     log = logging.getLogger("cluster")
     try:
@@ -257,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         params.genesis_time,
         params.slot_time,
     )
-    code = run_server(app, host=args.bind, port=args.port, name="cluster")
+    limited = RateLimited(app, rate=args.rate_limit)
+    log.info("rate limit: %s", f"{args.rate_limit:g} requests/s per client address, then HTTP 429"
+             if args.rate_limit > 0 else "none")
+    code = run_server(limited, host=args.bind, port=args.port, name="cluster")
     log.info("exiting with status %d", code)
     return code
 

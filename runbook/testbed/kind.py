@@ -171,7 +171,7 @@ def caddyfile(env: Env) -> str:
 def testbed_manifests(env: Env, caddyfile_text: str) -> list[dict[str, Any]]:
     """Caddy (ConfigMap + Deployment) and the cluster-tip stand-in, in the env's namespace."""
     assert env.kube is not None
-    port = urlsplit(env.cluster_rpc).port or 80
+    port = urlsplit(env.cluster_rpc[0]).port or 80
     docs = copy.deepcopy(load_documents(TESTBED_MANIFESTS))
     for d in docs:
         d["metadata"]["namespace"] = env.kube.namespace

@@ -188,7 +188,8 @@ class Testbed:
         self.supervisor.add("kubelet-events", [py, "-m", "runbook.testbed.kubelet_events", str(self.state_dir)],
                             eventlistener="PROCESS_STATE", startsecs=0, autorestart=True)
         self.supervisor.add("cluster", self.in_node([py, "-m", "runbook.testbed.cluster", "--port",
-                                                    str(self.tb.cluster_port)]), env=self._chain_env())
+                                                    str(self.tb.cluster_port), "--rate-limit",
+                                                    str(self.tb.cluster_rate_limit)]), env=self._chain_env())
         self._up_caddy(progress)
 
         progress("deploying green (doublezerod sidecar, then validator)")

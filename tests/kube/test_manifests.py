@@ -142,7 +142,8 @@ def test_render_deployment_takes_names_ports_and_paths_from_the_env(env_name: st
     assert args[args.index("--rpc-port") + 1] == str(cfg.rpc_port)
     assert volumes(dep)["accounts"] == cfg.accounts
     assert pod_spec(dep)["containers"][0]["image"] == (cfg.image or "laconicnetwork/agave:v2.1.0")
-    assert pod_spec(dep)["initContainers"][0]["env"] == [{"name": "DOUBLEZERO_RPC_ENDPOINT", "value": env.cluster_rpc}]
+    assert pod_spec(dep)["initContainers"][0]["env"] == [{"name": "DOUBLEZERO_RPC_ENDPOINT",
+                                                          "value": env.cluster_rpc[0]}]
 
 
 def test_render_deployment_overrides() -> None:

@@ -403,7 +403,7 @@ def test_failure_mode_parsing(validator: Callable[..., Proc], tmp_path: Path) ->
 
 
 def test_cluster_rpc_and_clis(spawn: Callable[..., Proc]) -> None:
-    cluster = spawn("cluster", "--version", "2.1.0")
+    cluster = spawn("cluster", "--version", "2.1.0", "--rate-limit", "0")  # limits: test_cluster_rate_limit
     cluster.wait_serving()
     with cluster.rpc() as rpc:
         before = FAST.tip()
