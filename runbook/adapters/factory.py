@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from runbook.adapters.base import CommandResult, Host, Ingress, Storage, Workloads
 from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
+from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
 from runbook.errors import RunbookError
@@ -35,6 +36,10 @@ class Adapters:
     def public_rpc(self) -> RpcClient:
         """JSON-RPC through the public ingress, as clients see it."""
         return RpcClient(url=self.env.ingress.url)
+
+    def reference(self) -> ReferenceTip:
+        """The cluster tip from the env's reference RPCs (``cluster_rpc``), polled every ``reference_poll``."""
+        return ReferenceTip.for_env(self.env)
 
 
 def connect(env: Env, testbed: Testbed | None = None) -> Adapters:

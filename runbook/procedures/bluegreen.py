@@ -160,7 +160,7 @@ def observe_node(env: Env, colour: str, reference: ReferenceTip | None = None) -
         reading = reference.read()
     if reading is None:
         return st
-    return replace(st, tip=reading.slot, tip_age=reading.age, tip_trusted=reading.trusted)
+    return replace(st, tip=reading.slot, tip_age=round(reading.age, 3), tip_trusted=reading.trusted)
 
 
 def ledger_checksum(host: Host, ledger: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runbook.adapters.reference import ReferenceTip
 from runbook.errors import CheckFailed
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context
@@ -45,7 +44,7 @@ def wait_caught_up(ctx: Context, colour: str, want: str, *, step: str,
     env = ctx.env
     history: list[tuple[float, int]] = []
     seen: dict[str, Any] = {"healths": [], "max_behind": 0}
-    with ReferenceTip.for_env(env) as reference:
+    with ctx.adapters.reference() as reference:
 
         def observe() -> bg.NodeState:
             st = bg.observe_node(env, colour, reference)

@@ -70,6 +70,7 @@ def test_the_upgrade_finishes_against_a_reference_limiting_to_a_few_requests_a_s
     assert 2 <= calls["calls"] <= calls["seconds"] / env.reference_poll + 1, calls
     assert calls["most calls in one second"] == 1 and calls["most calls in one minute"] <= 60 / env.reference_poll
     assert calls["calls per minute"] > 0
+    print(f"reference calls while blue caught up: {calls}")
     assert any("reference: " in n and "/min" in n for n in notes), "progress does not show the reference calls"
     assert _answers_429(reference), "the reference stopped limiting during the run"
 
@@ -105,6 +106,7 @@ def test_a_limited_reference_is_backed_off_and_failed_over(adapters: Adapters, s
     assert strict["429s"] >= 1, calls  # it was limited...
     assert testbed["answers"] >= 1, calls  # ...the other reference answered in its place
     assert strict["calls"] <= calls["seconds"] / env.reference_poll + 1, calls  # never asked more than once a poll
+    print(f"reference calls while blue caught up, strict reference first: {calls}")
 
 
 def test_a_wrong_version_fails_the_catch_up_at_once(tmp_path: Path) -> None:
