@@ -26,7 +26,7 @@ from runbook.errors import CheckFailed, PreconditionFailed
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
-from runbook.procedures import catch_up
+from runbook.procedures import catch_up, drain
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
 from runbook.testbed.caddy import template_vars
 from runbook.wait import wait_for
@@ -259,8 +259,19 @@ def order_is_safe(ctx: Context) -> bool:
 
 
 def put_new_live_first(ctx: Context) -> None:
-    ctx.mark("caddy config change", f"upstream order {new_order(ctx)}")
-    ctx.adapters.ingress.set_upstream_order(new_order(ctx))
+    _reorder(ctx, new_order(ctx))
+
+
+def _reorder(ctx: Context, order: list[str]) -> None:
+    """A config change costs the requests clients send on the keep-alive connections it closes: drained
+    first, it costs none (runbook/procedures/drain.py; bench/reload_bench.py measures both)."""
+    a = ctx.adapters
+
+    def change() -> None:
+        ctx.mark("caddy config change", f"upstream order {order}")
+        a.ingress.set_upstream_order(order)
+
+    drain.drained_change(ctx.env, a.host, change, what=f"the upstream order change to {order}", progress=ctx.progress)
 
 
 def verify_order(ctx: Context) -> None:
@@ -273,8 +284,7 @@ def verify_order(ctx: Context) -> None:
 def restore_order(ctx: Context) -> None:
     old = list(reversed(new_order(ctx)))
     if ctx.adapters.ingress.upstream_order() != old:
-        ctx.mark("caddy config change", f"upstream order {old}")
-        ctx.adapters.ingress.set_upstream_order(old)
+        _reorder(ctx, old)
 
 
 # ------------------------------------------------------------------------------------------- retire the old data

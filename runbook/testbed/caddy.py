@@ -11,6 +11,7 @@ placeholder       value
 ``admin``         ``ingress.admin`` as ``host:port`` (Caddy's admin listener)
 ``upstreams``     ``127.0.0.1:<green rpc_port> 127.0.0.1:<blue rpc_port>``, green first
 ``upstream_header``  ``ingress.upstream_header`` (``X-Upstream``)
+``drain_file``    ``ingress.drain_file`` made absolute: while it exists, every response closes its connection
 ``global_options``  loopback sites: ``auto_https off``, ``skip_install_trust``, ``default_bind <host>``
                   (no certificates, no ACME, nothing bound beyond loopback); public sites: none
 ``health_interval``, ``health_timeout``, ``fail_duration``, ``try_duration``, ``try_interval``:
@@ -55,7 +56,8 @@ DEFAULTS: Mapping[str, str] = {
 }
 """Production timings. Any of them can be overridden per render (tests use much shorter ones)."""
 
-VARIABLES: tuple[str, ...] = ("site", "admin", "upstreams", "upstream_header", "global_options", *DEFAULTS)
+VARIABLES: tuple[str, ...] = ("site", "admin", "upstreams", "upstream_header", "global_options", "drain_file",
+                               *DEFAULTS)
 
 
 # --------------------------------------------------------------------------- binary
@@ -138,6 +140,15 @@ def global_options(url: str) -> str:
     return "".join(f"\t{line}\n" for line in lines)
 
 
+def drain_path(env: Env) -> str:
+    """The absolute path of ``ingress.drain_file`` (relative: under the testbed's state directory)."""
+    path = Path(env.ingress.drain_file)
+    if path.is_absolute() or env.testbed is None:
+        return str(path)
+    state = Path(env.testbed.state_dir)
+    return str(((state if state.is_absolute() else PROJECT_ROOT / state) / path).resolve())
+
+
 def go_duration(seconds: float) -> str:
     """Seconds as a Caddyfile duration (``250ms``, ``5s``)."""
     ms = round(seconds * 1000)
@@ -156,6 +167,7 @@ def template_vars(env: Env, **overrides: str) -> dict[str, str]:
         "upstreams": f"127.0.0.1:{d.green.rpc_port} 127.0.0.1:{d.blue.rpc_port}",
         "upstream_header": env.ingress.upstream_header,
         "global_options": global_options(env.ingress.url),
+        "drain_file": drain_path(env),
         **DEFAULTS,
         # the env's retry window and health interval (production's by default; a testbed compresses them)
         "health_interval": go_duration(env.ingress.health_interval),

@@ -29,7 +29,8 @@ from runbook.wait import wait_for
 
 pytestmark = pytest.mark.caddy
 
-HANDLER_PATH = "/config/apps/http/servers/srv0/routes/0/handle/0/routes/0/handle/0"
+# the site's subroute: the drain rule (routes/0), then the reverse_proxy (routes/1)
+HANDLER_PATH = "/config/apps/http/servers/srv0/routes/0/handle/0/routes/1/handle/0"
 
 
 def _free_port() -> int:

@@ -1,0 +1,161 @@
+"""What a Caddy config change costs under the strict zero-drop verdict (issue 9). A script, not a test.
+
+    flock /tmp/runbook-testbed.lock .venv/bin/python bench/reload_bench.py --reloads 20
+    flock /tmp/runbook-testbed.lock .venv/bin/python bench/reload_bench.py --procedure reorder,drain-reorder
+
+A throwaway testbed (local.yaml with every port shifted, state under a temp dir; green up, blue down, as
+at the agave upgrade's cleanup and its rollback's restore-order) is probed at ``--rate`` (150 req/s, the
+features' rate), GET /health alternating with POST getSlot on keep-alive connections, while each
+``--procedure`` changes the upstream order ``--reloads`` times, ``--interval`` seconds apart (alternating
+between the two orders, so every change is real). Printed per procedure: reloads done, requests, requests
+lost (in all, per reload, by cause: ``needed_retry`` is a request a client that does not retry lost on a
+keep-alive connection Caddy closed), the slowest answer and the longest gap between successes.
+
+Procedures: ``reorder`` is the agave procedures' ``set_upstream_order`` (one PATCH, one reload);
+``drain-reorder`` is :func:`runbook.procedures.drain.reorder` (what the procedures do now): the drain file,
+``ingress.drain`` seconds of ``Connection: close``, the same PATCH, the file removed.
+Bounded: ``--reloads`` (at most 200) changes, each ``--interval`` (at least 0.5 s) apart after its drain, a
+prober capped at that duration plus a minute; the testbed is always taken down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from runbook.adapters.base import Host
+from runbook.adapters.factory import connect
+from runbook.adapters.ingress import CaddyAdmin
+from runbook.checks import zero_drop
+from runbook.env import PROJECT_ROOT, Env, load_env
+from runbook.probes.prober import Prober
+from runbook.probes.summary import read_jsonl
+from runbook.testbed.stack import Testbed
+
+sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def make_env(tmp: Path) -> Path:
+    """local.yaml with every port shifted to a free set and the state under ``tmp``."""
+    data = yaml.safe_load((PROJECT_ROOT / "envs" / "local.yaml").read_text())
+    tb, dep = data["testbed"], data["deployments"]
+    base = [18080, 12019, dep["green"]["rpc_port"], dep["blue"]["rpc_port"], tb["supervisor_port"], tb["cluster_port"]]
+    shift = next((s for s in range(3100, 9000, 157) if all(_free(p + s) for p in base)), None)
+    if shift is None:  # pragma: no cover - a machine with every candidate taken
+        raise SystemExit("no free set of ports for the bench testbed")
+    data["name"] = f"reload{shift}"
+    data["ingress"].update(url=f"http://127.0.0.1:{18080 + shift}", admin=f"http://127.0.0.1:{12019 + shift}")
+    for colour in ("green", "blue"):
+        dep[colour]["rpc_port"] += shift
+    tb.update(supervisor_port=tb["supervisor_port"] + shift, cluster_port=tb["cluster_port"] + shift,
+              state_dir=str(tmp / "state"), storage_size="256M")
+    data["cluster_rpc"] = f"http://127.0.0.1:{tb['cluster_port']}"
+    data["entrypoints"] = [f"127.0.0.1:{tb['cluster_port']}"]
+    path = tmp / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def procedures(env: Env, admin: CaddyAdmin, host: Host) -> dict[str, Callable[[list[str]], object]]:
+    from runbook.procedures import drain
+
+    return {
+        "reorder": admin.set_upstream_order,
+        "drain-reorder": lambda order: drain.reorder(env, admin, host, order),
+    }
+
+
+def run(env: Env, name: str, change: Callable[[list[str]], object], *, reloads: int, interval: float, rate: float,
+        out: Path) -> str:
+    d = env.deployments
+    orders = [[f"127.0.0.1:{d.blue.rpc_port}", f"127.0.0.1:{d.green.rpc_port}"],
+              [f"127.0.0.1:{d.green.rpc_port}", f"127.0.0.1:{d.blue.rpc_port}"]]
+    prober = Prober(url=env.ingress.url, rate=rate, out_dir=out, timeout=10.0, client_timeout=env.probe.client_timeout,
+                    max_in_flight=int(rate * 12), max_duration=reloads * (interval + env.ingress.drain + 2.0) + 60.0)
+    prober.start()
+    times: list[float] = []
+    took: list[float] = []
+    try:
+        time.sleep(min(2.0, interval))  # warm connections before the first change
+        for i in range(reloads):
+            prober.event("caddy config change", f"{name} #{i + 1}")
+            times.append(prober.now())
+            t = time.monotonic()
+            change(orders[i % 2])
+            took.append(time.monotonic() - t)
+            time.sleep(max(0.0, interval - (time.monotonic() - t)))
+    finally:
+        summary = prober.stop()
+    verdict = zero_drop.verdict(summary, max_gap=env.probe.max_gap)
+    per_reload: Counter[int] = Counter()
+    causes: Counter[str] = Counter()
+    for rec in read_jsonl(out / "requests.jsonl"):
+        if not rec["ok"]:
+            causes[rec["verdict"]] += 1
+            per_reload[sum(1 for t in times if t <= rec["sched"])] += 1
+    lost = sum(causes.values())
+    spread = ", ".join(f"#{k}: {v}" for k, v in sorted(per_reload.items())) or "none"
+    return (f"{name}: {len(times)} reloads, {summary.total} requests at {rate:g}/s, {lost} lost "
+            f"({lost / max(1, len(times)):.2f} per reload; by cause {dict(causes) or 'none'}; after reload {spread}); "
+            f"slowest answer {summary.slowest_ms:.1f} ms; longest gap {summary.longest_gap.seconds * 1000:.1f} ms; "
+            f"change took {max(took, default=0) * 1000:.0f} ms at most; strict verdict "
+            f"{'PASS' if verdict.ok else 'FAIL'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--procedure", default="reorder,drain-reorder", help="comma-separated: reorder, drain-reorder")
+    ap.add_argument("--reloads", type=int, default=20)
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between changes (>= 0.5)")
+    ap.add_argument("--rate", type=float, default=150.0)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every procedure this many times (<= 5)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.reloads <= 200 or args.interval < 0.5 or not 1 <= args.rounds <= 5:
+        raise SystemExit("--reloads 1..200, --interval >= 0.5, --rounds 1..5")
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="reload-bench-") as tmpname:
+        tmp = Path(tmpname)
+        env = load_env(str(make_env(tmp)))
+        testbed = Testbed(env)
+        try:
+            testbed.up(progress=lambda m: log(f"testbed: {m}"))
+            with CaddyAdmin(env.ingress.admin, site_url=env.ingress.url) as admin:
+                table = procedures(env, admin, connect(env, testbed).host)
+                for r in range(args.rounds):
+                    for name in args.procedure.split(","):
+                        log(f"{name}: {args.reloads} changes, {args.interval:g} s apart, at {args.rate:g} req/s")
+                        lines.append(run(env, name, table[name], reloads=args.reloads, interval=args.interval,
+                                         rate=args.rate, out=tmp / f"{name}-{r}"))
+                        log(lines[-1])
+                admin.set_upstream_order([f"127.0.0.1:{env.deployments.green.rpc_port}",
+                                          f"127.0.0.1:{env.deployments.blue.rpc_port}"])
+        finally:
+            log("testbed: down")
+            testbed.down()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
