@@ -122,10 +122,11 @@ def test_a_wrong_version_fails_the_catch_up_at_once(tmp_path: Path) -> None:
         started = time.monotonic()
         result, _, _ = _upgrade(connect(env, tb), target="v2.2.1-mislabelled")
         took = time.monotonic() - started
+        catch_up = result.outcome("catch-up")
+        print(f"wrong version: catch-up {catch_up.status} after {catch_up.seconds:.2f}s (deadline 60s); whole run "
+              f"{took:.1f}s: {catch_up.error}")
+        assert not result.ok and result.rolled_back and catch_up.status == "failed", result
+        assert "answers getVersion solana-core 2.1.0, not 2.2.1" in catch_up.error, catch_up.error
+        assert catch_up.seconds < 10, f"caught after {catch_up.seconds:.1f}s of a 60 s deadline"
     finally:
         tb.down()
-    catch_up = result.outcome("catch-up")
-    assert not result.ok and result.rolled_back and catch_up.status == "failed", result
-    assert "answers getVersion solana-core 2.1.0, not 2.2.1" in catch_up.error, catch_up.error
-    assert catch_up.seconds < 10, f"caught after {catch_up.seconds:.1f}s of a 60 s deadline"
-    print(f"wrong version: catch-up failed after {catch_up.seconds:.2f}s (deadline 60s); whole run {took:.1f}s")
