@@ -1,7 +1,8 @@
 """The suite catches the seed's procedure bugs (must-show 2): run through our zero-drop scenario on a
 testbed whose Caddy has the seed's block, the seed's procedure (wait for HTTP 200, stop green) drops
 requests and serves a node that is behind, and the scenario names the failed requests. Our procedure on
-the same ingress refuses to stop green at all."""
+the same ingress refuses to start at all: the retry settings are a precondition checked before the snapshot,
+not after hours of cloning, copying and catching up."""
 
 from __future__ import annotations
 
@@ -34,9 +35,13 @@ def test_seed_procedure_and_config_fail_the_zero_drop_scenario(tmp_path: Path) -
     assert Testbed(load_env(str(env_file))).leftovers() == []
 
 
-def test_our_procedure_refuses_to_stop_green_behind_the_seed_ingress(tmp_path: Path) -> None:
+def test_our_procedure_refuses_to_start_behind_the_seed_ingress(tmp_path: Path) -> None:
     env_file = make_env(tmp_path, ingress__template="deploy/caddy/seed.Caddyfile.tmpl")
-    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, reports=tmp_path / "reports", timeout=300)
+    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
+                     "--log-cli-level=INFO", reports=tmp_path / "reports", timeout=300)
     assert ran.rc == 1, ran.out
-    assert "refusing to stop the live colour: the ingress would drop requests" in ran.out
+    assert "refusing to start the upgrade: the ingress would drop requests at the shift" in ran.out
     assert "requests failed through the ingress" not in ran.out  # it refused before anything could drop
+    assert "[agave-upgrade] snapshot:" in ran.out
+    assert "[agave-upgrade] clone:" not in ran.out, "refused at the first step, before anything changed"
+    assert not re.search(r"accounts: [\d.]+ of", ran.out)
