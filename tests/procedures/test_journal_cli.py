@@ -132,3 +132,16 @@ def test_the_upgrade_when_step_resumes_an_interrupted_run(tmp_path: Path, monkey
     assert acted == ["a", "b", "c"]
     assert second.ctx.facts["run_id"] == first.ctx.facts["run_id"]
     assert isinstance(second.ctx, Context)
+
+
+def test_the_testbed_baseline_reset_clears_a_corrupt_journal_and_reports_it(tmp_path: Path) -> None:
+    """Between scenarios on a testbed the reset still clears journals; a corrupt one is named, not skipped."""
+    from runbook.baseline import clear_journals
+
+    env = make_env(tmp_path / "state")
+    journal = journal_for(env, "agave-upgrade")
+    journal.path.parent.mkdir(parents=True)
+    journal.path.write_text("[]")
+    assert clear_journals(env) == ["cleared the corrupt journal agave-upgrade.json (the journal "
+                                   f"{journal.path} is corrupt: expected a JSON object, found list)"]
+    assert not journal.path.exists()
