@@ -10,4 +10,5 @@ pytest_plugins = [
     "steps.upgrade",
     "steps.audit",
     "steps.dz_upgrade",
+    "steps.operator",
 ]

@@ -6,15 +6,16 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
   sends what RPC clients send through the public ingress for the whole run and records every answer; a
   `behind` or stale answer counts as a failure.
 
+  @operator
   Scenario: The whole upgrade drops no request and never serves a node that is behind
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
     And the checksum of the live colour's ledger
-    When the agave upgrade runs to the target version
+    When the agave upgrade runs to the target version, keeping or destroying the old data as the operator chose
     Then every step of the upgrade completed
     And the prober saw no failed request, none answered by a node that is behind
     And the live colour served until the shift and the new colour after it
     And the new colour serves on its target version
-    And the old colour's ledger is unchanged
+    And the old colour's ledger is unchanged, unless the operator chose to destroy it with its snapshot
 
   @proof
   Scenario: A new version that never catches up is rolled back automatically, with nothing dropped

@@ -6,6 +6,13 @@ Feature: DoubleZero binary upgrade (spec step 2 and procedure 1)
   place drifts from its template, and the next rollout of the template reverts the sidecar: the runbook
   records that drift.
 
+  @operator
+  Scenario: The operator moves the live pod's DoubleZero sidecar to the version given
+    Given the live colour's running pod
+    When the dz-upgrade procedure runs to the operator's version
+    Then every step of the procedure passed
+    And the sidecar runs the operator's version in the same pod, and agave was not restarted
+
   @proof
   Scenario: DZ spec step 2: patching the sidecar image restarts only the sidecar, and the tunnel survives
     Given the green deployment's running pod

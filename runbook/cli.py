@@ -107,7 +107,6 @@ def testbed_status(env: str = EnvOption) -> None:
 
 
 # ------------------------------------------------------------------------------------------- procedures
-FEATURES = {"agave-upgrade": "features/agave_upgrade.feature", "dz-upgrade": "features/dz_upgrade.feature"}
 TargetOption = typer.Option(None, "--target-version", help="version to install, e.g. v2.2.1")
 
 
@@ -137,59 +136,92 @@ def _confirm(e: Env, what: str, target: str | None, yes: bool, *, need_target: b
         raise RunbookError("not confirmed: nothing was changed")
 
 
+CleanupOption = typer.Option("keep", "--cleanup", help="agave-upgrade: keep (default) the old colour's data and "
+                             "the pre-upgrade snapshot, the rollback point, or destroy them at the end")
+
+
 @app.command("plan")
 def plan(procedure: str, env: str = EnvOption, target_version: str = TargetOption,
-         live: str = typer.Option("green", help="the colour assumed live (plan reads no state)")) -> None:
-    """Print every command and API call a procedure would make on an env. Runs nothing."""
+         live: str = typer.Option(None, "--live", help="the colour assumed serving (plan reads no state): green for "
+                                  "agave-upgrade and dz-upgrade, blue (the upgrade's new colour) for agave-rollback"),
+         cleanup: str = CleanupOption) -> None:
+    """Print every command and API call a procedure would make on an env: per step its checks, action,
+    verification and rollback. Reads no state, contacts nothing, runs nothing."""
 
     def run() -> None:
         from runbook.adapters.factory import plan_adapters
-        from runbook.procedures import get
-        from runbook.procedures.framework import Context
+        from runbook.procedures.planning import PlanRequest, render
 
         e = _env(env)
-        proc = get(procedure)
-        if not target_version:
-            raise RunbookError(f"{procedure} needs --target-version to plan")
-        ctx = Context(adapters=plan_adapters(e), params={"target_version": target_version, "plan": True,
-                                                          "live": live}, progress=_say)
-        out.print(f"# plan: {proc.name} on env {e.name} ({proc.summary}); target {target_version}; "
-                  f"assuming {live} is live. Nothing is run.")
-        for i, (step, lines) in enumerate(proc.plan(ctx), 1):
-            out.print(f"\n# {i}. {step.name}: {step.summary}")
-            for line in lines:
-                out.print(line, markup=False, highlight=False, soft_wrap=True)
+        if live is not None and live not in ("green", "blue"):
+            raise RunbookError(f"--live={live}: expected green or blue")
+        req = PlanRequest(procedure, target_version=target_version, live=live, cleanup=cleanup)
+        sys.stdout.write(render(e, req, plan_adapters(e)))
 
     _guard(run)
 
 
 @app.command("run")
 def run_procedure(procedure: str, env: str = EnvOption, target_version: str = TargetOption,
-                  yes: bool = typer.Option(False, "--yes", help="confirm on a production env")) -> None:
-    """Run a procedure by running its feature (the same steps, checks and evidence as the suite)."""
+                  cleanup: str = CleanupOption,
+                  confirm_destroy: str = typer.Option(None, "--confirm-destroy", metavar="DATASET",
+                                                      help="production: confirm --cleanup=destroy by naming the "
+                                                           "old colour's dataset it destroys"),
+                  yes: bool = typer.Option(False, "--yes", help="confirm the run on a production env")) -> None:
+    """Run exactly the procedure's operator scenario (its feature's @operator scenario, never its proofs),
+    with the operator's parameters: the same steps, checks and evidence as the suite."""
 
     def run() -> None:
+        import shlex
         import subprocess
 
+        from runbook import operator_run as op
         from runbook.env import PROJECT_ROOT
 
         e = _env(env)
-        if procedure not in FEATURES:
-            raise RunbookError(f"unknown procedure {procedure!r}: known are {', '.join(sorted(FEATURES))}")
+        req = op.RunRequest(procedure, target_version, cleanup, confirm_destroy, yes)
+        op.check(e, req)
+        title = op.operator_scenario(procedure)
+        out.print(f"runbook run {procedure} on env {e.name}{' (PRODUCTION)' if e.production else ''} runs the "
+                  f"scenario \"{title}\" ({op.OPERATORS[procedure].feature}, @operator) and nothing else",
+                  markup=False, highlight=False)
+        for k, v in op.params(e, req).items():
+            out.print(f"  {k}: {v}", markup=False, highlight=False)
         _confirm(e, f"running {procedure}", target_version, yes)
+        if e.production and cleanup == "destroy":
+            req = op.RunRequest(procedure, target_version, cleanup, _confirm_destroy(e, req), yes)
         from runbook.procedures import before_run
 
         _say(before_run(e, procedure, target_version))  # the lock and the journal, checked before anything runs
-        argv = [sys.executable, "-m", "pytest", FEATURES[procedure], f"--env={env}", "--allow-mutations",
-                "-o", "log_cli=true", "--log-cli-level=INFO"]  # progress (slots behind, ETA, MiB/s) live
-        if target_version:
-            argv.append(f"--target-version={target_version}")
-        if yes:
-            argv.append("--yes")
+        argv = op.pytest_argv(env, req)
+        _say(shlex.join(["pytest", *argv[3:]]))
         rc = subprocess.run(argv, cwd=PROJECT_ROOT, check=False).returncode
         raise typer.Exit(rc)
 
     _guard(run)
+
+
+def _confirm_destroy(e: Env, req: Any) -> str:
+    """--cleanup=destroy on production: confirmed apart from --yes, by the dataset's name, given or typed."""
+    from runbook import operator_run as op
+    from runbook.plugin import destroy_confirmation_problem
+    from runbook.procedures import bluegreen as bg
+
+    if req.confirm_destroy:
+        problem = destroy_confirmation_problem(e, req.confirm_destroy)
+        if problem:
+            raise RunbookError(problem)
+        return str(req.confirm_destroy)
+    if not sys.stdin.isatty():
+        raise RunbookError(destroy_confirmation_problem(e, None) or "--confirm-destroy is needed")
+    live = bg.served_by(e)
+    if live is None:
+        raise RunbookError(f"cannot tell which colour is live from {e.ingress.url}: refusing to ask about destroying")
+    text, dataset = op.destroy_prompt(e, live, str(req.target_version))
+    console.print(text, markup=False, highlight=False)
+    if typer.prompt(f"Type {dataset} to destroy it at the end (anything else: stop)", default="") != dataset:
+        raise RunbookError("--cleanup=destroy not confirmed: nothing was changed")
+    return dataset
 
 
 @app.command("rollback")

@@ -125,6 +125,8 @@ class DoubleZeroConfig(_Model):
     sidecar: str = "doublezerod"
     host_service: str = "doublezerod"
     config_dir: str = "/root/.config/doublezero"
+    target_version: str | None = Field(default=None, description="default dz-upgrade target (disposable envs; "
+                                       "production needs --dz-target-version)")
 
 
 class ProbeConfig(_Model):

@@ -14,6 +14,7 @@ import pytest
 from runbook.adapters.factory import Adapters, connect
 from runbook.env import Env, load_env
 from runbook.errors import ConfigError, RunbookError
+from runbook.procedures.planning import CLEANUPS
 from runbook.testbed.stack import Testbed, check_ports
 
 log = logging.getLogger("runbook")
@@ -30,7 +31,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--allow-mutations", action="store_true", default=False,
                     help="run scenarios tagged @mutating (they change the environment)")
     group.addoption("--target-version", default=None, metavar="VERSION",
-                    help="version a mutating upgrade installs (required on production envs)")
+                    help="version the agave upgrade installs (required on production envs)")
+    group.addoption("--cleanup", default="keep", choices=CLEANUPS,
+                    help="the agave upgrade's last step: keep (default) the old colour's data and the pre-upgrade "
+                         "snapshot, the rollback point, or destroy them (no rollback to the old data afterwards)")
+    group.addoption("--confirm-destroy", default=None, metavar="DATASET",
+                    help="on a production env, --cleanup=destroy must name the old colour's dataset it destroys")
+    group.addoption("--dz-target-version", default=None, metavar="VERSION",
+                    help="image tag the dz-upgrade operator scenario patches the running pod's doublezerod sidecar "
+                         "to (required on production envs)")
     group.addoption("--yes", action="store_true", default=False,
                     help="confirm mutating scenarios on a production env without a prompt")
     group.addoption("--keep-testbed", action="store_true", default=False,
@@ -47,10 +56,29 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[ENV_KEY] = env
     if env.production and config.getoption("allow_mutations"):
-        if not config.getoption("target_version"):
-            raise pytest.UsageError(f"env {env.name} is production: --allow-mutations needs --target-version")
+        if not config.getoption("target_version") and not config.getoption("dz_target_version"):
+            raise pytest.UsageError(f"env {env.name} is production: --allow-mutations needs --target-version "
+                                    "(agave-upgrade) or --dz-target-version (dz-upgrade)")
         if not config.getoption("yes"):
             raise pytest.UsageError(f"env {env.name} is production: confirm mutating scenarios with --yes")
+    if env.production and config.getoption("cleanup") == "destroy":
+        problem = destroy_confirmation_problem(env, config.getoption("confirm_destroy"))
+        if problem:
+            raise pytest.UsageError(problem)
+
+
+def destroy_confirmation_problem(env: Env, confirmed: str | None) -> str | None:
+    """Why --cleanup=destroy is not confirmed on a production env (None: it is). The confirmation names the
+    dataset that goes: the colour live before the upgrade (the procedure checks it against real state)."""
+    datasets = [env.deployments.colour(c).data for c in ("green", "blue")]
+    if confirmed in datasets:
+        return None
+    prefix = env.storage.snapshot_prefix
+    return (f"env {env.name} is production: --cleanup=destroy destroys, after the upgrade, the old colour's dataset "
+            f"(the one live now: {datasets[0]} if green, {datasets[1]} if blue) and this run's pre-upgrade snapshot "
+            f"(<dataset>@{prefix}-<target>-<run id>); rolling back to the old data is no longer possible "
+            f"afterwards. Confirm with --confirm-destroy=<that dataset>"
+            + (f" (given: {confirmed!r}, not a colour's dataset)" if confirmed else ""))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

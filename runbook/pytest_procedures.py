@@ -42,6 +42,28 @@ def target_version(pytestconfig: pytest.Config, env: Env) -> str:
 
 
 @pytest.fixture(scope="session")
+def agave_operator_params(pytestconfig: pytest.Config, target_version: str) -> dict[str, str]:
+    """The agave upgrade's parameters as the operator gave them: --target-version, and --cleanup=destroy with
+    its --confirm-destroy (the procedure checks the dataset against the colour it finds live)."""
+    params = {"target_version": target_version}
+    if pytestconfig.getoption("cleanup") == "destroy":
+        params["cleanup"] = "destroy"
+        if pytestconfig.getoption("confirm_destroy"):
+            params["confirm_destroy"] = str(pytestconfig.getoption("confirm_destroy"))
+    return params
+
+
+@pytest.fixture(scope="session")
+def dz_target_version(pytestconfig: pytest.Config, env: Env) -> str:
+    """--dz-target-version, else the env's default DoubleZero target (disposable envs only)."""
+    version = pytestconfig.getoption("dz_target_version") or (env.doublezero.target_version if env.disposable
+                                                               else None)
+    if not version:
+        pytest.skip(f"env {env.name}: the dz-upgrade scenario needs --dz-target-version (an image tag)")
+    return str(version)
+
+
+@pytest.fixture(scope="session")
 def baseline(env: Env, request: pytest.FixtureRequest) -> Baseline | None:
     """The baseline of a testbed (local or kind), read from the live environment when the session's first
     mutating test starts, before anything changed it. None elsewhere: on a real env the state an operator's

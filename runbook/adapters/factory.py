@@ -75,8 +75,11 @@ class _Unconnected:
 
 
 class _PlanHost:
-    """The host as ``plan`` sees it: it answers every read with "not connected" (so a plan assumes nothing
-    exists beyond what the procedure itself creates) and runs nothing."""
+    """The host as ``plan`` sees it: it answers every read as "absent" (exit 3, what the directory backends'
+    reads take for a missing file or directory), so a plan assumes nothing exists beyond what the procedure
+    itself creates, and it runs nothing."""
+
+    ABSENT = 3
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -84,7 +87,7 @@ class _PlanHost:
     def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult:
         if check:
             raise RunbookError(f"plan must not run commands on {self.url} (asked: {command})")
-        return CommandResult(command, 1, "", "plan: not connected")
+        return CommandResult(command, self.ABSENT, "", "plan: not connected (read as absent)")
 
     def __getattr__(self, name: str) -> Any:
         raise RunbookError(f"plan must not touch the host port (called {name})")

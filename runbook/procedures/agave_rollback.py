@@ -16,6 +16,7 @@ import dataclasses
 
 from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
+from runbook.procedures import agave_plan as pl
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import catch_up
@@ -104,25 +105,25 @@ AFTER_CLEANUP = Procedure(
     steps=(
         Step("restore-data", "roll the old colour's data back to the pre-upgrade snapshot", restore_data,
              lambda ctx: None, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_old_gone,
-             plan=lambda ctx: ctx.adapters.storage.plan("rollback", up._snapshot(ctx))),
+             plan_check=lambda c: [*pl.plan_old_gone(c), pl.audit_retries(c)], plan=pl.plan_restore_data),
         Step("redeploy-old", "redeploy the old colour with its old version; wait until caught up", redeploy_old,
-             old_caught_up, is_done=old_deployed,
-             plan=lambda ctx: [f"{up._kubectl(ctx)} apply -f -   # Deployment {up._live(ctx).name} image "
-                               f"{ctx.facts['live_image']}"]),
+             old_caught_up, is_done=old_deployed, plan=pl.plan_redeploy_old, plan_verify=pl.plan_redeploy_verify),
         Step("shift-back", "stop the new colour gracefully; the ingress retries onto the old one", shift_back,
              served_by_old, is_done=lambda ctx: not ctx.adapters.workloads.pods(up._idle(ctx).name),
-             precondition=_require_old_ok,
-             plan=lambda ctx: [f"{up._kubectl(ctx)} delete deployment {up._idle(ctx).name}"]),
+             precondition=_require_old_ok, plan_check=pl.plan_shift_back_check, plan=pl.plan_shift_back,
+             plan_verify=lambda c: [pl.served_by(c, "live")]),
         Step("restore-order", "put the old colour first in the upstream order again", up.restore_order,
-             verify_order_restored, is_done=order_restored,
-             plan=lambda ctx: [f"PATCH {ctx.env.ingress.admin}/config/<reverse_proxy>/upstreams   # {old_order(ctx)}"]),
+             verify_order_restored, is_done=order_restored, plan=lambda c: pl.set_order(c, "live"),
+             plan_verify=pl.plan_restore_order_verify),
         Step("destroy-clone", "destroy the new colour's clone",
              lambda ctx: ctx.adapters.storage.destroy(up._idle(ctx).data, recursive=True), verify_clone_gone,
-             is_done=clone_gone, plan=lambda ctx: ctx.adapters.storage.plan("destroy", up._idle(ctx).data)),
+             is_done=clone_gone, plan=lambda c: pl.storage(c, "destroy", up._idle(c).data, recursive=True),
+             plan_verify=lambda c: [f"# the storage no longer lists {up._idle(c).data}"]),
         Step("drop-snapshot", "destroy the pre-upgrade snapshot: the old data is live again, and a stale rollback "
              "point would be cloned by the next upgrade", up.drop_snapshot, verify_snapshot_gone,
              is_done=lambda ctx: not up.snapshot_exists(ctx),
-             plan=lambda ctx: ctx.adapters.storage.plan("destroy", up._snapshot(ctx))),
+             plan=lambda c: pl.storage(c, "destroy", up._snapshot(c)),
+             plan_verify=lambda c: [f"# the storage no longer lists {up._snapshot(c)}"]),
     ),
 )
 

@@ -16,7 +16,6 @@ Phases (design section 6; the seed's bugs corrected, see design section 5):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from runbook.checks.workloads import running_pod
 from runbook.errors import CheckFailed, PreconditionFailed
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
+from runbook.procedures import agave_plan as pl
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import catch_up, drain
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
@@ -59,6 +59,7 @@ def prepare(ctx: Context) -> None:
         "sidecar_image": sidecar_image,
         "snapshot": snapshot_name(env, target, ctx),
     })
+    require_destroy_confirmed(ctx)
 
 
 def snapshot_name(env: Any, target: str, ctx: Context) -> str:
@@ -92,11 +93,6 @@ def _manifest(ctx: Context, colour: str, image: str) -> dict[str, Any]:
     ledger = str(Path(ctx.adapters.storage.path(dep.data)) / "ledger")
     return render_deployment(ctx.env, colour, image=image, sidecar_image=ctx.facts["sidecar_image"],
                              host_paths={"ledger": ledger})
-
-
-def _kubectl(ctx: Context) -> str:
-    kube = ctx.env.kube
-    return f"kubectl --context {kube.context} -n {kube.namespace}" if kube else "kubectl (local kubelet)"
 
 
 # ------------------------------------------------------------------------------------------- prepare
@@ -150,7 +146,9 @@ def verify_clone(ctx: Context) -> None:
 
 
 def destroy_clone(ctx: Context) -> None:
-    if _dataset(ctx, _idle(ctx).data) is not None:
+    """Only this run's clone: a dataset of the idle colour that is not a clone of this run's snapshot (the old
+    data a previous upgrade kept, say) made the clone step fail, and is not this rollback's to destroy."""
+    if clone_exists(ctx):
         ctx.adapters.storage.destroy(_idle(ctx).data, recursive=True)
 
 
@@ -292,6 +290,20 @@ def destroy_old_chosen(ctx: Context) -> bool:
     return str(ctx.params.get("cleanup", "keep")) == "destroy"
 
 
+def require_destroy_confirmed(ctx: Context) -> None:
+    """On a production env, --cleanup=destroy goes ahead only when the operator named the dataset it destroys
+    (``confirm_destroy``) and it is the live colour's: checked when the run starts, before anything changes."""
+    if not destroy_old_chosen(ctx) or not ctx.env.production or ctx.params.get("plan"):
+        return
+    old = _live(ctx).data
+    if ctx.params.get("confirm_destroy") != old:
+        raise PreconditionFailed(
+            f"--cleanup=destroy on production env {ctx.env.name} would destroy {old} and {_snapshot(ctx)} after the "
+            f"upgrade ({ctx.facts['live']} is live), and rolling back to the old data would no longer be possible: "
+            f"confirm with --confirm-destroy={old} (given: {ctx.params.get('confirm_destroy') or 'nothing'})",
+            env=ctx.env.name, procedure="agave-upgrade", obj=old)
+
+
 def old_retired(ctx: Context) -> bool:
     """Nothing to do when the operator keeps the old data (the default: it is the rollback point)."""
     return not destroy_old_chosen(ctx) or _dataset(ctx, _live(ctx).data) is None
@@ -318,13 +330,6 @@ def verify_retired(ctx: Context) -> None:
                           "present", obj=_live(ctx).data)
 
 
-def _plan_retire(ctx: Context) -> list[str]:
-    if not destroy_old_chosen(ctx):
-        return [f"# keep {_live(ctx).data} and {_snapshot(ctx)} (the rollback point; --cleanup destroy removes them)"]
-    st = ctx.adapters.storage
-    return [*st.plan("promote", _idle(ctx).data), *st.plan("destroy", _live(ctx).data, recursive=True)]
-
-
 # ------------------------------------------------------------------------------------------- steady state
 def live_serving(ctx: Context) -> None:
     """After a rollback: the old live colour serves the ingress and answers ok, the idle colour is gone."""
@@ -337,32 +342,8 @@ def live_serving(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------- plans
-def _plan_storage(op: str, *args: Callable[[Context], str]) -> Callable[[Context], list[str]]:
-    return lambda ctx: list(ctx.adapters.storage.plan(op, *(a(ctx) for a in args)))
-
-
-def _plan_deploy(ctx: Context) -> list[str]:
-    idle = _idle(ctx)
-    return [f"{_kubectl(ctx)} apply -f -   # Deployment {idle.name}: image {ctx.facts['target_image']}, "
-            f"--rpc-port {idle.rpc_port}, ledger hostPath <mountpoint of {idle.data}>/ledger, accounts {idle.accounts}",
-            f"{_kubectl(ctx)} rollout status deployment/{idle.name}"]
-
-
 def _plan_catch_up(ctx: Context) -> list[str]:
     return catch_up.plan_lines(ctx.env, _idle(ctx).rpc_port, bg.bare_version(ctx.facts["target_version"]))
-
-
-def _plan_shift(ctx: Context) -> list[str]:
-    env = ctx.env
-    return [f"GET {env.ingress.admin}/config/   # audit: {', '.join(RETRY_SETTINGS)} must be on",
-            f"{_kubectl(ctx)} delete deployment {_live(ctx).name}   # graceful SIGTERM; Caddy retries on "
-            f"{ctx.facts['idle']}",
-            f"poll GET {env.ingress.url}/health until {env.ingress.upstream_header} = "
-            f"{bg.upstream_address(env, ctx.facts['idle'])}"]
-
-
-def _plan_cleanup(ctx: Context) -> list[str]:
-    return [f"PATCH {ctx.env.ingress.admin}/config/<reverse_proxy>/upstreams   # order {new_order(ctx)}"]
 
 
 PROCEDURE = Procedure(
@@ -373,24 +354,34 @@ PROCEDURE = Procedure(
     steps=(
         Step("snapshot", "snapshot the live ledger (the rollback point)", take_snapshot, verify_snapshot,
              is_done=snapshot_exists, rollback=drop_snapshot,
-             plan=_plan_storage("snapshot", lambda c: _live(c).data, lambda c: c.facts["snapshot"])),
+             plan_check=pl.plan_preflight, plan=lambda c: pl.storage(c, "snapshot", _live(c).data, c.facts["snapshot"]),
+             plan_verify=pl.plan_verify_snapshot, plan_rollback=lambda c: pl.storage(c, "destroy", _snapshot(c))),
         Step("clone", "clone the snapshot for the idle colour (copy-on-write where the backend is)", make_clone,
              verify_clone,
              is_done=clone_exists, rollback=destroy_clone,
-             plan=_plan_storage("clone", _snapshot, lambda c: _idle(c).data)),
+             plan=lambda c: pl.storage(c, "clone", _snapshot(c), _idle(c).data), plan_verify=pl.plan_verify_clone,
+             plan_rollback=lambda c: pl.storage(c, "destroy", _idle(c).data, recursive=True)),
         Step("copy-accounts", "copy the accounts (not on the dataset)", copy_accounts, lambda ctx: None,
              is_done=lambda ctx: bool(ctx.facts.get("accounts_copied")),
-             plan=_plan_storage("copy_tree", lambda c: _live(c).accounts, lambda c: _idle(c).accounts)),
+             plan=lambda c: pl.storage(c, "copy_tree", _live(c).accounts, _idle(c).accounts),
+             plan_rollback=pl.plan_copy_rollback),
         Step("deploy-idle", "deploy the idle colour from the clone with the target version", deploy_idle,
-             verify_idle_rolled_out, is_done=idle_deployed, rollback=delete_idle, plan=_plan_deploy),
+             verify_idle_rolled_out, is_done=idle_deployed, rollback=delete_idle, plan=pl.plan_deploy,
+             plan_verify=lambda c: [pl.rollout(c, "idle")],
+             plan_rollback=lambda c: [pl.delete_deployment(c, "idle", "and its pod")]),
         Step("catch-up", "wait until the idle colour is caught up and healthy", lambda ctx: None, wait_caught_up,
-             is_done=lambda ctx: bool(ctx.facts.get("catch_up_seen")), plan=_plan_catch_up),
+             is_done=lambda ctx: bool(ctx.facts.get("catch_up_seen")),
+             plan=lambda c: ["# nothing: the idle colour replays from the snapshot toward the cluster's tip"],
+             plan_verify=_plan_catch_up),
         Step("shift", "stop the live colour gracefully; the ingress retries onto the idle colour", stop_live,
              verify_served_by_idle, is_done=shifted, precondition=require_retrying_ingress, rollback=restart_live,
-             plan=_plan_shift),
+             plan_check=pl.plan_shift_check, plan=pl.plan_shift, plan_verify=pl.plan_shift_verify,
+             plan_rollback=pl.plan_restart_live),
         Step("cleanup", "put the new live colour first in the upstream order", put_new_live_first, verify_order,
-             is_done=order_is_safe, rollback=restore_order, plan=_plan_cleanup),
+             is_done=order_is_safe, rollback=restore_order, plan=lambda c: pl.set_order(c, "idle"),
+             plan_verify=pl.plan_cleanup_verify, plan_rollback=lambda c: pl.set_order(c, "live")),
         Step("retire-old", "keep the old colour's data as the rollback point, or destroy it if the operator chose",
-             retire_old, verify_retired, is_done=old_retired, plan=_plan_retire),
+             retire_old, verify_retired, is_done=old_retired, plan=pl.plan_retire, plan_verify=pl.plan_retire_verify,
+             plan_rollback=pl.plan_retire_rollback),
     ),
 )

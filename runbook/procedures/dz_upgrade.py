@@ -23,7 +23,6 @@ namespace; the route checks are skipped with that reason), ``plan`` (render with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from runbook.errors import AdapterError, CheckFailed, PreconditionFailed, WaitTi
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
+from runbook.procedures import dz_plan
 from runbook.procedures.framework import Context, Procedure, Step
 from runbook.wait import wait_for
 
@@ -332,52 +332,6 @@ def verify_drift(ctx: Context) -> None:
     record_drift(ctx)
 
 
-# ------------------------------------------------------------------------------------------- plans
-def _kubectl(ctx: Context) -> str:
-    kube = ctx.env.kube
-    return f"kubectl --context {kube.context} -n {kube.namespace}" if kube else "kubectl (local kubelet)"
-
-
-def _jsonpath(ctx: Context, pod: str, expr: str) -> str:
-    return f"{_kubectl(ctx)} get pod {pod} -o jsonpath='{expr}'"
-
-
-def _plan_patch(ctx: Context) -> list[str]:
-    f, env = ctx.facts, ctx.env
-    sc, pod, k = env.doublezero.sidecar, f["pod"], _kubectl(ctx)
-    idx = "<i>" if f["index"] is None else f["index"]
-
-    def patch(image: str) -> str:
-        ops = [{"op": "replace", "path": f"/spec/initContainers/{idx}/image", "value": image}]
-        body = json.dumps(ops, separators=(",", ":"))
-        return f"{k} patch pod {pod} --type=json -p '{body}'"
-
-    init_status = f'{{.status.initContainerStatuses[?(@.name=="{sc}")]}}'
-    app_status = f'{{.status.containerStatuses[?(@.name=="{APP_CONTAINER}")]}}'
-    return [
-        _jsonpath(ctx, pod, init_status) + "   # before: restartCount, imageID, running; must be a native sidecar",
-        _jsonpath(ctx, pod, app_status) + "   # before: startedAt, restartCount",
-        f"{k} exec {pod} -c {sc} -- doublezero status   # precondition: {SESSION_UP} on "
-        f"{env.doublezero.expected_device}",
-        f"ip route show dev {env.doublezero.interface}   # on {env.host}: the routes before",
-        patch(f["target_image"]),
-        _jsonpath(ctx, pod, init_status) + f"   # poll (deadline {env.timeouts.sidecar_restart:.0f}s): restartCount "
-        f"before+1, running {f['target_image']}, imageID changed",
-        _jsonpath(ctx, pod, app_status) + "   # agave NOT restarted: same pod, startedAt, restartCount",
-        f"{k} exec {pod} -c {sc} -- doublezero --version   # DoubleZero {bg.bare_version(f['target_version'])}",
-        f"{k} exec {pod} -c {sc} -- doublezero status   # {SESSION_UP} on {env.doublezero.expected_device}",
-        f"ip route show dev {env.doublezero.interface}   # the same routes as before",
-        f"# rollback: {patch(f['old_image'])}   (then the same verification)",
-    ]
-
-
-def _plan_drift(ctx: Context) -> list[str]:
-    f = ctx.facts
-    idx = "<i>" if f["index"] is None else f["index"]
-    return [f"{_kubectl(ctx)} get deployment {f['deployment']} -o jsonpath='{{.spec.template.spec.initContainers[{idx}]"
-            f".image}}'   # still {f['old_image']}: the pod drifts; the next rollout reverts the sidecar"]
-
-
 PROCEDURE = Procedure(
     name=NAME,
     summary="DoubleZero binary upgrade: patch the running pod's doublezerod sidecar only, zero downtime",
@@ -386,8 +340,9 @@ PROCEDURE = Procedure(
     steps=(
         Step("patch-sidecar", "patch the running pod's doublezerod image (only the sidecar restarts)", patch_sidecar,
              verify_upgrade, is_done=sidecar_at_target, precondition=require_ready, rollback=roll_back_patch,
-             plan=_plan_patch),
+             plan_check=dz_plan.plan_check, plan=dz_plan.plan_patch, plan_verify=dz_plan.plan_verify,
+             plan_rollback=dz_plan.plan_rollback),
         Step("record-drift", "record the pod's drift from its Deployment template (the next rollout reverts it)",
-             lambda ctx: None, verify_drift, plan=_plan_drift),
+             lambda ctx: None, verify_drift, plan=lambda ctx: ["# nothing: a record"], plan_verify=dz_plan.plan_drift),
     ),
 )

@@ -32,6 +32,7 @@ __all__ = ["Context", "Interrupted", "Journal", "JournalCorrupt", "Locked", "Pro
            "RunRefused", "RunResult", "Step", "StepOutcome", "new_run_id", "resume_or_refuse"]
 
 Progress = Callable[[str], None]
+PlanLines = Callable[["Context"], list[str]]
 RollbackPolicy = Literal["auto", "none"]
 
 
@@ -125,7 +126,25 @@ class Step:
     is_done: Callable[[Context], bool] = lambda ctx: False
     precondition: Callable[[Context], None] | None = None
     rollback: Callable[[Context], None] | None = None
-    plan: Callable[[Context], list[str]] = lambda ctx: []
+    plan: PlanLines = lambda ctx: []  # the action's commands and API calls
+    plan_check: PlanLines = lambda ctx: []  # what the precondition reads
+    plan_verify: PlanLines = lambda ctx: []  # what the verification reads, and what it must see
+    plan_rollback: PlanLines | None = None  # the rollback's commands (every step with a rollback has one)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step as ``plan`` renders it; ``rollback`` is None when the step has no rollback."""
+
+    step: Step
+    check: list[str]
+    action: list[str]
+    verify: list[str]
+    rollback: list[str] | None
+
+    @property
+    def lines(self) -> list[str]:
+        return [*self.check, *self.action, *self.verify, *(self.rollback or [])]
 
 
 @dataclass
@@ -157,9 +176,15 @@ class Procedure:
     steady_state: Callable[[Context], None] = lambda ctx: None  # production as it should be
 
     # -------------------------------------------------------------------- plan
-    def plan(self, ctx: Context) -> list[tuple[Step, list[str]]]:
+    def plan(self, ctx: Context) -> list[StepPlan]:
+        """Every step's action, verification and rollback, rendered from ``ctx.params`` (``plan``: True)."""
         self.prepare(ctx)
-        return [(s, s.plan(ctx)) for s in self.steps]
+        missing = [s.name for s in self.steps if s.rollback is not None and s.plan_rollback is None]
+        if missing:
+            raise RunbookError(f"{self.name}: steps with a rollback but no plan_rollback: {', '.join(missing)}",
+                               procedure=self.name)
+        return [StepPlan(s, s.plan_check(ctx), s.plan(ctx), s.plan_verify(ctx),
+                         s.plan_rollback(ctx) if s.plan_rollback else None) for s in self.steps]
 
     # -------------------------------------------------------------------- run
     def run(

@@ -109,8 +109,9 @@ def wanted(env: Env, *, extra: Mapping[str, Sequence[str]], features_dir: Path =
         spec = render_deployment(env, colour)["spec"]["template"]["spec"]
         images += [c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]]
     found = from_images(images) | from_features(features_dir)
-    if env.target_version:
-        found |= {Wanted("agave", *(_parse_tag(env.target_version) or (env.target_version.removeprefix("v"), "")))}
+    for component, default in (("agave", env.target_version), ("doublezero", env.doublezero.target_version)):
+        if default:  # the env's default upgrade targets (the operator scenarios' on a testbed)
+            found |= {Wanted(component, *(_parse_tag(default) or (default.removeprefix("v"), "")))}
     for component, versions in extra.items():
         found |= {Wanted(component, v.removeprefix("v"), "") for v in versions if v}
     return found | {Wanted(w.component, w.version, "") for w in found if w.variant}  # a variant needs its base

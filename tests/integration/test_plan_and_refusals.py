@@ -19,17 +19,17 @@ def test_plan_on_biscayne_prints_zfs_kube_and_caddy_calls_in_order() -> None:
     ran = cli("plan", "agave-upgrade", "--env=biscayne", "--target-version=v2.2.1")
     assert ran.rc == 0, ran.out
     expected = [
-        "zfs snapshot biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1",
-        "zfs clone biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1 biscayne/DATA/volumes/solana-blue",
-        "rsync -a --inplace",
-        "kubectl --context kind-biscayne -n agave apply -f -",
-        "laconicnetwork/agave:v2.2.1",
-        "kubectl --context kind-biscayne -n agave rollout status deployment/agave-blue",
         "GET http://127.0.0.1:2019/config/",
-        "kubectl --context kind-biscayne -n agave delete deployment agave-green",
+        "biscayne$ zfs snapshot biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1-",
+        "biscayne$ zfs clone biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1-",
+        "rsync -a --inplace",
+        "kubectl --context kind-biscayne -n agave create -f -",
+        "image laconicnetwork/agave:v2.2.1",
+        "kubectl --context kind-biscayne -n agave rollout status deployment/agave-blue",
+        "kubectl --context kind-biscayne -n agave delete deployment agave-green --cascade=foreground",
         "PATCH http://127.0.0.1:2019/config/",
     ]
-    text = ran.out.replace("\n", " ")
+    text = ran.out[ran.out.index("# 1. snapshot"):].replace("\n", " ")
     positions = [text.find(e) for e in expected]
     assert all(p >= 0 for p in positions), dict(zip(expected, positions, strict=True))
     assert positions == sorted(positions)
@@ -59,14 +59,15 @@ def test_mutating_commands_refuse_on_production_without_target_and_confirmation(
 
 
 def test_plan_needs_a_target_version() -> None:
-    ran = cli("plan", "agave-upgrade", "--env=biscayne")
-    assert ran.rc == 2 and "needs --target-version" in ran.out
+    for proc in ("agave-upgrade", "agave-rollback", "dz-upgrade"):
+        ran = cli("plan", proc, "--env=biscayne")
+        assert ran.rc == 2 and "needs --target-version" in ran.out and not ran.traceback, ran.out
 
 
 def test_plan_on_kind_prints_the_operations_without_a_cluster() -> None:
     ran = cli("plan", "agave-upgrade", "--env=kind", "--target-version=v2")
     assert ran.rc == 0, ran.out
-    for expected in ("cp -a -T -- /srv/solana", "kubectl --context kind-runbook -n agave apply -f -",
+    for expected in ("cp -a -T -- /srv/solana", "kubectl --context kind-runbook -n agave create -f -",
                      "delete deployment agave-green", "PATCH http://127.0.0.1:12019/config/"):
         assert expected in ran.out
 

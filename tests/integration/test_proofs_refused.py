@@ -13,6 +13,7 @@ from tests.integration.run import pytest as run_pytest
 
 OPERATOR_UPGRADE = ("features/test_features.py::"
                     "test_the_whole_upgrade_drops_no_request_and_never_serves_a_node_that_is_behind")
+OPERATOR_DZ = "features/test_features.py::test_the_operator_moves_the_live_pods_doublezero_sidecar_to_the_version_given"
 
 
 def _proof_scenarios() -> list[str]:
@@ -30,14 +31,17 @@ def _collected(out: str) -> list[str]:
     return [ln.strip() for ln in out.splitlines() if ln.startswith("features/test_features.py::")]
 
 
-@pytest.mark.parametrize("selection", [["-k", "upgrade"], ["-k", "rollback"], ["-m", "mutating"],
-                                       ["-m", "mutating", "-k", "upgrade or rollback or doublezero or spec"]])
-def test_production_selects_only_the_operators_procedures(selection: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("selection", "operators"), [
+    (["-k", "upgrade"], {OPERATOR_UPGRADE}), (["-k", "rollback"], set()),
+    (["-m", "mutating"], {OPERATOR_UPGRADE, OPERATOR_DZ}),
+    (["-m", "mutating", "-k", "upgrade or rollback or doublezero or spec"], {OPERATOR_UPGRADE, OPERATOR_DZ})])
+def test_production_selects_only_the_operators_procedures(selection: list[str], operators: set[str],
+                                                          tmp_path: Path) -> None:
     ran = run_pytest("features/", "--env=biscayne", "--allow-mutations", "--target-version=v2.2.1", "--yes",
                      "--collect-only", "-q", *selection, reports=tmp_path)
     assert ran.rc in (0, 5), ran.out
     picked = _collected(ran.out)
-    assert set(picked) <= {OPERATOR_UPGRADE}, picked
+    assert set(picked) == operators, picked
     assert "proof scenarios refused: env biscayne is not disposable" in ran.out
 
 

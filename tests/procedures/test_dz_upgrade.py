@@ -278,10 +278,13 @@ def test_plan_reads_nothing_and_names_the_pod_patch(env: Env) -> None:
     adapters: Any = type("NoAdapters", (), {"env": env})()  # plan must not touch any port
     ctx = dz.context(adapters, target_version=TARGET)
     ctx.params["plan"] = True
-    lines = [line for _, plan in dz.PROCEDURE.plan(ctx) for line in plan]
-    patch = [ln for ln in lines if " patch pod " in ln and not ln.startswith("#")]
+    plans = {p.step.name: p for p in dz.PROCEDURE.plan(ctx)}
+    lines = [line for p in plans.values() for line in p.lines]
+    patch = [ln for ln in plans["patch-sidecar"].action if " patch pod " in ln]
     assert len(patch) == 1
     assert '"path":"/spec/initContainers/0/image","value":"laconicnetwork/doublezero:v0.6.1"' in patch[0]
+    back = [ln for ln in plans["patch-sidecar"].rollback or [] if " patch pod " in ln]
+    assert len(back) == 1 and '"value":"laconicnetwork/doublezero:v0.6.0"' in back[0]
     assert any("doublezero --version" in ln for ln in lines) and any("doublezero status" in ln for ln in lines)
-    assert any(ln.startswith("ip route show dev doublezero0") for ln in lines)
+    assert any("$ ip route show dev doublezero0" in ln for ln in plans["patch-sidecar"].check)
     assert not any("patch deployment" in ln for ln in lines)

@@ -1,0 +1,276 @@
+"""What ``runbook plan`` shows of the agave upgrade and of its rollback after cleanup: per step the checks,
+the action, the verification and the rollback, as commands and API calls on the env (nothing is run).
+
+The facts (live and idle colour, images, the snapshot) are the ones :func:`agave_upgrade.prepare` derives in
+plan mode: the live colour assumed (``--live``), images and the run id as placeholders."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from runbook.env import Env
+from runbook.procedures import bluegreen as bg
+from runbook.procedures.framework import Context
+from runbook.procedures.planning import RUN_ID, Planner, PlanRequest, kubectl, on_host, selector
+
+RETRY = "health_body, fail_duration/max_fails, lb_try_duration, lb_retry_match, request_buffers"
+
+
+def _dep(ctx: Context, which: str) -> Any:
+    return ctx.env.deployments.colour(ctx.facts[which])
+
+
+def snapshot(ctx: Context) -> str:
+    return f"{_dep(ctx, 'live').data}@{ctx.facts['snapshot']}"
+
+
+def storage(ctx: Context, op: str, *args: str, **options: bool) -> list[str]:
+    return on_host(ctx.env, list(ctx.adapters.storage.plan(op, *args, **options)))
+
+
+def _secs(seconds: float) -> str:
+    """A duration as kubectl's --timeout takes it: 6h, 10m, 90s."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _order(addresses: list[str]) -> str:
+    return ", ".join(addresses)
+
+
+def _proxy(env: Env) -> str:
+    return f"the reverse_proxy serving {env.ingress.url}"
+
+
+def audit_retries(ctx: Context) -> str:
+    return f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: {RETRY} set (design trap 3)"
+
+
+def create_deployment(ctx: Context, which: str, image: str) -> str:
+    dep, env = _dep(ctx, which), ctx.env
+    return (f"{kubectl(env)} create -f -   # replace if it exists: Deployment {dep.name} = deploy/k8s/overlays/"
+            f"{ctx.facts[which]} for env {env.name}, image {image}, sidecar {ctx.facts['sidecar_image']}, "
+            f"--rpc-port {dep.rpc_port}, hostPath ledger <mountpoint of {dep.data}>/ledger, accounts {dep.accounts}")
+
+
+def delete_deployment(ctx: Context, which: str, why: str) -> str:
+    dep = _dep(ctx, which)
+    return (f"{kubectl(ctx.env)} delete deployment {dep.name} --cascade=foreground --wait --timeout="
+            f"{_secs(ctx.env.timeouts.rollout)}   # {why}")
+
+
+def rollout(ctx: Context, which: str) -> str:
+    return (f"{kubectl(ctx.env)} rollout status deployment/{_dep(ctx, which).name} --timeout="
+            f"{_secs(ctx.env.timeouts.rollout)}   # its pod runs, every container ready")
+
+
+def set_order(ctx: Context, first: str) -> list[str]:
+    """The upstream reorder as runbook.procedures.drain makes it: keep-alive connections drained first."""
+    from runbook.testbed.caddy import drain_path
+
+    env = ctx.env
+    order = bg.upstream_order_for(env, ctx.facts[first])
+    body = json.dumps([{"dial": a} for a in order], separators=(",", ":"))
+    drain = shlex.quote(drain_path(env))
+    return [*on_host(env, [f"mkdir -p {shlex.quote(drain_path(env).rsplit('/', 1)[0] or '/')} && touch {drain}"]),
+            f"poll GET {env.ingress.url}/health until it answers `Connection: close` (the Caddyfile's drain rule), "
+            "deadline 10s   # else refused: a reload now would cost requests",
+            f"wait {env.ingress.drain:g}s   # clients' keep-alive connections close; the reload closes none in use",
+            f"GET {env.ingress.admin}/config/   # {_proxy(env)}: its config path and the ETag; nothing more if its "
+            f"upstreams are already {_order(order)}",
+            f"PATCH {env.ingress.admin}/config/<that reverse_proxy's path>/upstreams   If-Match: <ETag>   "
+            f"{body}   # each upstream keeps its other fields; a config reload",
+            on_host(env, [f"rm -f {drain}"])[0] + "   # keep-alive again (also when a line above fails)"]
+
+
+def served_by(ctx: Context, which: str) -> str:
+    env = ctx.env
+    return (f"poll GET {env.ingress.url}/health until {env.ingress.upstream_header}: "
+            f"{bg.upstream_address(env, ctx.facts[which])} ({ctx.facts[which]}), deadline "
+            f"{_secs(env.timeouts.healthy)}")
+
+
+def health_ok(ctx: Context, which: str, *, deadline: float) -> str:
+    return (f"poll GET http://127.0.0.1:{_dep(ctx, which).rpc_port}/health until the body is `ok` "
+            f"({ctx.facts[which]}), deadline {_secs(deadline)}")
+
+
+def held_ok(ctx: Context, which: str) -> str:
+    return (f"poll GET http://127.0.0.1:{_dep(ctx, which).rpc_port}/health until the body has been `ok` for 2 "
+            f"active health-check intervals + its timeout ({ctx.facts[which]}; Caddy's checker has seen it healthy), "
+            f"deadline {_secs(ctx.env.timeouts.healthy)} + that hold")
+
+
+# ------------------------------------------------------------------------------------------- the upgrade
+def plan_preflight(ctx: Context) -> list[str]:
+    idle = _dep(ctx, "idle")
+    return [audit_retries(ctx),
+            f"{kubectl(ctx.env)} get pods -l {selector(ctx.env, ctx.facts['idle'])}   # {idle.name}: no pod, or a "
+            f"resumed run's pod on {ctx.facts['target_image']}"]
+
+
+def plan_verify_snapshot(ctx: Context) -> list[str]:
+    return [f"# the storage lists {snapshot(ctx)}"]
+
+
+def plan_verify_clone(ctx: Context) -> list[str]:
+    return [f"# the storage lists {_dep(ctx, 'idle').data}, a clone whose origin is {snapshot(ctx)}"]
+
+
+def plan_deploy(ctx: Context) -> list[str]:
+    return [create_deployment(ctx, "idle", ctx.facts["target_image"])]
+
+
+def plan_shift_check(ctx: Context) -> list[str]:
+    idle = ctx.facts["idle"]
+    return [audit_retries(ctx), f"GET http://127.0.0.1:{_dep(ctx, 'idle').rpc_port}/health   # `ok` ({idle})",
+            held_ok(ctx, "idle")]
+
+
+def plan_shift(ctx: Context) -> list[str]:
+    return [delete_deployment(ctx, "live", f"graceful (SIGTERM); Caddy retries its requests onto {ctx.facts['idle']}")]
+
+
+def plan_shift_verify(ctx: Context) -> list[str]:
+    idle = bg.upstream_address(ctx.env, ctx.facts["idle"])
+    return [served_by(ctx, "idle"), f"GET {ctx.env.ingress.url}/health 20 times   # every answer from {idle}"]
+
+
+def plan_restart_live(ctx: Context) -> list[str]:
+    return [create_deployment(ctx, "live", ctx.facts["live_image"]), rollout(ctx, "live"),
+            health_ok(ctx, "live", deadline=ctx.env.timeouts.catch_up)]
+
+
+def plan_cleanup_verify(ctx: Context) -> list[str]:
+    order = bg.upstream_order_for(ctx.env, ctx.facts["idle"])
+    return [f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: upstreams {_order(order)}",
+            *plan_shift_verify(ctx)]
+
+
+def plan_copy_rollback(ctx: Context) -> list[str]:
+    return [f"# none: the copy in {_dep(ctx, 'idle').accounts} stays (the next upgrade's copy "
+            "updates it in place)"]
+
+
+def plan_retire(ctx: Context) -> list[str]:
+    live, idle = _dep(ctx, "live"), _dep(ctx, "idle")
+    if ctx.params.get("cleanup", "keep") != "destroy":
+        return [f"# nothing: {live.data} and {snapshot(ctx)} stay, the rollback point (--cleanup=keep; "
+                "--cleanup=destroy would destroy them)"]
+    return [*storage(ctx, "promote", idle.data), *storage(ctx, "destroy", live.data, recursive=True),
+            *storage(ctx, "destroy", f"{idle.data}@{ctx.facts['snapshot']}")]
+
+
+def plan_retire_verify(ctx: Context) -> list[str]:
+    live = _dep(ctx, "live").data
+    if ctx.params.get("cleanup", "keep") != "destroy":
+        return [f"# the storage still lists {live}"]
+    return [f"# the storage no longer lists {live}"]
+
+
+def plan_retire_rollback(ctx: Context) -> list[str]:
+    if ctx.params.get("cleanup", "keep") != "destroy":
+        return ["# nothing was changed"]
+    return ["# none: the old data and the snapshot are destroyed; rolling back to them is no longer possible"]
+
+
+def upgrade_header(env: Env, req: PlanRequest, ctx: Context) -> tuple[list[str], list[str], list[str]]:
+    f, live, idle = ctx.facts, _dep(ctx, "live"), _dep(ctx, "idle")
+    if req.cleanup == "destroy":
+        confirm = (f"; on a production env confirmed separately: --confirm-destroy={live.data}, or typed at "
+                   "the prompt" if env.production else "")
+        cleanup = [f"  --cleanup=destroy         at the end, destroy {live.data} and {snapshot(ctx)}: rolling "
+                   f"back to the old data is no longer possible{confirm}"]
+    else:
+        cleanup = [f"  --cleanup=keep            keep {live.data} and {snapshot(ctx)}, the rollback point "
+                   "(the default; --cleanup=destroy destroys them)"]
+    params = [f"  --target-version={f['target_version']}   {f['idle']} runs {f['target_image']} (the live image's "
+              "repository, this tag)", *cleanup]
+    assumed = [f"  live colour   {f['live']} (--live; a run reads it from the {env.ingress.upstream_header} header of "
+               f"GET {env.ingress.url}/health): {live.name}, port {live.rpc_port}, data {live.data}",
+               f"  idle colour   {f['idle']}: {idle.name}, port {idle.rpc_port}, data {idle.data}, accounts "
+               f"{idle.accounts}",
+               f"  images        {f['live_image']}; {f['sidecar_image']} (a run reads both from {live.name}'s pod)",
+               f"  run id        {RUN_ID}: this run's id (UTC time and 4 hex digits), chosen when it starts, kept "
+               "in its journal; the snapshot is named after it"]
+    on_failure = ["  the `rollback:` lines of the steps that acted run in reverse order, then "
+                  f"{f['live']} must serve again; an interrupted run resumes (`runbook run agave-upgrade` with the "
+                  f"same parameters) or is rolled back (`runbook rollback agave-upgrade --env={env.name}`)",
+                  "  after the last step, `runbook rollback agave-upgrade` runs the steps of `runbook plan "
+                  "agave-rollback` (refused after --cleanup=destroy)"]
+    return params, assumed, on_failure
+
+
+def upgrade_facts(ctx: Context) -> None:
+    """Nothing to add: agave_upgrade.prepare derives the facts in plan mode."""
+
+
+UPGRADE = Planner(facts=upgrade_facts, header=upgrade_header)
+
+
+# ------------------------------------------------------------------------------------------- the rollback
+def rollback_facts(ctx: Context) -> None:
+    """The upgrade's facts, as its journal would hold them: ``--live`` is the colour serving now (the
+    upgrade's new colour, blue unless said), so the old colour (``live`` in the facts) is the other one."""
+    from runbook.procedures import agave_upgrade as up
+
+    serving = str(ctx.params.get("live") or "blue")
+    up.prepare(Context(adapters=ctx.adapters, params={**ctx.params, "live": bg.other(serving)}, facts=ctx.facts))
+
+
+def plan_old_gone(ctx: Context) -> list[str]:
+    return [f"{kubectl(ctx.env)} get pods -l {selector(ctx.env, ctx.facts['live'])}   # {_dep(ctx, 'live').name}: "
+            "no pod (its data cannot be rolled back under it)"]
+
+
+def plan_restore_data(ctx: Context) -> list[str]:
+    return storage(ctx, "rollback", snapshot(ctx))
+
+
+def plan_redeploy_old(ctx: Context) -> list[str]:
+    return [create_deployment(ctx, "live", ctx.facts["live_image"])]
+
+
+def plan_redeploy_verify(ctx: Context) -> list[str]:
+    from runbook.procedures import catch_up
+
+    return [rollout(ctx, "live"), *catch_up.plan_lines(ctx.env, _dep(ctx, "live").rpc_port, "<its old version>")]
+
+
+def plan_shift_back_check(ctx: Context) -> list[str]:
+    return [audit_retries(ctx), held_ok(ctx, "live")]
+
+
+def plan_shift_back(ctx: Context) -> list[str]:
+    return [delete_deployment(ctx, "idle", f"graceful (SIGTERM); Caddy retries its requests onto {ctx.facts['live']}")]
+
+
+def plan_restore_order_verify(ctx: Context) -> list[str]:
+    order = bg.upstream_order_for(ctx.env, ctx.facts["live"])
+    return [f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: upstreams {_order(order)}"]
+
+
+def rollback_header(env: Env, req: PlanRequest, ctx: Context) -> tuple[list[str], list[str], list[str]]:
+    f, live, idle = ctx.facts, _dep(ctx, "live"), _dep(ctx, "idle")
+    params = [f"  --target-version={f['target_version']}   the version the upgrade installed (it names the "
+              "upgrade's snapshot)"]
+    assumed = [f"  the upgrade   finished (its journal says done): {f['idle']} serves (--live={f['idle']}) on "
+               f"{f['target_image']}, {f['live']} is stopped; a run reads all of this from the upgrade's journal",
+               f"  old colour    {f['live']}: {live.name}, port {live.rpc_port}, data {live.data}, image "
+               f"{f['live_image']}",
+               f"  new colour    {f['idle']}: {idle.name}, port {idle.rpc_port}, data {idle.data} (the clone)",
+               f"  run id        {RUN_ID}: the upgrade's, from its journal (its snapshot {snapshot(ctx)})",
+               "  the old data  kept at cleanup: after --cleanup=destroy the rollback is refused (nothing to "
+               "roll back to)"]
+    on_failure = ["  none of these steps is rolled back in turn: a failure stops, loudly; the journal "
+                  "(agave-rollback) lets `runbook rollback agave-upgrade` resume where it stopped",
+                  "  (an upgrade that had not finished is rolled back instead by the `rollback:` lines of "
+                  "`runbook plan agave-upgrade`, for the steps that acted, in reverse order)"]
+    return params, assumed, on_failure
+
+
+ROLLBACK = Planner(facts=rollback_facts, header=rollback_header)
