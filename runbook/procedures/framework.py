@@ -54,7 +54,8 @@ def new_run_id() -> str:
 
 
 def _options(params: dict[str, Any]) -> str:
-    return " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items() if k in ("target_version", "cleanup"))
+    cli = ("target_version", "cleanup", "confirm_destroy")  # the parameters `runbook run` takes as options
+    return " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items() if k in cli)
 
 
 def env_option(env: Any) -> str:
