@@ -15,6 +15,7 @@ from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context
 from runbook.procedures.planning import RUN_ID, Planner, PlanRequest, kubectl, on_host, selector
 
+OLD = "<the version before the upgrade>"
 RETRY = "health_body, fail_duration/max_fails, lb_try_duration, lb_retry_match, request_buffers"
 
 
@@ -220,6 +221,9 @@ def rollback_facts(ctx: Context) -> None:
 
     serving = str(ctx.params.get("live") or "blue")
     up.prepare(Context(adapters=ctx.adapters, params={**ctx.params, "live": bg.other(serving)}, facts=ctx.facts))
+    if not ctx.env.deployments.colour(ctx.facts["live"]).image:
+        ctx.facts["live_image"] = f"{str(ctx.facts['live_image']).rsplit(':', 1)[0]}:{OLD}"
+    ctx.facts["sidecar_image"] = "<the sidecar image the upgrade's journal recorded>"
 
 
 def plan_old_gone(ctx: Context) -> list[str]:
@@ -238,7 +242,7 @@ def plan_redeploy_old(ctx: Context) -> list[str]:
 def plan_redeploy_verify(ctx: Context) -> list[str]:
     from runbook.procedures import catch_up
 
-    return [rollout(ctx, "live"), *catch_up.plan_lines(ctx.env, _dep(ctx, "live").rpc_port, "<its old version>")]
+    return [rollout(ctx, "live"), *catch_up.plan_lines(ctx.env, _dep(ctx, "live").rpc_port, OLD)]
 
 
 def plan_shift_back_check(ctx: Context) -> list[str]:

@@ -90,7 +90,7 @@ def plan_drift(ctx: Context) -> list[str]:
 def header_lines(env: Env, req: PlanRequest, ctx: Context) -> tuple[list[str], list[str], list[str]]:
     f = ctx.facts
     params = [f"  --target-version={f['target_version']}   the sidecar runs {f['target_image']} (the running "
-              "image's repository, this tag)"]
+              "image's repository, this tag; pytest's --dz-target-version)"]
     find_pod = (f"{kubectl(env)} get pods -l {selector(env, f['colour'])} --field-selector=status.phase=Running "
                 "-o jsonpath='{.items[0].metadata.name}'")
     assumed = [f"  colour        {f['colour']} (--live; a run takes the colour serving the ingress, from the "
