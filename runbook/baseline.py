@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.adapters.base import Dataset, PodInfo, Workloads
+from runbook.adapters.ingress import upstream_key
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed, RunbookError, TestbedError
@@ -161,7 +162,7 @@ def capture(adapters: Any, *, extras: LocalExtras | None = None) -> Baseline:
                                f"(bring the testbed up first)", env=env.name, obj=f"deployment/{green.name}")
         obj = extras.green_manifest()
     order = tuple(adapters.ingress.upstream_order())
-    if not order or order[0] != bg.upstream_address(env, "green"):
+    if not order or upstream_key(order[0]) != upstream_key(bg.upstream_address(env, "green")):
         raise TestbedError(f"cannot capture the baseline: Caddy's upstream order is {list(order)}, green "
                            f"({bg.upstream_address(env, 'green')}) must come first", env=env.name)
     datasets = adapters.storage.datasets()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from runbook.adapters.ingress import same_upstreams
 from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
 from runbook.procedures import agave_plan as pl
@@ -25,9 +26,18 @@ from runbook.wait import wait_for
 
 
 # The facts are the upgrade's: "live" is the colour that was live before it, "idle" the one it made live.
-def _old_gone(ctx: Context) -> None:
+def _swapped(ctx: Context) -> Context:
+    """The upgrade's context seen from the rollback: the colour it made live is the one to stop."""
+    swapped = dict(ctx.facts, live=ctx.facts["idle"], idle=ctx.facts["live"])
+    return Context(adapters=ctx.adapters, params=ctx.params, facts=swapped)
+
+
+def _preflight(ctx: Context) -> None:
+    """Checked before anything changes: the old colour is not running (its data cannot be rolled back under
+    it), and the ingress retries, which the shift back needs (not found out after the old colour caught up)."""
     if ctx.adapters.workloads.pods(up._live(ctx).name):
         raise PreconditionFailed(f"{up._live(ctx).name} is running: its data cannot be rolled back under it")
+    up.require_ingress_retries(_swapped(ctx), doing="start the rollback")
 
 
 def restore_data(ctx: Context) -> None:
@@ -67,8 +77,7 @@ def served_by_old(ctx: Context) -> None:
 
 def _require_old_ok(ctx: Context) -> None:
     """The retrying ingress, and the old colour answering ok, before the new one is stopped."""
-    swapped = dict(ctx.facts, live=ctx.facts["idle"], idle=ctx.facts["live"])
-    up.require_retrying_ingress(Context(adapters=ctx.adapters, params=ctx.params, facts=swapped))
+    up.require_retrying_ingress(_swapped(ctx))
 
 
 def old_order(ctx: Context) -> list[str]:
@@ -76,7 +85,7 @@ def old_order(ctx: Context) -> list[str]:
 
 
 def order_restored(ctx: Context) -> bool:
-    return ctx.adapters.ingress.upstream_order() == old_order(ctx)
+    return same_upstreams(ctx.adapters.ingress.upstream_order(), old_order(ctx))
 
 
 def verify_order_restored(ctx: Context) -> None:
@@ -104,7 +113,7 @@ AFTER_CLEANUP = Procedure(
     summary="roll the agave upgrade back after its cleanup: old data, old version, old colour serving",
     steps=(
         Step("restore-data", "roll the old colour's data back to the pre-upgrade snapshot", restore_data,
-             lambda ctx: None, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_old_gone,
+             lambda ctx: None, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_preflight,
              plan_check=lambda c: [*pl.plan_old_gone(c), pl.audit_retries(c)], plan=pl.plan_restore_data),
         Step("redeploy-old", "redeploy the old colour with its old version; wait until caught up", redeploy_old,
              old_caught_up, is_done=old_deployed, plan=pl.plan_redeploy_old, plan_verify=pl.plan_redeploy_verify),

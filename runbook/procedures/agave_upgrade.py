@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runbook.adapters.ingress import same_upstreams
 from runbook.checks.caddy_audit import audit
 from runbook.checks.workloads import running_pod
 from runbook.errors import CheckFailed, PreconditionFailed
@@ -28,7 +29,6 @@ from runbook.procedures import agave_plan as pl
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import catch_up, drain
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
-from runbook.testbed.caddy import template_vars
 from runbook.wait import wait_for
 
 RETRY_SETTINGS = ("health_body", "fail_duration/max_fails", "lb_try_duration", "lb_retry_match", "request_buffers")
@@ -201,14 +201,29 @@ def wait_caught_up(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------- shift
-def require_retrying_ingress(ctx: Context) -> None:
+def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour") -> None:
+    """The ingress's retry settings (design trap 3), audited on the reverse_proxy serving the env's site."""
     env = ctx.env
-    report = audit(ctx.adapters.ingress.config(), expected_upstreams=template_vars(env)["upstreams"].split(),
-                   upstream_header=env.ingress.upstream_header)
+    report = audit(ctx.adapters.ingress.config(), expected_upstreams=bg.upstream_order_for(env, ctx.facts["live"]),
+                   site_url=env.ingress.url, upstream_header=env.ingress.upstream_header)
     bad = [f for f in report.select(*RETRY_SETTINGS) if not f.ok]
     if bad:
-        raise PreconditionFailed("refusing to stop the live colour: the ingress would drop requests (design trap 3): "
-                                 + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
+        raise PreconditionFailed(f"refusing to {doing}: the ingress would drop requests at the shift (design "
+                                 "trap 3): " + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
+
+
+def preflight(ctx: Context) -> None:
+    """Every precondition that can be checked before anything changes, checked before the snapshot (not
+    after hours of cloning, copying and catching up): the ingress retries, and the idle colour is free."""
+    require_ingress_retries(ctx, doing="start the upgrade")
+    if ctx.adapters.workloads.pods(_idle(ctx).name) and not idle_deployed(ctx):
+        raise PreconditionFailed(f"refusing to start the upgrade: {_idle(ctx).name} already runs something other "
+                                 f"than {ctx.facts['target_image']}; remove it or roll back first", env=ctx.env.name)
+
+
+def require_retrying_ingress(ctx: Context) -> None:
+    env = ctx.env
+    require_ingress_retries(ctx)
     st = bg.observe_colour(env, ctx.facts["idle"])
     if st.health != "ok":
         raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
@@ -249,11 +264,11 @@ def restart_live(ctx: Context) -> None:
 
 # ------------------------------------------------------------------------------------------- cleanup
 def new_order(ctx: Context) -> list[str]:
-    return [bg.upstream_address(ctx.env, ctx.facts["idle"]), bg.upstream_address(ctx.env, ctx.facts["live"])]
+    return bg.upstream_order_for(ctx.env, ctx.facts["idle"])
 
 
 def order_is_safe(ctx: Context) -> bool:
-    return ctx.adapters.ingress.upstream_order() == new_order(ctx)
+    return same_upstreams(ctx.adapters.ingress.upstream_order(), new_order(ctx))
 
 
 def put_new_live_first(ctx: Context) -> None:
@@ -274,14 +289,14 @@ def _reorder(ctx: Context, order: list[str]) -> None:
 
 def verify_order(ctx: Context) -> None:
     order = ctx.adapters.ingress.upstream_order()
-    if order != new_order(ctx):
+    if not same_upstreams(order, new_order(ctx)):
         raise CheckFailed("Caddy's upstream order was not changed", expected=new_order(ctx), observed=order)
     verify_served_by_idle(ctx)
 
 
 def restore_order(ctx: Context) -> None:
     old = list(reversed(new_order(ctx)))
-    if ctx.adapters.ingress.upstream_order() != old:
+    if not same_upstreams(ctx.adapters.ingress.upstream_order(), old):
         _reorder(ctx, old)
 
 
@@ -353,7 +368,7 @@ PROCEDURE = Procedure(
     steady_state=live_serving,
     steps=(
         Step("snapshot", "snapshot the live ledger (the rollback point)", take_snapshot, verify_snapshot,
-             is_done=snapshot_exists, rollback=drop_snapshot,
+             is_done=snapshot_exists, precondition=preflight, rollback=drop_snapshot,
              plan_check=pl.plan_preflight, plan=lambda c: pl.storage(c, "snapshot", _live(c).data, c.facts["snapshot"]),
              plan_verify=pl.plan_verify_snapshot, plan_rollback=lambda c: pl.storage(c, "destroy", _snapshot(c))),
         Step("clone", "clone the snapshot for the idle colour (copy-on-write where the backend is)", make_clone,
