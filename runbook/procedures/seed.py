@@ -2,10 +2,13 @@
 
 It differs from ours exactly where the seed is wrong (design section 5): it waits for blue's /health to
 return HTTP 200 (`curl -sf`), which agave does while still `behind` (trap 1); it stops green without
-checking that the ingress retries (trap 3); and it never touches Caddy's upstream order.
+checking that the ingress retries (trap 3), before it starts or at the shift; and it never touches
+Caddy's upstream order.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import httpx
 
@@ -30,7 +33,9 @@ PROCEDURE = Procedure(
     prepare=up.prepare,
     steady_state=up.live_serving,
     steps=(
-        _ours["snapshot"], _ours["clone"], _ours["copy-accounts"], _ours["deploy-idle"],
+        # the seed checks nothing before it starts: our snapshot step without its preflight
+        dataclasses.replace(_ours["snapshot"], precondition=None),
+        _ours["clone"], _ours["copy-accounts"], _ours["deploy-idle"],
         Step("catch-up", "wait until blue's /health returns HTTP 200", lambda ctx: None, wait_http_200),
         Step("shift", "stop green", up.stop_live, lambda ctx: None, is_done=up.shifted, rollback=up.restart_live),
     ),
