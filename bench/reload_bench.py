@@ -13,7 +13,9 @@ keep-alive connection Caddy closed), the slowest answer and the longest gap betw
 
 Procedures: ``reorder`` is the agave procedures' ``set_upstream_order`` (one PATCH, one reload);
 ``drain-reorder`` is :func:`runbook.procedures.drain.reorder` (what the procedures do now): the drain file,
-``ingress.drain`` seconds of ``Connection: close``, the same PATCH, the file removed.
+``ingress.drain`` seconds of ``Connection: close``, the same PATCH, the file removed. Figures measured on
+this machine are in README's Benchmarks (neither is free: the drain trades the idle-connection race for the
+reload's costs to fresh connections).
 Bounded: ``--reloads`` (at most 200) changes, each ``--interval`` (at least 0.5 s) apart after its drain, a
 prober capped at that duration plus a minute; the testbed is always taken down.
 """

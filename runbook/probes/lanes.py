@@ -146,7 +146,9 @@ class CoreLane:
         except BaseException:
             self._warm = False
             raise
-        self._warm = True
+        # warm only if the connection stays open for the next request (a `Connection: close` answer ends it:
+        # the next request then goes out on a fresh connection, and a failure there is not a reused one's)
+        self._warm = any(c.is_idle() for c in self._pool.connections)
         return result
 
     async def _fetch(self, index: int) -> tuple[int, str | None, bytes]:

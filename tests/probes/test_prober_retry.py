@@ -16,12 +16,17 @@ from runbook.probes.prober import Prober
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
 
+CLOSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+
+
 class ClosingServer:
     """Answers the first request of a connection, then drops the connection on its ``drop_at``-th request
-    (``drop_at=1``: a fresh connection closed without an answer)."""
+    (``drop_at=1``: a fresh connection closed without an answer). ``close_first``: the first connection's
+    answer says ``Connection: close`` and every later connection is dropped without an answer."""
 
-    def __init__(self, drop_at: int) -> None:
+    def __init__(self, drop_at: int, close_first: bool = False) -> None:
         self.drop_at = drop_at
+        self.close_first = close_first
         self.connections = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -35,6 +40,15 @@ class ClosingServer:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             n = 0
+            if self.close_first:
+                await reader.readuntil(b"\r\n\r\n")
+                if self.connections == 1:
+                    writer.write(CLOSE)
+                    await writer.drain()
+                    writer.close()
+                else:
+                    writer.transport.abort()
+                return
             try:
                 while await reader.readuntil(b"\r\n\r\n"):
                     n += 1
@@ -107,3 +121,12 @@ def test_a_fresh_connection_closed_without_an_answer_is_a_failure(tmp_path: Path
     s = p.stop()
     assert s.failed == 3 and s.retried == 0, s.describe()
     assert {f["verdict"] for f in s.failures} == {"conn_error"}
+
+
+def test_a_fresh_connection_after_a_connection_close_answer_is_not_taken_for_a_reused_one(tmp_path: Path) -> None:
+    """After an answer that said `Connection: close` the next request goes out on a new connection: a
+    failure there is the fresh connection's (conn_error), never 'a reused keep-alive connection'."""
+    with ClosingServer(drop_at=0, close_first=True) as server:
+        p = _probe(server.port, tmp_path, 2)
+        s = p.stop()
+    assert s.verdicts == {"ok": 1, "conn_error": 1} and s.retried == 0, s.describe()
