@@ -4,7 +4,7 @@ Each test shows one way a run loses what a client that does not retry would see,
 catches it by its cause: a config reload under keep-alive traffic (``needed_retry``), an upstream outage
 that holds requests in Caddy's retry loop longer than the client timeout (``late``), a shorter stall
 (no request lost, a gap). And the drain that makes a reload free: Caddy says ``Connection: close`` while
-the drain file exists, and a procedure refuses to reload through a Caddy without the drain rule.
+the drain file exists, and a change through a Caddy without the drain rule is made undrained, with a warning.
 
 Brings up Caddy: run under ``flock /tmp/runbook-testbed.lock``.
 """
@@ -29,7 +29,6 @@ from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.checks import zero_drop
 from runbook.env import PROJECT_ROOT, Env, load_env
-from runbook.errors import PreconditionFailed
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary, read_jsonl
 from runbook.procedures import drain
@@ -192,14 +191,18 @@ def test_the_drain_rule_closes_connections_only_while_the_drain_file_exists(stac
     assert not path.exists() and not drain.closes_connections(stack.env)  # keep-alive again
 
 
-def test_a_config_change_through_a_caddy_without_the_drain_rule_is_refused(tmp_path: Path) -> None:
+def test_a_config_change_through_a_caddy_without_the_drain_rule_is_made_undrained_and_says_so(
+        tmp_path: Path) -> None:
     a = Upstream()
     env = _env(tmp_path, a.port, _free_port())
+    said: list[str] = []
     try:
         with _caddy(env, tmp_path / "state", PROJECT_ROOT / "deploy" / "caddy" / "seed.Caddyfile.tmpl") as admin:
             before = admin.upstream_order()
-            with pytest.raises(PreconditionFailed, match="does not drain keep-alive connections"):
-                drain.reorder(env, admin, TestinfraHost("local://"), list(reversed(before)))
-            assert admin.upstream_order() == before and not Path(caddy.drain_path(env)).exists()
+            drained = drain.reorder(env, admin, TestinfraHost("local://"), list(reversed(before)),
+                                    progress=said.append)
+            assert drained == 0.0 and admin.upstream_order() == list(reversed(before))
+            assert any("does not drain keep-alive connections" in m for m in said), said
+            assert not Path(caddy.drain_path(env)).exists()
     finally:
         a.close()
