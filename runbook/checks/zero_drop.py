@@ -6,6 +6,8 @@ connection the server closed, e.g. at a Caddy config reload), an answer later th
 (``late``). Over time: a gap between successful answers longer than ``max_gap`` (a stall is downtime, even
 when every request is answered in the end). Per phase (the summary's, between the procedure's events): the
 lost count by cause, the slowest answer against the client's timeout, the longest gap against its bound.
+The lost requests are named one by one (the first :data:`LISTED`, then how many more), as the prober's
+summary names them.
 
 The :class:`Verdict` is what the report shows, as computed here (:meth:`Verdict.rows`); nothing re-derives it.
 """
@@ -18,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import CheckFailed
-from runbook.probes.summary import Gap, ProbeSummary, lost_by_cause
+from runbook.probes.summary import Gap, ProbeSummary, failed_requests, lost_by_cause
 
 VERDICT_FILE = "verdict.json"
+LISTED = 20
+"""Lost requests named one by one in the verdict (the rest are counted; all are in the prober's records)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Verdict:
     total: int
     phases: tuple[PhaseVerdict, ...]
     overall: PhaseVerdict
+    lost_requests: tuple[str, ...] = ()  # the first LISTED lost requests, one line each, then how many more
 
     @property
     def ok(self) -> bool:
@@ -85,6 +90,9 @@ class Verdict:
                          f"slowest {seen['slowest answer']}, longest gap {seen['longest gap between successes']}")
         for p in (*self.phases, self.overall):
             lines += [f"    {p.name}: {problem}" for problem in p.problems]
+        if self.lost_requests:
+            lines.append("  lost requests (seq, t, kind, verdict, upstream, status: error):")
+            lines += self.lost_requests
         return "\n".join(lines)
 
     def write(self, out_dir: Path) -> Path:
@@ -121,7 +129,8 @@ def verdict(summary: ProbeSummary, *, max_gap: float) -> Verdict:
     if summary.total == 0:
         overall = PhaseVerdict(overall.name, None, None, 0, {}, 0.0, overall.longest_gap,
                                ("the prober sent no request: a zero-drop verdict on nothing proves nothing",))
-    return Verdict(summary.client_timeout, max_gap, summary.total, phases, overall)
+    listed = tuple(failed_requests(summary.failures, summary.failed, max_listed=LISTED))
+    return Verdict(summary.client_timeout, max_gap, summary.total, phases, overall, listed)
 
 
 def check(v: Verdict) -> None:

@@ -23,7 +23,7 @@ import json
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -275,14 +275,20 @@ class ProbeSummary:
                          f"latency {ph.latency}")
         if self.failures:
             lines.append("  failed requests (seq, t, kind, verdict, upstream, error):")
-            for rec in self.failures[:max_listed]:
-                lines.append(f"    #{rec.get('seq')} t={float(rec.get('sched') or 0):.3f}s {rec.get('kind')} "
-                             f"{rec.get('verdict')} upstream={rec.get('upstream') or NO_UPSTREAM} "
-                             f"status={rec.get('status')}: {rec.get('error') or ''}")
-            more = self.failed - min(len(self.failures), max_listed)
-            if more > 0:
-                lines.append(f"    ... and {more} more (all in {REQUESTS_FILE})")
+            lines += failed_requests(self.failures, self.failed, max_listed=max_listed)
         return "\n".join(lines)
+
+
+def failed_requests(records: Sequence[Mapping[str, Any]], count: int, *, max_listed: int = 20) -> list[str]:
+    """One line per failed request (seq, scheduled time, kind, verdict, upstream, status, error), the first
+    ``max_listed`` of ``records``, then how many of the ``count`` failed were left out."""
+    lines = [f"    #{rec.get('seq')} t={float(rec.get('sched') or 0):.3f}s {rec.get('kind')} "
+             f"{rec.get('verdict')} upstream={rec.get('upstream') or NO_UPSTREAM} "
+             f"status={rec.get('status')}: {rec.get('error') or ''}" for rec in records[:max_listed]]
+    more = count - len(lines)
+    if more > 0:
+        lines.append(f"    ... and {more} more (all in {REQUESTS_FILE})")
+    return lines
 
 
 def _counts(counts: Mapping[str, int]) -> str:

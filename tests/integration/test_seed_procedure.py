@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.checks import zero_drop
 from runbook.env import load_env
 from runbook.testbed.stack import Testbed
 from tests.integration.envfiles import make_env
@@ -27,10 +28,13 @@ def test_seed_procedure_and_config_fail_the_zero_drop_scenario(tmp_path: Path) -
                      "agave-upgrade=seed-upgrade", reports=tmp_path / "reports", timeout=300)
     assert ran.rc == 1, ran.out
     assert "1 failed" in ran.out
-    m = re.search(r"(\d+) of (\d+) requests failed through the ingress", ran.out)
+    m = re.search(r"zero-drop verdict: FAIL: (\d+) of (\d+) requests lost to a client that does not retry", ran.out)
     assert m and int(m.group(1)) > 0, ran.out
-    listed = re.findall(r"#\d+ t=[\d.]+s (?:GET /health|POST getSlot) (\w+)", ran.out)
-    assert listed, "the failed requests are named one by one"
+    named = re.search(r"lost requests \(seq, t, kind, verdict, upstream, status: error\):\n((?:.*#\d+ t=.*\n)+)",
+                      ran.out[m.end():])
+    assert named, f"the verdict names the lost requests one by one: {ran.out}"
+    listed = re.findall(r"#\d+ t=[\d.]+s (?:GET /health|POST getSlot) (\w+) upstream=", named.group(1))
+    assert listed and len(listed) <= min(int(m.group(1)), zero_drop.LISTED), named.group(1)
     assert {"behind"} & set(listed) or {"conn_error", "http_error", "timeout"} & set(listed), listed
     assert Testbed(load_env(str(env_file))).leftovers() == []
 
@@ -40,8 +44,8 @@ def test_our_procedure_refuses_to_start_behind_the_seed_ingress(tmp_path: Path) 
     ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
                      "--log-cli-level=INFO", reports=tmp_path / "reports", timeout=300)
     assert ran.rc == 1, ran.out
-    assert "refusing to start the upgrade: the ingress would drop requests at the shift" in ran.out
-    assert "requests failed through the ingress" not in ran.out  # it refused before anything could drop
+    assert "refusing to start the upgrade: the ingress would drop requests" in ran.out
+    assert "requests lost to a client that does not retry" not in ran.out  # refused before anything could drop
     assert "[agave-upgrade] snapshot:" in ran.out
     assert "[agave-upgrade] clone:" not in ran.out, "refused at the first step, before anything changed"
     assert not re.search(r"accounts: [\d.]+ of", ran.out)

@@ -52,8 +52,23 @@ def test_one_lost_request_fails_its_phase_by_cause(tmp_path: Path, cause: str) -
     v = _run(tmp_path, recs, ((0.5, "caddy config change"),))
     before, after = v.phases
     assert before.ok and not after.ok and after.lost == {cause: 1} and not v.ok
-    with pytest.raises(CheckFailed, match=rf"1 of 100 requests lost(.|\n)*{cause} 1"):
+    with pytest.raises(CheckFailed, match=rf"1 of 100 requests lost(.|\n)*{cause} 1(.|\n)*"
+                                          rf"\n    #70 t=0.700s GET /health {cause} upstream=a status=200: {cause}"):
         zero_drop.check(v)
+    assert v.lost_requests == (f"    #70 t=0.700s GET /health {cause} upstream=a status=200: {cause}",)
+
+
+def test_the_lost_requests_are_named_up_to_a_bound_and_the_rest_counted(tmp_path: Path) -> None:
+    recs = _steady()
+    for i in range(20, 20 + zero_drop.LISTED + 7):
+        recs[i] = _rec(i, i * 0.01, verdict="conn_error", status=None)
+    v = _run(tmp_path, recs)
+    text = v.describe()
+    named = [line for line in text.splitlines() if line.startswith("    #")]
+    assert len(named) == zero_drop.LISTED and named[0].startswith("    #20 t=0.200s GET /health conn_error"), text
+    assert text.endswith("    ... and 7 more (all in requests.jsonl)"), text
+    assert json.loads(v.write(tmp_path).read_text())["lost_requests"][-1].endswith("and 7 more (all in requests.jsonl)")
+    assert _run(tmp_path, _steady()).lost_requests == ()  # a clean run names none
 
 
 def test_a_stall_answered_within_the_client_timeout_fails_on_the_gap(tmp_path: Path) -> None:
