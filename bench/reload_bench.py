@@ -1,7 +1,8 @@
-"""What a Caddy config change costs under the strict zero-drop verdict (issue 9). A script, not a test.
+"""What changing Caddy's upstream order costs under the strict zero-drop verdict (issue 9): by a config
+reload, and by the order switch the procedures use. A script, not a test.
 
     flock /tmp/runbook-testbed.lock .venv/bin/python bench/reload_bench.py --reloads 20
-    flock /tmp/runbook-testbed.lock .venv/bin/python bench/reload_bench.py --procedure reorder,drain-reorder
+    flock /tmp/runbook-testbed.lock .venv/bin/python bench/reload_bench.py --procedure reload,switch --rounds 3
 
 A throwaway testbed (local.yaml with every port shifted, state under a temp dir; green up, blue down, as
 at the agave upgrade's cleanup and its rollback's restore-order) is probed at ``--rate`` (150 req/s, the
@@ -11,13 +12,12 @@ between the two orders, so every change is real). Printed per procedure: reloads
 lost (in all, per reload, by cause: ``needed_retry`` is a request a client that does not retry lost on a
 keep-alive connection Caddy closed), the slowest answer and the longest gap between successes.
 
-Procedures: ``reorder`` is the agave procedures' ``set_upstream_order`` (one PATCH, one reload);
-``drain-reorder`` is :func:`runbook.procedures.drain.reorder` (what the procedures do now): the drain file,
-``ingress.drain`` seconds of ``Connection: close``, the same PATCH, the file removed. Figures measured on
-this machine are in README's Benchmarks (neither is free: the drain trades the idle-connection race for the
-reload's costs to fresh connections).
-Bounded: ``--reloads`` (at most 200) changes, each ``--interval`` (at least 0.5 s) apart after its drain, a
-prober capped at that duration plus a minute; the testbed is always taken down.
+Procedures: ``reload`` loads the testbed's config with the two orders swapped (``POST /load``: a reload, as
+a ``PATCH`` of the upstreams is); ``switch`` is what the procedures do, ``set_upstream_order`` on the
+production Caddyfile's order switch (the order file touched or removed: no config change). Figures
+measured on this machine are in README's Benchmarks.
+Bounded: ``--reloads`` (at most 200) changes, each ``--interval`` (at least 0.5 s) apart, a prober capped at
+that duration plus a minute; the testbed is always taken down.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import yaml
 
-from runbook.adapters.base import Host
 from runbook.adapters.factory import connect
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.checks import zero_drop
@@ -79,12 +78,18 @@ def make_env(tmp: Path) -> Path:
     return path
 
 
-def procedures(env: Env, admin: CaddyAdmin, host: Host) -> dict[str, Callable[[list[str]], object]]:
-    from runbook.procedures import drain
+def procedures(env: Env, admin: CaddyAdmin) -> dict[str, Callable[[list[str]], object]]:
+    from runbook.testbed import caddy
 
+    d = env.deployments
+    green_first = f"127.0.0.1:{d.green.rpc_port} 127.0.0.1:{d.blue.rpc_port}"
+    blue_first = f"127.0.0.1:{d.blue.rpc_port} 127.0.0.1:{d.green.rpc_port}"
+    configs = {green_first: caddy.adapt(caddy.render(caddy.TEMPLATE, env)),
+               blue_first: caddy.adapt(caddy.render(caddy.TEMPLATE, env, upstreams=blue_first,
+                                                    upstreams_blue_first=green_first))}
     return {
-        "reorder": admin.set_upstream_order,
-        "drain-reorder": lambda order: drain.reorder(env, admin, host, order),
+        "reload": lambda order: admin.load(configs[" ".join(order)]),
+        "switch": admin.set_upstream_order,
     }
 
 
@@ -94,7 +99,7 @@ def run(env: Env, name: str, change: Callable[[list[str]], object], *, reloads: 
     orders = [[f"127.0.0.1:{d.blue.rpc_port}", f"127.0.0.1:{d.green.rpc_port}"],
               [f"127.0.0.1:{d.green.rpc_port}", f"127.0.0.1:{d.blue.rpc_port}"]]
     prober = Prober(url=env.ingress.url, rate=rate, out_dir=out, timeout=10.0, client_timeout=env.probe.client_timeout,
-                    max_in_flight=int(rate * 12), max_duration=reloads * (interval + env.ingress.drain + 2.0) + 60.0)
+                    max_in_flight=int(rate * 12), max_duration=reloads * (interval + 2.0) + 60.0)
     prober.start()
     times: list[float] = []
     took: list[float] = []
@@ -118,8 +123,8 @@ def run(env: Env, name: str, change: Callable[[list[str]], object], *, reloads: 
             per_reload[sum(1 for t in times if t <= rec["sched"])] += 1
     lost = sum(causes.values())
     spread = ", ".join(f"#{k}: {v}" for k, v in sorted(per_reload.items())) or "none"
-    return (f"{name}: {len(times)} reloads, {summary.total} requests at {rate:g}/s, {lost} lost "
-            f"({lost / max(1, len(times)):.2f} per reload; by cause {dict(causes) or 'none'}; after reload {spread}); "
+    return (f"{name}: {len(times)} changes, {summary.total} requests at {rate:g}/s, {lost} lost "
+            f"({lost / max(1, len(times)):.2f} per change; by cause {dict(causes) or 'none'}; after change {spread}); "
             f"slowest answer {summary.slowest_ms:.1f} ms; longest gap {summary.longest_gap.seconds * 1000:.1f} ms; "
             f"change took {max(took, default=0) * 1000:.0f} ms at most; strict verdict "
             f"{'PASS' if verdict.ok else 'FAIL'}")
@@ -127,7 +132,7 @@ def run(env: Env, name: str, change: Callable[[list[str]], object], *, reloads: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--procedure", default="reorder,drain-reorder", help="comma-separated: reorder, drain-reorder")
+    ap.add_argument("--procedure", default="reload,switch", help="comma-separated: reload, switch")
     ap.add_argument("--reloads", type=int, default=20)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between changes (>= 0.5)")
     ap.add_argument("--rate", type=float, default=150.0)
@@ -142,16 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         testbed = Testbed(env)
         try:
             testbed.up(progress=lambda m: log(f"testbed: {m}"))
-            with CaddyAdmin(env.ingress.admin, site_url=env.ingress.url) as admin:
-                table = procedures(env, admin, connect(env, testbed).host)
+            with CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=connect(env, testbed).host) as admin:
+                table = procedures(env, admin)
                 for r in range(args.rounds):
                     for name in args.procedure.split(","):
                         log(f"{name}: {args.reloads} changes, {args.interval:g} s apart, at {args.rate:g} req/s")
                         lines.append(run(env, name, table[name], reloads=args.reloads, interval=args.interval,
                                          rate=args.rate, out=tmp / f"{name}-{r}"))
                         log(lines[-1])
-                admin.set_upstream_order([f"127.0.0.1:{env.deployments.green.rpc_port}",
-                                          f"127.0.0.1:{env.deployments.blue.rpc_port}"])
+                table["reload"]([f"127.0.0.1:{env.deployments.green.rpc_port}",
+                                 f"127.0.0.1:{env.deployments.blue.rpc_port}"])
+                table["switch"]([f"127.0.0.1:{env.deployments.green.rpc_port}",
+                                 f"127.0.0.1:{env.deployments.blue.rpc_port}"])
         finally:
             log("testbed: down")
             testbed.down()

@@ -17,3 +17,4 @@ Feature: Caddy ingress configuration audit
       | a failing upstream is taken out at once                    | fail_duration/max_fails                          |
       | GET and POST are retried, with buffered bodies             | lb_try_duration, lb_retry_match, request_buffers |
       | every response names the upstream that served it           | header_down X-Upstream                           |
+      | the upstream order changes without a config reload         | order_switch                                     |

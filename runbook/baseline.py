@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.adapters.base import Dataset, PodInfo, Workloads
-from runbook.adapters.ingress import upstream_key
+from runbook.adapters.ingress import same_upstreams, upstream_key
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed, RunbookError, TestbedError
@@ -197,13 +197,16 @@ def restore(adapters: Any, baseline: Baseline, *, extras: LocalExtras | None = N
 
 
 def _restore_ingress(adapters: Any, baseline: Baseline) -> list[str]:
-    if adapters.ingress.config() == baseline.ingress:
-        return []
+    """Caddy's config as captured, then the order serving as captured (an order switch's file is not config)."""
+    fixed = []
+    if adapters.ingress.config() != baseline.ingress:
+        adapters.ingress.load(copy.deepcopy(baseline.ingress))
+        fixed.append("reloaded Caddy's config as captured")
     order = adapters.ingress.upstream_order()
-    adapters.ingress.load(copy.deepcopy(baseline.ingress))
-    moved = f": upstream order {order} -> {list(baseline.upstream_order)}" if tuple(order) != baseline.upstream_order \
-        else ""
-    return [f"reloaded Caddy's config as captured{moved}"]
+    if not same_upstreams(order, baseline.upstream_order):
+        adapters.ingress.set_upstream_order(list(baseline.upstream_order))
+        fixed.append(f"upstream order {order} -> {list(baseline.upstream_order)}")
+    return fixed
 
 
 def _remove_deployments(adapters: Any, baseline: Baseline) -> list[str]:

@@ -57,11 +57,10 @@ class IngressConfig(_Model):
     template: str = "deploy/caddy/Caddyfile.tmpl"
     health_interval: Duration = Field(default=1.0, gt=0, description="Caddy's active health check interval")
     try_duration: Duration = Field(default=5.0, gt=0, description="Caddy's retry window (lb_try_duration)")
-    drain_file: str = Field(default="/run/caddy-runbook/drain", description="a path on the env's host that Caddy "
-                            "sees at the same path: while it exists every response closes its connection (the "
-                            "Caddyfile's drain rule); relative: under the testbed's state_dir")
-    drain: Duration = Field(default=10.0, ge=0, description="how long the ingress drains keep-alive connections "
-                            "before a config change (at least the clients' keep-alive idle expiry)")
+    order_file: str = Field(default="/var/lib/caddy-runbook/blue-first", description="a path on Caddy's host, "
+                            "seen by Caddy at the same path: while it exists the Caddyfile's blue-first reverse_proxy "
+                            "serves (the order switch: no config reload); relative: under the testbed's state_dir. "
+                            "Kept across reboots: it says which colour is preferred")
 
     @field_validator("url", "admin")
     @classmethod

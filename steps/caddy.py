@@ -20,7 +20,8 @@ def live_config(adapters: Adapters, evidence: Recorder) -> AuditReport:
     live, how = bg.live_colour(env, adapters.workloads)
     evidence.call(f"the live colour: {live or 'unknown'} ({how})")
     expected = bg.upstream_order_for(env, live) if live else None
-    return audit(config, expected_upstreams=expected, site_url=env.ingress.url,
+    served = adapters.ingress.upstream_order()  # an order switch serves the order its file on Caddy's host says
+    return audit(config, expected_upstreams=expected, site_url=env.ingress.url, served_order=served,
                  upstream_header=env.ingress.upstream_header, live_unknown=how)
 
 

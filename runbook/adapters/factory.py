@@ -44,11 +44,12 @@ class Adapters:
 
 def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
     if testbed is not None:
+        host = TestinfraHost(env.host, netns=testbed.netns, env_name=env.name)
         return Adapters(
             env=env,
-            host=TestinfraHost(env.host, netns=testbed.netns, env_name=env.name),
+            host=host,
             workloads=testbed.workloads,
-            ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url),
+            ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host),
             storage=testbed.storage,
         )
     from runbook.adapters.kube import KubeWorkloads
@@ -59,7 +60,7 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
         env=env,
         host=host,
         workloads=KubeWorkloads(env),
-        ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url),
+        ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host),
         storage=storage_for(env, host),
     )
 

@@ -5,18 +5,25 @@ The same adapter drives biscayne's Caddy and the testbed's (real Caddy from cadd
 - ``GET  /config/``                  the live JSON config (what :mod:`runbook.checks.caddy_audit` audits)
 - ``POST /load``                     replace the whole config
 - ``GET  /reverse_proxy/upstreams``  per-upstream ``address``, ``num_requests``, ``fails`` (no ``healthy``)
-- ``PATCH /config/<path>/upstreams`` reorder the reverse_proxy upstreams, every other setting kept
+- ``PATCH /config/<path>/upstreams`` reorder the reverse_proxy upstreams, every other setting kept (only for a
+  config without the order switch below)
 
-Every config change reloads Caddy's servers and closes idle client keep-alive connections (design
-trap 3), so :meth:`CaddyAdmin.set_upstream_order` changes nothing when the order is already right, and
-guards its edit with the ``ETag`` of the config it read (``If-Match``) so a concurrent edit is refused
-rather than overwritten.
+Every config change reloads Caddy's servers, which costs requests under traffic: the idle keep-alive
+connections it closes, and the queued connections of the listening socket it replaces (measured by
+``bench/reload_bench.py``). So the production Caddyfile never needs one to change the upstream order: its
+site has two reverse_proxy handlers with the same settings and the two orders, and a ``file`` matcher on
+the first picks it, per request, while the order file exists on Caddy's host (:class:`SiteProxy`).
+:meth:`CaddyAdmin.set_upstream_order` then touches or removes that file through the host adapter: no
+reload, no connection closed. A config with one reverse_proxy (the seed's) is reordered by ``PATCH``,
+guarded with the ``ETag`` of the config it read (``If-Match``) so a concurrent edit is refused.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -35,6 +42,7 @@ class ProxyHandler:
 
     path: JSONPath
     handler: dict[str, Any]
+    when_file: str | None = None  # the file matcher of the route it is in: it serves only while that file exists
 
     @property
     def config_path(self) -> str:
@@ -46,15 +54,27 @@ class ProxyHandler:
         return [str(u.get("dial", "")) for u in self.handler.get("upstreams", []) if isinstance(u, dict)]
 
 
-def _walk(node: Any, path: JSONPath) -> Iterator[ProxyHandler]:
+def _route_file(route: dict[str, Any]) -> str | None:
+    """The file a route's ``file`` matcher requires (``root`` joined with its first ``try_files``), if any."""
+    for matcher in route.get("match") or []:
+        spec = matcher.get("file") if isinstance(matcher, dict) else None
+        if isinstance(spec, dict) and spec.get("try_files"):
+            root = str(spec.get("root") or "/").rstrip("/")
+            return f"{root}/{str(spec['try_files'][0]).lstrip('/')}"
+    return None
+
+
+def _walk(node: Any, path: JSONPath, when_file: str | None = None) -> Iterator[ProxyHandler]:
     if isinstance(node, dict):
         if node.get("handler") == "reverse_proxy":
-            yield ProxyHandler(path, node)
+            yield ProxyHandler(path, node, when_file)
+        if "handle" in node:  # a route: its file matcher applies to the handlers under it
+            when_file = _route_file(node) or when_file
         for key, value in node.items():
-            yield from _walk(value, (*path, key))
+            yield from _walk(value, (*path, key), when_file)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _walk(value, (*path, i))
+            yield from _walk(value, (*path, i), when_file)
 
 
 def find_reverse_proxies(config: dict[str, Any]) -> list[ProxyHandler]:
@@ -84,17 +104,45 @@ def find_site_proxies(config: dict[str, Any], site_url: str) -> list[ProxyHandle
     return found
 
 
-def find_site_proxy(config: dict[str, Any], site_url: str, *, source: str = "config") -> ProxyHandler:
-    """The one ``reverse_proxy`` serving ``site_url``; :class:`AdapterError` if there is none or several."""
+@dataclass(frozen=True)
+class SiteProxy:
+    """What serves the env's site: one reverse_proxy, or the production Caddyfile's order switch (a
+    ``switched`` handler that serves while ``order_file`` exists on Caddy's host, then the ``default`` one,
+    with the same settings and the upstreams in the other order)."""
+
+    default: ProxyHandler
+    switched: ProxyHandler | None = None
+
+    @property
+    def order_file(self) -> str | None:
+        return self.switched.when_file if self.switched else None
+
+    @property
+    def handlers(self) -> tuple[ProxyHandler, ...]:
+        return (self.default,) if self.switched is None else (self.switched, self.default)
+
+
+def site_proxy_of(found: Sequence[ProxyHandler]) -> SiteProxy | None:
+    """The :class:`SiteProxy` the handlers serving a site make, or None when they make neither shape."""
+    if len(found) == 1 and found[0].when_file is None:
+        return SiteProxy(found[0])
+    if len(found) == 2 and found[0].when_file and found[1].when_file is None:
+        return SiteProxy(found[1], found[0])
+    return None
+
+
+def find_site_proxy(config: dict[str, Any], site_url: str, *, source: str = "config") -> SiteProxy:
+    """What serves ``site_url``; :class:`AdapterError` if it is neither one reverse_proxy nor an order switch."""
     found = find_site_proxies(config, site_url)
-    if len(found) != 1:
+    site = site_proxy_of(found)
+    if site is None:
         where = ", ".join(h.config_path for h in find_reverse_proxies(config)) or "none"
         raise AdapterError(
-            f"expected exactly one reverse_proxy serving {site_url} in {source}, found {len(found)} "
-            f"(every reverse_proxy in the config: {where})",
+            f"expected one reverse_proxy serving {site_url} in {source} (or two: an order switch, the first "
+            f"under a file matcher), found {len(found)} (every reverse_proxy in the config: {where})",
             obj=source,
         )
-    return found[0]
+    return site
 
 
 def find_reverse_proxy(config: dict[str, Any], *, source: str = "config") -> ProxyHandler:
@@ -161,12 +209,14 @@ class CaddyAdmin:
         admin_url: str,
         *,
         site_url: str | None = None,
+        files: Any = None,
         timeout: float = 5.0,
         load_timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.site_url = site_url  # the env's site: its reverse_proxy is the one read and edited
+        self.files = files  # a Host where Caddy's files are (the order switch's file), or None
         self.timeout = timeout
         self.load_timeout = load_timeout
         self._client = httpx.Client(base_url=self.admin_url, timeout=timeout, transport=transport)
@@ -294,27 +344,33 @@ class CaddyAdmin:
                 obj=self.admin_url,
             ) from exc
 
-    def proxy(self) -> ProxyHandler:
-        """The live config's reverse_proxy serving the env's site (the one reverse_proxy, without a site)."""
-        return self._proxy_in(self.config())
+    def site(self) -> SiteProxy:
+        """What serves the env's site in the live config (without a site: the config's one reverse_proxy)."""
+        return self._site_in(self.config())
 
-    def _proxy_in(self, config: dict[str, Any]) -> ProxyHandler:
+    def proxy(self) -> ProxyHandler:
+        """The reverse_proxy serving the env's site when no order file exists (its settings are both's)."""
+        return self.site().default
+
+    def _site_in(self, config: dict[str, Any]) -> SiteProxy:
         source = f"live config of {self.admin_url}"
         if self.site_url:
             return find_site_proxy(config, self.site_url, source=source)
-        return find_reverse_proxy(config, source=source)
+        return SiteProxy(find_reverse_proxy(config, source=source))
 
     def upstream_order(self) -> list[str]:
-        """Dial addresses of the reverse_proxy handler's upstreams, in the live config's order."""
-        return self.proxy().dials
+        """Dial addresses of the upstreams in the order serving now: the switched handler's while the order
+        file exists on Caddy's host, else the default one's."""
+        site = self.site()
+        if site.switched is not None and self._file_exists(site):
+            return site.switched.dials
+        return site.default.dials
 
     def set_upstream_order(self, addresses: Sequence[str]) -> None:
-        """Make the reverse_proxy upstreams exactly ``addresses``, in that order.
-
-        Only the ``upstreams`` array is replaced (``PATCH`` on its config path, ``If-Match`` the config
-        that was read); each existing upstream keeps its own object, every other setting is untouched.
-        A no-op, with no reload, when the order already matches.
-        """
+        """Make ``addresses`` the order serving, with no config change where the config has the order
+        switch (the order file touched or removed on Caddy's host). A config with one reverse_proxy is
+        reordered by ``PATCH`` (a reload): only its ``upstreams`` array, each existing upstream keeping its
+        own object, ``If-Match`` the config read. A no-op when the order already matches."""
         wanted = [str(a) for a in addresses]
         if not wanted or len(set(wanted)) != len(wanted):
             raise AdapterError(
@@ -322,7 +378,34 @@ class CaddyAdmin:
                 obj=self.admin_url,
             )
         config, etag = self._config_with_etag()
-        proxy = self._proxy_in(config)
+        site = self._site_in(config)
+        if site.switched is not None:
+            self._switch(site, wanted)
+        else:
+            self._patch(site.default, wanted, etag)
+        observed = self.upstream_order()
+        if not same_upstreams(observed, wanted):
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: upstream order is {observed} after setting {wanted}",
+                obj=self.admin_url,
+            )
+
+    def _switch(self, site: SiteProxy, wanted: list[str]) -> None:
+        assert site.switched is not None and site.order_file
+        path = shlex.quote(site.order_file)
+        if same_upstreams(site.switched.dials, wanted):
+            parent = shlex.quote(str(PurePosixPath(site.order_file).parent))
+            self._files().run(f"mkdir -p {parent} && touch {path}")
+        elif same_upstreams(site.default.dials, wanted):
+            self._files().run(f"rm -f {path}")
+        else:
+            raise AdapterError(
+                f"Caddy admin API {self.admin_url}: the config switches between {site.switched.dials} and "
+                f"{site.default.dials}, not {wanted}: refusing a config change (a reload costs requests)",
+                obj=self.admin_url,
+            )
+
+    def _patch(self, proxy: ProxyHandler, wanted: list[str], etag: str | None) -> None:
         if same_upstreams(proxy.dials, wanted):
             return
         existing = {  # each upstream keeps its own object, and its own spelling of a loopback host
@@ -330,17 +413,19 @@ class CaddyAdmin:
         }
         new_upstreams = [existing.get(upstream_key(a), {"dial": a}) for a in wanted]
         headers = {"If-Match": etag} if etag else None
-        path = proxy.config_path + "/upstreams"
-        if "upstreams" in proxy.handler:
-            self._request("PATCH", path, json_body=new_upstreams, headers=headers, timeout=self.load_timeout)
-        else:
-            self._request("POST", path, json_body=new_upstreams, headers=headers, timeout=self.load_timeout)
-        observed = self.upstream_order()
-        if not same_upstreams(observed, wanted):
-            raise AdapterError(
-                f"Caddy admin API {self.admin_url}: upstream order is {observed} after setting {wanted}",
-                obj=self.admin_url,
-            )
+        method = "PATCH" if "upstreams" in proxy.handler else "POST"
+        self._request(method, proxy.config_path + "/upstreams", json_body=new_upstreams, headers=headers,
+                      timeout=self.load_timeout)
+
+    def _files(self) -> Any:
+        if self.files is None:
+            raise AdapterError(f"Caddy admin API {self.admin_url}: the config switches its upstream order by a "
+                               "file on Caddy's host, and this adapter was given no host to read it",
+                               obj=self.admin_url)
+        return self.files
+
+    def _file_exists(self, site: SiteProxy) -> bool:
+        return bool(self._files().run(f"test -e {shlex.quote(str(site.order_file))}", check=False).ok)
 
 
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}

@@ -7,8 +7,11 @@ Caddyfile text, so it audits what Caddy is actually running. Each required setti
 ==========================  ===========================================================================
 setting                     required because
 ==========================  ===========================================================================
-``reverse_proxy``           exactly one proxy serves the env's site (its host and port)
-``upstreams``               both colours present, the live colour first (loopback spellings equal)
+``reverse_proxy``           one proxy serves the env's site (its host and port), or an order switch's two
+``upstreams``               both colours present, the live colour first in the order serving now
+                            (loopback spellings equal)
+``order_switch``            the order changes without a config reload: two handlers, the two orders, the
+                            first under a file matcher (every setting below is checked on both)
 ``lb_policy``               ``first``: all traffic to the first available upstream (trap 2)
 ``health_uri``              active checks on ``/health``
 ``health_interval``         short: a node that falls ``behind`` keeps traffic until the next check
@@ -24,11 +27,18 @@ setting                     required because
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runbook.adapters.ingress import ProxyHandler, dict_at, find_reverse_proxies, find_site_proxies, upstream_key
+from runbook.adapters.ingress import (
+    SiteProxy,
+    dict_at,
+    find_reverse_proxies,
+    find_site_proxies,
+    site_proxy_of,
+    upstream_key,
+)
 from runbook.errors import CheckFailed
 
 UPSTREAM_PLACEHOLDER = "{http.reverse_proxy.upstream.hostport}"
@@ -155,8 +165,7 @@ _dict = dict_at
 # --------------------------------------------------------------------------- one check per setting
 
 
-def _check_upstreams(proxy: ProxyHandler, expected: Sequence[str] | None, unknown: str) -> Finding:
-    observed = proxy.dials
+def _check_upstreams(observed: Sequence[str], expected: Sequence[str] | None, unknown: str) -> Finding:
     why = "both colours must be upstreams, and with lb_policy first the order decides who serves"
     if expected is None:
         return Finding("upstreams", False, "the live colour's upstream first, then the idle one",
@@ -168,6 +177,20 @@ def _check_upstreams(proxy: ProxyHandler, expected: Sequence[str] | None, unknow
         " ".join(observed) or "none",
         why,
     )
+
+
+def _check_order_switch(site: SiteProxy) -> Finding:
+    why = ("every config reload costs requests under traffic (the idle keep-alive connections it closes, the "
+           "listening socket it replaces: bench/reload_bench.py), so the upstream order must change without one")
+    expected = ("two reverse_proxy handlers, the first under a file matcher, the same upstreams in the other "
+                "order: the order file on Caddy's host switches them per request")
+    if site.switched is None:
+        return Finding("order_switch", False, expected, "one reverse_proxy: reordering it is a config reload", why)
+    a, b = site.switched.dials, site.default.dials
+    mirrored = len(a) == 2 and [upstream_key(d) for d in a] == [upstream_key(d) for d in reversed(b)]
+    observed = f"{' '.join(a)} while {site.order_file} exists, else {' '.join(b)}"
+    return Finding("order_switch", mirrored, expected, observed + ("" if mirrored else " (not the two orders "
+                   "of the same two upstreams)"), why)
 
 
 def _check_policy(h: dict[str, Any]) -> Finding:
@@ -327,44 +350,64 @@ def audit(
     *,
     expected_upstreams: Sequence[str] | None,
     site_url: str | None = None,
+    served_order: Sequence[str] | None = None,
     upstream_header: str = "X-Upstream",
     max_health_interval: float = DEFAULT_MAX_HEALTH_INTERVAL,
     live_unknown: str = "",
 ) -> AuditReport:
-    """Audit Caddy's JSON ``config``: one :class:`Finding` per required setting, on the reverse_proxy that
-    serves ``site_url`` (the env's site; without it, the config's only reverse_proxy).
+    """Audit Caddy's JSON ``config``: one :class:`Finding` per required setting, on what serves ``site_url``
+    (the env's site; without it, the config's only reverse_proxy): one reverse_proxy, or the order switch's
+    two, each of which must have every setting.
 
     ``expected_upstreams`` is the order the live colour needs (live first), from real state; None when the
-    live colour could not be told (``live_unknown`` says why): the upstreams finding then fails."""
-    proxies = find_site_proxies(config, site_url) if site_url else find_reverse_proxies(config)
-    if len(proxies) != 1:
+    live colour could not be told (``live_unknown`` says why): the upstreams finding then fails.
+    ``served_order`` is the order serving now, which for an order switch depends on its file on Caddy's host
+    (the ingress adapter reads it); without it, the default handler's order."""
+    found = find_site_proxies(config, site_url) if site_url else find_reverse_proxies(config)
+    site = site_proxy_of(found)
+    if site is None:
         every = ", ".join(p.config_path for p in find_reverse_proxies(config)) or "none"
         return AuditReport(
             (
                 Finding(
                     "reverse_proxy",
                     False,
-                    f"exactly one reverse_proxy serving {site_url or 'the ingress'}",
-                    f"{len(proxies)} (every reverse_proxy in the config: {every})",
+                    f"one reverse_proxy serving {site_url or 'the ingress'} (or an order switch: two, the first "
+                    "under a file matcher)",
+                    f"{len(found)} (every reverse_proxy in the config: {every})",
                     "the ingress must have one load-balanced proxy over both colours for the env's site",
                 ),
             )
         )
-    proxy = proxies[0]
-    h = proxy.handler
+    served = list(served_order) if served_order is not None else site.default.dials
+
+    def each(check: Callable[[dict[str, Any]], Finding]) -> Finding:
+        return _merged([check(p.handler) for p in site.handlers], site)
+
     findings = (
-        _check_upstreams(proxy, expected_upstreams, live_unknown),
-        _check_policy(h),
-        _check_health_uri(h),
-        _check_interval(h, max_health_interval),
-        _check_body(h),
-        _check_passive(h),
-        _check_retries(h),
-        _check_retry_match(h),
-        _check_buffers(h),
-        _check_header(h, upstream_header),
+        _check_upstreams(served, expected_upstreams, live_unknown),
+        _check_order_switch(site),
+        each(_check_policy),
+        each(_check_health_uri),
+        each(lambda h: _check_interval(h, max_health_interval)),
+        each(_check_body),
+        each(_check_passive),
+        each(_check_retries),
+        each(_check_retry_match),
+        each(_check_buffers),
+        each(lambda h: _check_header(h, upstream_header)),
     )
-    return AuditReport(findings, handler_path=proxy.config_path)
+    return AuditReport(findings, handler_path=", ".join(p.config_path for p in site.handlers))
+
+
+def _merged(per_handler: list[Finding], site: SiteProxy) -> Finding:
+    """One finding for a setting every handler of the site must have: ok only if each has it."""
+    first = per_handler[0]
+    if len(per_handler) == 1 or len({f.observed for f in per_handler}) == 1:
+        return Finding(first.setting, all(f.ok for f in per_handler), first.expected, first.observed, first.why)
+    names = ("while the order file exists", "otherwise")
+    observed = "; ".join(f"{n}: {f.observed}" for n, f in zip(names, per_handler, strict=True))
+    return Finding(first.setting, all(f.ok for f in per_handler), first.expected, observed, first.why)
 
 
 def require_audit(
@@ -372,6 +415,7 @@ def require_audit(
     *,
     expected_upstreams: Sequence[str] | None,
     site_url: str | None = None,
+    served_order: Sequence[str] | None = None,
     upstream_header: str = "X-Upstream",
     max_health_interval: float = DEFAULT_MAX_HEALTH_INTERVAL,
     **ctx: Any,
@@ -381,6 +425,7 @@ def require_audit(
         config,
         expected_upstreams=expected_upstreams,
         site_url=site_url,
+        served_order=served_order,
         upstream_header=upstream_header,
         max_health_interval=max_health_interval,
     )

@@ -6,7 +6,6 @@ plan mode: the live colour assumed (``--live``), images and the run id as placeh
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Any
 
@@ -48,7 +47,8 @@ def _proxy(env: Env) -> str:
 
 
 def audit_retries(ctx: Context) -> str:
-    return f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: {RETRY} set (design trap 3)"
+    return (f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: {RETRY} set (design trap 3), and the "
+            "order switch (two reverse_proxy orders picked by a file: reordering needs no config reload)")
 
 
 def create_deployment(ctx: Context, which: str, image: str) -> str:
@@ -70,22 +70,18 @@ def rollout(ctx: Context, which: str) -> str:
 
 
 def set_order(ctx: Context, first: str) -> list[str]:
-    """The upstream reorder as runbook.procedures.drain makes it: keep-alive connections drained first."""
-    from runbook.testbed.caddy import drain_path
+    """The upstream order as the ingress adapter switches it: the order file on Caddy's host, no reload."""
+    from runbook.testbed.caddy import order_path
 
     env = ctx.env
     order = bg.upstream_order_for(env, ctx.facts[first])
-    body = json.dumps([{"dial": a} for a in order], separators=(",", ":"))
-    drain = shlex.quote(drain_path(env))
-    return [*on_host(env, [f"mkdir -p {shlex.quote(drain_path(env).rsplit('/', 1)[0] or '/')} && touch {drain}"]),
-            f"poll GET {env.ingress.url}/health until it answers `Connection: close` (the Caddyfile's drain rule), "
-            "deadline 10s   # else refused: a reload now would cost requests",
-            f"wait {env.ingress.drain:g}s   # clients' keep-alive connections close; the reload closes none in use",
-            f"GET {env.ingress.admin}/config/   # {_proxy(env)}: its config path and the ETag; nothing more if its "
-            f"upstreams are already {_order(order)}",
-            f"PATCH {env.ingress.admin}/config/<that reverse_proxy's path>/upstreams   If-Match: <ETag>   "
-            f"{body}   # each upstream keeps its other fields; a config reload",
-            on_host(env, [f"rm -f {drain}"])[0] + "   # keep-alive again (also when a line above fails)"]
+    path = shlex.quote(order_path(env))
+    switch = (f"mkdir -p {shlex.quote(order_path(env).rsplit('/', 1)[0] or '/')} && touch {path}"
+              if ctx.facts[first] == "blue" else f"rm -f {path}")
+    return [f"GET {env.ingress.admin}/config/   # {_proxy(env)}: the order switch's two reverse_proxy handlers "
+            "(blue first while the order file exists, else green first)",
+            *on_host(env, [f"{switch}   # upstream order {_order(order)}: Caddy checks the file per request, "
+                           "no config reload, no connection closed"])]
 
 
 def served_by(ctx: Context, which: str) -> str:
@@ -111,7 +107,9 @@ def plan_preflight(ctx: Context) -> list[str]:
     idle = _dep(ctx, "idle")
     return [audit_retries(ctx),
             f"{kubectl(ctx.env)} get pods -l {selector(ctx.env, ctx.facts['idle'])}   # {idle.name}: no pod, or a "
-            f"resumed run's pod on {ctx.facts['target_image']}"]
+            f"resumed run's pod on {ctx.facts['target_image']}",
+            f"# the storage has no {idle.data}, or only this run's clone (an earlier upgrade's kept data stops "
+            "the run here)"]
 
 
 def plan_verify_snapshot(ctx: Context) -> list[str]:
@@ -148,7 +146,7 @@ def plan_restart_live(ctx: Context) -> list[str]:
 
 def plan_cleanup_verify(ctx: Context) -> list[str]:
     order = bg.upstream_order_for(ctx.env, ctx.facts["idle"])
-    return [f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: upstreams {_order(order)}",
+    return [_order_serving(ctx, order),
             *plan_shift_verify(ctx)]
 
 
@@ -255,7 +253,15 @@ def plan_shift_back(ctx: Context) -> list[str]:
 
 def plan_restore_order_verify(ctx: Context) -> list[str]:
     order = bg.upstream_order_for(ctx.env, ctx.facts["live"])
-    return [f"GET {ctx.env.ingress.admin}/config/   # {_proxy(ctx.env)}: upstreams {_order(order)}"]
+    return [_order_serving(ctx, order)]
+
+
+def _order_serving(ctx: Context, order: list[str]) -> str:
+    from runbook.testbed.caddy import order_path
+
+    blue_first = order == bg.upstream_order_for(ctx.env, "blue")
+    test = f"test {'-e' if blue_first else '! -e'} {shlex.quote(order_path(ctx.env))}"
+    return on_host(ctx.env, [f"{test}   # the order serving is {_order(order)}"])[0]
 
 
 def rollback_header(env: Env, req: PlanRequest, ctx: Context) -> tuple[list[str], list[str], list[str]]:

@@ -27,7 +27,7 @@ from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import agave_plan as pl
 from runbook.procedures import bluegreen as bg
-from runbook.procedures import catch_up, drain
+from runbook.procedures import catch_up
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
 from runbook.wait import wait_for
 
@@ -201,24 +201,35 @@ def wait_caught_up(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------- shift
-def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour") -> None:
-    """The ingress's retry settings (design trap 3), audited on the reverse_proxy serving the env's site."""
+def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour",
+                            settings: tuple[str, ...] = (*RETRY_SETTINGS, "order_switch")) -> None:
+    """The ingress's retry settings (design trap 3) and its order switch (no reload to reorder), audited on
+    what serves the env's site."""
     env = ctx.env
     report = audit(ctx.adapters.ingress.config(), expected_upstreams=bg.upstream_order_for(env, ctx.facts["live"]),
                    site_url=env.ingress.url, upstream_header=env.ingress.upstream_header)
-    bad = [f for f in report.select(*RETRY_SETTINGS) if not f.ok]
+    bad = [f for f in report.select(*settings) if not f.ok]
     if bad:
-        raise PreconditionFailed(f"refusing to {doing}: the ingress would drop requests at the shift (design "
-                                 "trap 3): " + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
+        raise PreconditionFailed(f"refusing to {doing}: the ingress would drop requests (at the shift: design trap "
+                                 "3; at a reorder: a config reload): "
+                                 + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
 
 
 def preflight(ctx: Context) -> None:
     """Every precondition that can be checked before anything changes, checked before the snapshot (not
-    after hours of cloning, copying and catching up): the ingress retries, and the idle colour is free."""
+    after hours of cloning, copying and catching up): the ingress retries and switches its order without a
+    reload, the idle colour runs nothing else, and its dataset name is free for this run's clone."""
     require_ingress_retries(ctx, doing="start the upgrade")
     if ctx.adapters.workloads.pods(_idle(ctx).name) and not idle_deployed(ctx):
         raise PreconditionFailed(f"refusing to start the upgrade: {_idle(ctx).name} already runs something other "
                                  f"than {ctx.facts['target_image']}; remove it or roll back first", env=ctx.env.name)
+    idle_data = _idle(ctx).data
+    if _dataset(ctx, idle_data) is not None and not clone_exists(ctx):
+        raise PreconditionFailed(
+            f"refusing to start the upgrade: {idle_data} exists and is not this run's clone (the data an earlier "
+            f"upgrade kept as its rollback point, or a leftover), and the idle colour's clone needs that name. "
+            f"Nothing was changed: destroy it (with its snapshots) once you no longer need that rollback point, "
+            f"then run again", env=ctx.env.name, obj=idle_data)
 
 
 def require_retrying_ingress(ctx: Context) -> None:
@@ -276,15 +287,10 @@ def put_new_live_first(ctx: Context) -> None:
 
 
 def _reorder(ctx: Context, order: list[str]) -> None:
-    """A config change costs the requests clients send on the keep-alive connections it closes: drained
-    first, it costs none (runbook/procedures/drain.py; bench/reload_bench.py measures both)."""
-    a = ctx.adapters
-
-    def change() -> None:
-        ctx.mark("caddy config change", f"upstream order {order}")
-        a.ingress.set_upstream_order(order)
-
-    drain.drained_change(ctx.env, a.host, change, what=f"the upstream order change to {order}", progress=ctx.progress)
+    """The order switch: the order file on Caddy's host, no config reload (a reload costs requests under
+    traffic: bench/reload_bench.py). The preflight refused an ingress without the switch."""
+    ctx.mark("upstream order switch", f"upstream order {order}")
+    ctx.adapters.ingress.set_upstream_order(order)
 
 
 def verify_order(ctx: Context) -> None:

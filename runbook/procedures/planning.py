@@ -98,9 +98,9 @@ def _where(env: Env, procedure: str, *, loopback: bool, root_for: str) -> list[s
 
 
 def _agave_root(env: Env) -> str:
-    from runbook.testbed.caddy import drain_path
+    from runbook.testbed.caddy import order_path
 
-    return f"zfs, /srv, {drain_path(env).rsplit('/', 1)[0]} (the drain file)"
+    return f"zfs, /srv, {order_path(env).rsplit('/', 1)[0]} (the upstream order file)"
 
 
 def _journal_dir(env: Env) -> str:

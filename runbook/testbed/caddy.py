@@ -10,8 +10,9 @@ placeholder       value
                   the full ``http://127.0.0.1:<port>`` for a loopback one
 ``admin``         ``ingress.admin`` as ``host:port`` (Caddy's admin listener)
 ``upstreams``     ``127.0.0.1:<green rpc_port> 127.0.0.1:<blue rpc_port>``, green first
+``upstreams_blue_first``  the same, blue first (the order switch's other reverse_proxy)
 ``upstream_header``  ``ingress.upstream_header`` (``X-Upstream``)
-``drain_file``    ``ingress.drain_file`` made absolute: while it exists, every response closes its connection
+``order_file``    ``ingress.order_file`` made absolute: while it exists, the blue-first reverse_proxy serves
 ``global_options``  loopback sites: ``auto_https off``, ``skip_install_trust``, ``default_bind <host>``
                   (no certificates, no ACME, nothing bound beyond loopback); public sites: none
 ``health_interval``, ``health_timeout``, ``fail_duration``, ``try_duration``, ``try_interval``:
@@ -56,8 +57,8 @@ DEFAULTS: Mapping[str, str] = {
 }
 """Production timings. Any of them can be overridden per render (tests use much shorter ones)."""
 
-VARIABLES: tuple[str, ...] = ("site", "admin", "upstreams", "upstream_header", "global_options", "drain_file",
-                               *DEFAULTS)
+VARIABLES: tuple[str, ...] = ("site", "admin", "upstreams", "upstreams_blue_first", "upstream_header",
+                               "global_options", "order_file", *DEFAULTS)
 
 
 # --------------------------------------------------------------------------- binary
@@ -140,9 +141,9 @@ def global_options(url: str) -> str:
     return "".join(f"\t{line}\n" for line in lines)
 
 
-def drain_path(env: Env) -> str:
-    """The absolute path of ``ingress.drain_file`` (relative: under the testbed's state directory)."""
-    path = Path(env.ingress.drain_file)
+def order_path(env: Env) -> str:
+    """The absolute path of ``ingress.order_file`` (relative: under the testbed's state directory)."""
+    path = Path(env.ingress.order_file)
     if path.is_absolute() or env.testbed is None:
         return str(path)
     state = Path(env.testbed.state_dir)
@@ -165,9 +166,10 @@ def template_vars(env: Env, **overrides: str) -> dict[str, str]:
         "site": site_address(env.ingress.url),
         "admin": admin_address(env.ingress.admin),
         "upstreams": f"127.0.0.1:{d.green.rpc_port} 127.0.0.1:{d.blue.rpc_port}",
+        "upstreams_blue_first": f"127.0.0.1:{d.blue.rpc_port} 127.0.0.1:{d.green.rpc_port}",
         "upstream_header": env.ingress.upstream_header,
         "global_options": global_options(env.ingress.url),
-        "drain_file": drain_path(env),
+        "order_file": order_path(env),
         **DEFAULTS,
         # the env's retry window and health interval (production's by default; a testbed compresses them)
         "health_interval": go_duration(env.ingress.health_interval),

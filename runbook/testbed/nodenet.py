@@ -76,9 +76,6 @@ class NodeNetwork:
             _run(["ip", "-n", self.name, "link", "set", link, "up"], what=f"bring up {link} in the node")
         _run(["sysctl", "-qw", f"net.ipv4.conf.{self.veth}.route_localnet=1"], what="route_localnet on our veth")
         _run([*ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"], what="route_localnet in the node")
-        # as production's host should: at a Caddy reload, connections queued on the old SO_REUSEPORT listener
-        # move to the new one instead of being reset (runbook/procedures/drain.py)
-        _run([*ns, "sysctl", "-qw", "net.ipv4.tcp_migrate_req=1"], what="tcp_migrate_req in the node")
         rule = ["PREROUTING", "-d", f"{inner}/32", "-p", "tcp", "-j", "DNAT", "--to-destination", "127.0.0.1"]
         if _run([*ns, "iptables", "-t", "nat", "-C", *rule], what="", ok=True).returncode != 0:
             _run([*ns, "iptables", "-t", "nat", "-A", *rule], what="map the node's address to its loopback")

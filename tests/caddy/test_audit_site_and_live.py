@@ -34,12 +34,13 @@ def _ours_with(env: Env, **overrides: str) -> dict[str, Any]:
     return caddy.adapt(caddy.render(caddy.TEMPLATE, env, **overrides))
 
 
-def test_after_an_upgrade_blue_first_passes_and_green_first_fails(env: Env) -> None:
-    """Cleanup puts the new live colour first: the audit expects the live colour first, not green."""
-    g, b = bg.upstream_address(env, "green"), bg.upstream_address(env, "blue")
-    blue_first = _ours_with(env, upstreams=f"{b} {g}")
-    assert audit(blue_first, expected_upstreams=bg.upstream_order_for(env, "blue"), site_url=env.ingress.url).ok
-    wrong = audit(blue_first, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
+def test_after_an_upgrade_blue_first_passes_and_green_first_fails(ours: dict[str, Any], env: Env) -> None:
+    """Cleanup puts the new live colour first (the order switch serving blue first): the audit expects the
+    live colour first, not green."""
+    blue_first = bg.upstream_order_for(env, "blue")
+    assert audit(ours, expected_upstreams=blue_first, site_url=env.ingress.url, served_order=blue_first).ok
+    wrong = audit(ours, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url,
+                  served_order=blue_first)
     assert wrong.failed_settings == ["upstreams"], wrong.summary()
 
 
@@ -53,9 +54,10 @@ def test_unknown_live_colour_fails_the_order_and_says_why(ours: dict[str, Any], 
 def test_loopback_spellings_are_one_upstream(env: Env, spelling: str) -> None:
     """The seed writes `localhost:8899`: in the right order it passes the order check."""
     g, b = (env.deployments.colour(c).rpc_port for c in ("green", "blue"))
-    config = _ours_with(env, upstreams=f"{spelling}:{g} {spelling}:{b}")
+    config = _ours_with(env, upstreams=f"{spelling}:{g} {spelling}:{b}",
+                        upstreams_blue_first=f"{spelling}:{b} {spelling}:{g}")
     report = audit(config, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
-    assert report.finding("upstreams").ok, report.summary()
+    assert report.ok, report.summary()  # the order, and the switch's two orders mirror each other
     reversed_order = _ours_with(env, upstreams=f"{spelling}:{b} {spelling}:{g}")
     assert not audit(reversed_order, expected_upstreams=bg.upstream_order_for(env, "green"),
                      site_url=env.ingress.url).finding("upstreams").ok
@@ -66,7 +68,7 @@ def test_seed_block_with_localhost_upstreams_passes_the_order_check(env: Env) ->
     seed = caddy.adapt(caddy.render(caddy.SEED_TEMPLATE, env, upstreams=f"localhost:{g} localhost:{b}"))
     report = audit(seed, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
     assert report.finding("upstreams").ok and report.finding("lb_policy").ok
-    assert "health_body" in report.failed_settings  # the seed's real bugs are still caught
+    assert {"health_body", "order_switch"} <= set(report.failed_settings)  # the seed's real bugs are still caught
 
 
 def test_a_different_host_is_a_different_upstream() -> None:
@@ -95,7 +97,7 @@ def test_the_proxy_serving_the_env_site_is_audited_not_another_sites(env: Env) -
     ours_text = caddy.render(caddy.TEMPLATE, env)
     others = OTHER_SITES.format(port=env.ingress.port).split("}\n", 1)[1]  # without the global block
     both = caddy.adapt(ours_text + others)
-    assert len(find_site_proxies(both, env.ingress.url)) == 1
+    assert len(find_site_proxies(both, env.ingress.url)) == 2  # the order switch's two, not the others'
     report = audit(both, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
     assert report.ok, report.summary()
     unscoped = audit(both, expected_upstreams=bg.upstream_order_for(env, "green"))
@@ -115,3 +117,24 @@ def test_production_site_is_found_by_its_domain() -> None:
     report = audit(config, expected_upstreams=bg.upstream_order_for(env, "green"), site_url=env.ingress.url)
     assert report.ok, report.summary()
     assert find_site_proxies(config, "https://elsewhere.example") == []
+
+
+def test_the_order_switch_is_audited_on_both_handlers(env: Env) -> None:
+    """Each setting must hold in both orders: a retry window missing from the blue-first handler alone (the
+    one serving after an upgrade) fails, naming it; two handlers not mirroring each other fail the switch."""
+    text = caddy.render(caddy.TEMPLATE, env)
+    one_sided = text.replace("reverse_proxy @blue_first ${upstreams_blue_first} {\n\t\t\timport blue_green_proxy",
+                             "X")  # guard: the template must be what this test edits
+    assert one_sided == text
+    b, g = bg.upstream_order_for(env, "blue")
+    edited = text.replace(f"reverse_proxy @blue_first {b} {g} {{\n\t\t\timport blue_green_proxy\n",
+                          f"reverse_proxy @blue_first {b} {g} {{\n\t\t\timport blue_green_proxy\n"
+                          "\t\t\tlb_try_duration 0s\n")
+    assert edited != text
+    report = audit(caddy.adapt(edited), expected_upstreams=[g, b], site_url=env.ingress.url)
+    assert report.failed_settings == ["lb_try_duration"], report.summary()
+    assert "while the order file exists" in report.finding("lb_try_duration").observed
+
+    same_order = caddy.adapt(caddy.render(caddy.TEMPLATE, env, upstreams_blue_first=f"{g} {b}"))
+    report = audit(same_order, expected_upstreams=[g, b], site_url=env.ingress.url)
+    assert report.failed_settings == ["order_switch"], report.summary()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runbook.adapters.ingress import find_reverse_proxy
+from runbook.adapters.ingress import find_reverse_proxies, site_proxy_of
 from runbook.checks.caddy_audit import AuditReport, audit, go_duration, require_audit
 from runbook.env import Env, load_env
 from runbook.errors import CheckFailed, ConfigError, TestbedError
@@ -45,11 +45,22 @@ def seed(env: Env) -> dict[str, Any]:
 
 
 def _audit(config: dict[str, Any]) -> AuditReport:
+    """The audit, after mirroring the default handler's settings onto the order switch's other handler (the
+    tests below edit one handler's settings: each must then fail or pass in both)."""
+    site = site_proxy_of(find_reverse_proxies(config))
+    if site is not None and site.switched is not None:
+        mirrored = copy.deepcopy(site.default.handler)
+        mirrored["upstreams"] = list(reversed(mirrored.get("upstreams", [])))
+        site.switched.handler.clear()
+        site.switched.handler.update(mirrored)
     return audit(config, expected_upstreams=EXPECTED)
 
 
 def _handler(config: dict[str, Any]) -> dict[str, Any]:
-    return find_reverse_proxy(config).handler
+    """The handler serving while no order file exists (our config's default; the seed's only one)."""
+    site = site_proxy_of(find_reverse_proxies(config))
+    assert site is not None
+    return site.default.handler
 
 
 def _without(text: str, directive: str) -> str:
@@ -70,7 +81,7 @@ def _without(text: str, directive: str) -> str:
 def test_our_config_passes_every_finding(ours: dict[str, Any]) -> None:
     report = _audit(ours)
     assert report.ok, report.summary()
-    assert len(report.findings) == 10
+    assert len(report.findings) == 11
     assert require_audit(ours, expected_upstreams=EXPECTED).ok
 
 
@@ -124,7 +135,7 @@ def test_removing_one_setting_fails_exactly_that_setting(ours_text: str, directi
 
 def test_missing_blue_upstream_fails_upstreams(env: Env) -> None:
     report = _audit(caddy.adapt(caddy.render(caddy.TEMPLATE, env, upstreams=GREEN)))
-    assert report.failed_settings == ["upstreams"]
+    assert report.failed_settings == ["upstreams", "order_switch"]  # one upstream has no other order
     assert report.finding("upstreams").observed == GREEN
 
 
@@ -211,7 +222,7 @@ def test_no_or_several_reverse_proxies_is_one_failed_finding(ours: dict[str, Any
     routes.append(copy.deepcopy(routes[0]))
     report = _audit(doubled)
     assert report.failed_settings == ["reverse_proxy"]
-    assert "2 (" in report.findings[0].observed
+    assert "4 (" in report.findings[0].observed  # the switch's two, twice
 
 
 @pytest.mark.parametrize(

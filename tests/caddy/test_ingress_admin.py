@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import httpx
 import pytest
 
 from runbook.adapters.base import Ingress, UpstreamStat
-from runbook.adapters.ingress import CaddyAdmin, find_reverse_proxy
+from runbook.adapters.host import TestinfraHost
+from runbook.adapters.ingress import CaddyAdmin, find_reverse_proxy, find_site_proxy
 from runbook.checks.caddy_audit import audit
 from runbook.env import Env, load_env
 from runbook.errors import AdapterError, WaitTimeout
@@ -29,8 +31,6 @@ from runbook.wait import wait_for
 
 pytestmark = pytest.mark.caddy
 
-# the site's subroute: the drain rule (routes/0), then the reverse_proxy (routes/1)
-HANDLER_PATH = "/config/apps/http/servers/srv0/routes/0/handle/0/routes/1/handle/0"
 
 
 def _free_port() -> int:
@@ -47,8 +47,9 @@ def _env(*, site: int, admin: int, green: int, blue: int) -> Env:
             "blue": base.deployments.blue.model_copy(update={"rpc_port": blue}),
         }
     )
+    order_file = Path(tempfile.mkdtemp(prefix="caddy-order-")) / "blue-first"  # never the testbed's own
     ingress = base.ingress.model_copy(
-        update={"url": f"http://127.0.0.1:{site}", "admin": f"http://127.0.0.1:{admin}"}
+        update={"url": f"http://127.0.0.1:{site}", "admin": f"http://127.0.0.1:{admin}", "order_file": str(order_file)}
     )
     return base.model_copy(update={"ingress": ingress, "deployments": deployments})
 
@@ -117,8 +118,10 @@ def test_upstreams_parse_caddys_shape() -> None:
 
 
 def test_set_upstream_order_patches_only_the_upstreams_with_if_match() -> None:
+    """A config without the order switch (the seed's) is reordered by PATCH, its upstreams only."""
     env = _env(site=18080, admin=2019, green=1001, blue=1002)
-    live = _config(env)
+    live = _config(env, caddy.SEED_TEMPLATE)
+    handler_path = find_reverse_proxy(live).config_path
     live_etag = '"/config/ abc123"'
     sent: list[httpx.Request] = []
 
@@ -134,7 +137,7 @@ def test_set_upstream_order_patches_only_the_upstreams_with_if_match() -> None:
     assert sent == []
     admin.set_upstream_order(["127.0.0.1:1002", "127.0.0.1:1001"])
     (req,) = sent
-    assert (req.method, req.url.path) == ("PATCH", HANDLER_PATH + "/upstreams")
+    assert (req.method, req.url.path) == ("PATCH", handler_path + "/upstreams")
     assert req.headers["If-Match"] == live_etag
     assert json.loads(req.content) == [{"dial": "127.0.0.1:1002"}, {"dial": "127.0.0.1:1001"}]
     with pytest.raises(AdapterError, match="distinct"):
@@ -175,7 +178,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
             stderr=subprocess.STDOUT,
             cwd=state,
         )
-    admin = CaddyAdmin(env.ingress.admin, timeout=2.0)
+    admin = CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=TestinfraHost("local://"), timeout=2.0)
     try:
         try:
             wait_for(admin.config, lambda c: bool(c), timeout=15, interval=0.1,
@@ -204,24 +207,31 @@ def test_storage_and_autosave_stay_in_the_state_dir(live: LiveCaddy) -> None:
 def test_load_ours_read_back_and_audit_passes(live: LiveCaddy) -> None:
     live.admin.load(_config(live.env))
     config = live.admin.config()
-    report = audit(config, expected_upstreams=[live.green, live.blue])
+    report = audit(config, expected_upstreams=[live.green, live.blue], site_url=live.env.ingress.url,
+                   served_order=live.admin.upstream_order())
     assert report.ok, report.summary()
     assert live.admin.upstream_order() == [live.green, live.blue]
 
 
 @pytest.mark.integration
-def test_set_upstream_order_swaps_and_keeps_everything_else(live: LiveCaddy) -> None:
+def test_set_upstream_order_switches_by_the_file_with_no_config_change(live: LiveCaddy) -> None:
+    """Our config's order switch: the order file on Caddy's host picks the blue-first handler per request;
+    the config is never changed (no reload), and requests through Caddy follow the file."""
     live.admin.load(_config(live.env))
     before = live.admin.config()
+    order_file = Path(live.env.ingress.order_file)
+    assert find_site_proxy(before, live.env.ingress.url).order_file == str(order_file)
     live.admin.set_upstream_order([live.blue, live.green])
-    after = live.admin.config()
-    assert live.admin.upstream_order() == [live.blue, live.green]
-    find_reverse_proxy(after).handler["upstreams"].reverse()
-    assert after == before  # nothing but the order changed
-    report = audit(live.admin.config(), expected_upstreams=[live.blue, live.green])
+    assert order_file.exists() and live.admin.upstream_order() == [live.blue, live.green]
+    assert live.admin.config() == before  # no config change at all
+    report = audit(live.admin.config(), expected_upstreams=[live.blue, live.green], site_url=live.env.ingress.url,
+                   served_order=live.admin.upstream_order())
     assert report.ok, report.summary()
     live.admin.set_upstream_order([live.green, live.blue])
+    assert not order_file.exists() and live.admin.upstream_order() == [live.green, live.blue]
     assert live.admin.config() == before
+    with pytest.raises(AdapterError, match="refusing a config change"):
+        live.admin.set_upstream_order([live.green, "127.0.0.1:1"])
 
 
 @pytest.mark.integration

@@ -3,8 +3,8 @@
 Each test shows one way a run loses what a client that does not retry would see, and that the verdict
 catches it by its cause: a config reload under keep-alive traffic (``needed_retry``), an upstream outage
 that holds requests in Caddy's retry loop longer than the client timeout (``late``), a shorter stall
-(no request lost, a gap). And the drain that makes a reload free: Caddy says ``Connection: close`` while
-the drain file exists, and a change through a Caddy without the drain rule is made undrained, with a warning.
+(no request lost, a gap). And the order switch that needs no reload: the order file flipped 150 times under
+the same traffic costs nothing, while the requests follow it.
 
 Brings up Caddy: run under ``flock /tmp/runbook-testbed.lock``.
 """
@@ -31,7 +31,6 @@ from runbook.checks import zero_drop
 from runbook.env import PROJECT_ROOT, Env, load_env
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary, read_jsonl
-from runbook.procedures import drain
 from runbook.testbed import caddy
 from runbook.wait import wait_for
 from tests.probes.test_prober import Upstream
@@ -111,14 +110,15 @@ def test_a_config_reload_that_costs_a_request_is_caught(stack: Stack) -> None:
     """Caddy closes its idle keep-alive connections at every reload; a request sent on one at that instant
     is answered only on the prober's retry: lost to a client that does not retry. Reloads go on (at most
     150, 50 ms apart) until one costs a request; each costs one about one time in four at 150 req/s."""
-    order = [[f"127.0.0.1:{stack.b.port}", f"127.0.0.1:{stack.a.port}"],
-             [f"127.0.0.1:{stack.a.port}", f"127.0.0.1:{stack.b.port}"]]
+    a, b = f"127.0.0.1:{stack.a.port}", f"127.0.0.1:{stack.b.port}"
+    configs = [caddy.adapt(caddy.render(caddy.TEMPLATE, stack.env, fail_duration="200ms", upstreams=f"{b} {a}")),
+               caddy.adapt(caddy.render(caddy.TEMPLATE, stack.env, fail_duration="200ms", upstreams=f"{a} {b}"))]
     p = stack.prober(400, "reload")
     _until(lambda: p.progress.completed, lambda n: n >= 200, "200 answers on warm connections")
     reloads = 0
     while p.progress.failed == 0 and reloads < 150:
         p.event("caddy config change", f"#{reloads + 1}")
-        stack.admin.set_upstream_order(order[reloads % 2])
+        stack.admin.load(configs[reloads % 2])  # a config change: Caddy reloads
         reloads += 1
         time.sleep(0.05)
     mark = p.progress.scheduled
@@ -180,29 +180,25 @@ def test_a_stall_within_the_client_timeout_is_caught_as_a_gap(stack: Stack) -> N
     assert "without a successful answer" in v.describe()
 
 
-def test_the_drain_rule_closes_connections_only_while_the_drain_file_exists(stack: Stack) -> None:
-    host = TestinfraHost("local://")
-    path = Path(caddy.drain_path(stack.env))
-    assert not path.exists() and not drain.closes_connections(stack.env)
-    changed: list[bool] = []
-    drained = drain.drained_change(stack.env.model_copy(update={"ingress": stack.env.ingress.model_copy(
-        update={"drain": 0.5})}), host, lambda: changed.append(drain.closes_connections(stack.env)), what="a test")
-    assert changed == [True] and drained >= 0.5  # the change ran while every response closed its connection
-    assert not path.exists() and not drain.closes_connections(stack.env)  # keep-alive again
-
-
-def test_a_config_change_through_a_caddy_without_the_drain_rule_is_made_undrained_and_says_so(
-        tmp_path: Path) -> None:
-    a = Upstream()
-    env = _env(tmp_path, a.port, _free_port())
-    said: list[str] = []
-    try:
-        with _caddy(env, tmp_path / "state", PROJECT_ROOT / "deploy" / "caddy" / "seed.Caddyfile.tmpl") as admin:
-            before = admin.upstream_order()
-            drained = drain.reorder(env, admin, TestinfraHost("local://"), list(reversed(before)),
-                                    progress=said.append)
-            assert drained == 0.0 and admin.upstream_order() == list(reversed(before))
-            assert any("does not drain keep-alive connections" in m for m in said), said
-            assert not Path(caddy.drain_path(env)).exists()
-    finally:
-        a.close()
+def test_switching_the_order_by_its_file_costs_no_request(stack: Stack) -> None:
+    """The same traffic as the reload test (400 req/s on keep-alive connections), the order switched 150
+    times 50 ms apart through the order file: the config never changes, no request is lost, no gap, and the
+    requests follow the switch (both upstreams served, each in its turn)."""
+    admin = CaddyAdmin(stack.env.ingress.admin, site_url=stack.env.ingress.url, files=TestinfraHost("local://"))
+    a, b = f"127.0.0.1:{stack.a.port}", f"127.0.0.1:{stack.b.port}"
+    before = admin.config()
+    p = stack.prober(400, "switch")
+    _until(lambda: p.progress.completed, lambda n: n >= 200, "200 answers on warm connections")
+    for i in range(150):
+        p.event("upstream order switch", f"#{i + 1}")
+        admin.set_upstream_order([b, a] if i % 2 == 0 else [a, b])
+        time.sleep(0.05)  # the switches' pace under traffic, as the reload test's
+    mark = p.progress.scheduled
+    _until(lambda: p.progress.completed, lambda n: n >= mark + 50, "answers after the last switch")
+    summary = p.stop()
+    v = _verdict(summary, stack.env)
+    assert v.ok, v.describe()
+    assert admin.config() == before and admin.upstream_order() == [a, b]
+    served = {r.get("upstream") for r in read_jsonl(p.out_dir / "requests.jsonl")}
+    assert {a, b} <= served, served  # the traffic followed the switch
+    admin.close()

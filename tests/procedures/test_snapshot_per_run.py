@@ -15,6 +15,7 @@ import pytest
 
 from runbook.adapters.factory import Adapters, plan_adapters
 from runbook.env import load_env
+from runbook.errors import PreconditionFailed
 from runbook.procedures import agave_rollback
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
@@ -100,3 +101,19 @@ def test_the_plan_names_the_per_run_snapshot() -> None:
     up.prepare(ctx)  # what `runbook plan` renders the snapshot and clone steps from
     rendered = "\n".join(line for step in up.PROCEDURE.steps[:2] for line in step.plan(ctx))
     assert "zfs snapshot biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1-YYYYMMDDTHHMMSSZ-xxxx" in rendered, rendered
+
+
+def test_the_idle_colours_kept_data_stops_the_upgrade_before_anything_changes(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an upgrade that kept the old data (--cleanup=keep, the default), the next upgrade's idle colour
+    still has its dataset: the preflight refuses at once, naming it, before the snapshot (not at the clone)."""
+    a = _adapters(tmp_path)
+    monkeypatch.setattr(up, "require_ingress_retries", lambda ctx, **kw: None)  # no Caddy here
+    ctx = Context(adapters=a, params={"target_version": "v2.2.1"})
+    up.prepare(ctx)
+    up.preflight(ctx)  # blue's dataset does not exist: free
+    a.storage.ensure_dataset(a.env.deployments.blue.data)
+    before = {d.name: d.snapshots for d in a.storage.datasets()}
+    with pytest.raises(PreconditionFailed, match="exists and is not this run's clone"):
+        up.preflight(ctx)
+    assert {d.name: d.snapshots for d in a.storage.datasets()} == before  # nothing changed
