@@ -106,10 +106,15 @@ class FakeWorkloads:
 
 
 class FakeIngress:
-    def __init__(self, order: list[str]) -> None:
+    """Caddy's admin port. ``switch``: the config has the order switch (as the shipped Caddyfile does), so an
+    order change touches the order file and changes no config; without it the order is the config's."""
+
+    def __init__(self, order: list[str], *, switch: bool = True) -> None:
         self.cfg: dict[str, Any] = {"apps": {"http": {"servers": {"srv0": {"routes": [{"handle": [
             {"handler": "reverse_proxy", "lb_policy": "first", "upstreams": [{"dial": a} for a in order]}]}]}}}}}
         self.loads = 0
+        self.switched: list[str] | None = None  # the order serving while the order file exists
+        self.switch = switch
 
     def _proxy(self) -> dict[str, Any]:
         handler: dict[str, Any] = self.cfg["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0]
@@ -126,10 +131,14 @@ class FakeIngress:
         return [UpstreamStat(u["dial"], 0, 0) for u in self._proxy()["upstreams"]]
 
     def upstream_order(self) -> list[str]:
-        return [u["dial"] for u in self._proxy()["upstreams"]]
+        return list(self.switched) if self.switched is not None else [u["dial"] for u in self._proxy()["upstreams"]]
 
     def set_upstream_order(self, addresses: Sequence[str]) -> None:
-        self._proxy()["upstreams"] = [{"dial": a} for a in addresses]
+        if not self.switch:
+            self._proxy()["upstreams"] = [{"dial": a} for a in addresses]
+            return
+        default = [u["dial"] for u in self._proxy()["upstreams"]]
+        self.switched = None if list(addresses) == default else list(addresses)
 
 
 def make_env(state_dir: Path) -> Env:

@@ -8,6 +8,7 @@ the real fixture (the old fixture threw the reset's list away: that scenario pas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -76,7 +77,8 @@ def test_after_a_finished_upgrade_everything_is_named_and_put_back(adapters: Ada
     upgrade(adapters)
     fixed = bl.restore(adapters, b)
     text = "; ".join(fixed)
-    assert "reloaded Caddy's config as captured: upstream order ['127.0.0.1:18897', '127.0.0.1:18899']" in text
+    assert "upstream order ['127.0.0.1:18897', '127.0.0.1:18899'] -> ['127.0.0.1:18899', '127.0.0.1:18897']" in text
+    assert "reloaded Caddy's config" not in text  # the order file switched back, the config never changed
     assert any(f.startswith("deleted deployment agave-blue (pods agave-blue-") for f in fixed)
     assert "destroyed dataset volumes/solana-blue (a clone of volumes/solana@pre-upgrade-v2.2.1)" in fixed
     assert "destroyed snapshot volumes/solana@pre-upgrade-v2.2.1" in fixed
@@ -84,10 +86,19 @@ def test_after_a_finished_upgrade_everything_is_named_and_put_back(adapters: Ada
     assert not any("journal" in f for f in fixed)  # a finished run's journal is cleared, not a leftover
     assert not journal_for(adapters.env, "agave-upgrade").path.exists()
     assert wl(adapters).deployments() == ["agave-green"]
-    assert adapters.ingress.config() == b.ingress
+    assert adapters.ingress.config() == b.ingress and adapters.ingress.loads == 0
+    assert adapters.ingress.upstream_order() == list(b.upstream_order)
     assert [d.name for d in adapters.storage.datasets()] == ["volumes/solana"]
     assert adapters.storage.datasets()[0].snapshots == ()
     assert bl.restore(adapters, b) == []  # and now it is the baseline
+
+
+def test_a_config_without_the_order_switch_is_put_back_by_reloading_it(adapters: Adapters) -> None:
+    adapters = dataclasses.replace(adapters, ingress=FakeIngress(adapters.ingress.upstream_order(), switch=False))
+    b = bl.capture(adapters)
+    adapters.ingress.set_upstream_order(list(reversed(adapters.ingress.upstream_order())))  # a PATCHed config
+    assert bl.restore(adapters, b) == ["reloaded Caddy's config as captured"]
+    assert adapters.ingress.upstream_order() == list(b.upstream_order) and adapters.ingress.loads == 1
 
 
 def test_green_data_destroyed_is_recreated_from_the_promoted_clone_through_the_storage_port(
