@@ -97,7 +97,12 @@ def health_ok(ctx: Context, which: str, *, deadline: float) -> str:
 
 
 def held_ok(ctx: Context, which: str) -> str:
-    return (f"poll GET http://127.0.0.1:{_dep(ctx, which).rpc_port}/health until the body has been `ok` for 2 "
+    env = ctx.env
+    return (f"poll GET {env.ingress.admin}/reverse_proxy/upstreams until `fails` of 127.0.0.1:"
+            f"{_dep(ctx, which).rpc_port} is 0 (Caddy remembers no failed request to {ctx.facts[which]}: else it "
+            f"is out for fail_duration, and stopping the other colour leaves none), deadline "
+            f"{_secs(env.timeouts.healthy)}; then "
+            f"poll GET http://127.0.0.1:{_dep(ctx, which).rpc_port}/health until the body has been `ok` for 2 "
             f"active health-check intervals + its timeout ({ctx.facts[which]}; Caddy's checker has seen it healthy), "
             f"deadline {_secs(ctx.env.timeouts.healthy)} + that hold")
 

@@ -239,8 +239,11 @@ def require_retrying_ingress(ctx: Context) -> None:
     if st.health != "ok":
         raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
                                  env=env.name)
+    forgot = bg.wait_ingress_remembers_no_failure(env, ctx.adapters.ingress, ctx.facts["idle"],
+                                                  timeout=env.timeouts.healthy)
     hold = bg.wait_ingress_sees_ok(env, ctx.adapters.ingress, ctx.facts["idle"], timeout=env.timeouts.healthy)
-    ctx.record(f"{ctx.facts['idle']} answered ok for {hold:.1f}s before the shift (Caddy's checker saw it)", None)
+    ctx.record(f"{ctx.facts['idle']} answered ok for {hold:.1f}s before the shift (Caddy's checker saw it); "
+               f"waited {forgot:.1f}s for Caddy to remember no failed request to it", None)
 
 
 def shifted(ctx: Context) -> bool:

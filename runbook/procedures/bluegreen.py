@@ -69,6 +69,23 @@ def live_colour(env: Env, workloads: Any) -> tuple[str | None, str]:
     return None, f"no {env.ingress.upstream_header} header and {len(running)} colours with pods"
 
 
+def wait_ingress_remembers_no_failure(env: Env, ingress: Any, colour: str, *, timeout: float) -> float:
+    """Wait until Caddy remembers no failure of ``colour``'s upstream (``fails`` in its admin API). Under
+    passive health checks an upstream with ``max_fails`` recent failures is out for ``fail_duration``:
+    stopping the other colour then leaves no available upstream, and every request fails until Caddy
+    forgets (seen on the testbed when an upgrade's shift came seconds after a rollback's shift back had
+    failed requests onto this colour). Returns the seconds waited."""
+    from runbook.adapters.ingress import upstream_key
+
+    address = upstream_key(upstream_address(env, colour))
+    start = time.monotonic()
+    wait_for(lambda: sum(u.fails for u in ingress.upstreams() if upstream_key(u.address) == address),
+             lambda fails: fails == 0, timeout=timeout, interval=0.2,
+             what=f"Caddy to remember no failed request to {colour} ({address}; passive health, fail_duration)",
+             env=env.name)
+    return time.monotonic() - start
+
+
 def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float) -> float:
     """Wait until ``colour`` has answered `ok` without a break for long enough that Caddy's active health
     checker has seen it too (two intervals plus the check's timeout). Caddy's admin API does not say which

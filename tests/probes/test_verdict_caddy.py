@@ -31,6 +31,7 @@ from runbook.checks import zero_drop
 from runbook.env import PROJECT_ROOT, Env, load_env
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary, read_jsonl
+from runbook.procedures import bluegreen as bg
 from runbook.testbed import caddy
 from runbook.wait import wait_for
 from tests.probes.test_prober import Upstream
@@ -202,3 +203,29 @@ def test_switching_the_order_by_its_file_costs_no_request(stack: Stack) -> None:
     served = {r.get("upstream") for r in read_jsonl(p.out_dir / "requests.jsonl")}
     assert {a, b} <= served, served  # the traffic followed the switch
     admin.close()
+
+
+def test_the_shift_waits_until_caddy_forgets_the_idle_colours_failures(tmp_path: Path) -> None:
+    """Caddy takes an upstream out for fail_duration after a failed request (max_fails 1). Requests that
+    failed onto blue (both colours briefly unreachable) leave blue out for 8 s: the shift's wait sees the
+    remembered failure, and returns only once Caddy has forgotten it, so green is never stopped while blue
+    is out (the testbed lost every request for 1.3 to 1.9 s when an upgrade's shift came seconds after a
+    rollback's shift back had failed requests onto blue)."""
+    a, b = Upstream(), Upstream()
+    env = _env(tmp_path, a.port, b.port)
+    try:
+        with _caddy(env, tmp_path / "state", caddy.TEMPLATE, fail_duration="8s") as admin:
+            a.down()
+            b.down()
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(env.ingress.url + "/health", timeout=0.5)  # tried on both, failed on both
+            a.up()
+            b.up()
+            blue = f"127.0.0.1:{b.port}"
+            assert any(u.fails > 0 for u in admin.upstreams() if u.address == blue)  # remembered: blue is out
+            waited = bg.wait_ingress_remembers_no_failure(env, admin, "blue", timeout=10)
+            assert waited > 1.0  # it did not return while Caddy still counted blue out
+            assert all(u.fails == 0 for u in admin.upstreams() if u.address == blue)
+    finally:
+        a.close()
+        b.close()
