@@ -63,18 +63,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def make_env(tmp: Path) -> Path:
-    """local.yaml with every port shifted to a free set and the state under ``tmp``."""
+def make_env(tmp: Path, *, name: str = "bench", first: int = 5300, step: int = 137) -> Path:
+    """local.yaml with every port shifted to a free set and the state under ``tmp`` (the shifts tried start
+    at ``first``: benches that may run side by side use their own)."""
     data = yaml.safe_load((PROJECT_ROOT / "envs" / "local.yaml").read_text())
     base = {"ingress": 18080, "admin": 12019, "green": data["deployments"]["green"]["rpc_port"],
             "blue": data["deployments"]["blue"]["rpc_port"], "sup": data["testbed"]["supervisor_port"],
             "cluster": data["testbed"]["cluster_port"]}
-    for shift in range(5300, 9000, 137):
+    for shift in range(first, 9000, step):
         if all(_port_free(p + shift) for p in base.values()):
             break
     else:  # pragma: no cover - a machine with every candidate taken
         raise SystemExit("no free set of ports for the bench testbed")
-    data["name"] = f"bench{shift}"
+    data["name"] = f"{name}{shift}"
     data["ingress"]["url"] = f"http://127.0.0.1:{base['ingress'] + shift}"
     data["ingress"]["admin"] = f"http://127.0.0.1:{base['admin'] + shift}"
     data["deployments"]["green"]["rpc_port"] = base["green"] + shift

@@ -23,7 +23,6 @@ that duration plus a minute; the testbed is always taken down.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
+import prober_bench  # beside this script: its throwaway env and log lines
+from prober_bench import log
 
 from runbook.adapters.factory import connect
 from runbook.adapters.ingress import CaddyAdmin
@@ -44,38 +44,10 @@ from runbook.testbed.stack import Testbed
 sys.path.insert(0, str(PROJECT_ROOT))
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def make_env(tmp: Path) -> Path:
-    """local.yaml with every port shifted to a free set and the state under ``tmp``."""
-    data = yaml.safe_load((PROJECT_ROOT / "envs" / "local.yaml").read_text())
-    tb, dep = data["testbed"], data["deployments"]
-    base = [18080, 12019, dep["green"]["rpc_port"], dep["blue"]["rpc_port"], tb["supervisor_port"], tb["cluster_port"]]
-    shift = next((s for s in range(3100, 9000, 157) if all(_free(p + s) for p in base)), None)
-    if shift is None:  # pragma: no cover - a machine with every candidate taken
-        raise SystemExit("no free set of ports for the bench testbed")
-    data["name"] = f"reload{shift}"
-    data["ingress"].update(url=f"http://127.0.0.1:{18080 + shift}", admin=f"http://127.0.0.1:{12019 + shift}")
-    for colour in ("green", "blue"):
-        dep[colour]["rpc_port"] += shift
-    tb.update(supervisor_port=tb["supervisor_port"] + shift, cluster_port=tb["cluster_port"] + shift,
-              state_dir=str(tmp / "state"), storage_size="256M")
-    data["cluster_rpc"] = f"http://127.0.0.1:{tb['cluster_port']}"
-    data["entrypoints"] = [f"127.0.0.1:{tb['cluster_port']}"]
-    path = tmp / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    """The prober bench's throwaway env (every port shifted to a free set, state under ``tmp``), on shifts
+    of its own so both benches can run side by side."""
+    return prober_bench.make_env(tmp, name="reload", first=3100, step=157)
 
 
 def procedures(env: Env, admin: CaddyAdmin) -> dict[str, Callable[[list[str]], object]]:
