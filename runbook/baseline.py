@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.adapters.base import Dataset, PodInfo, Workloads
-from runbook.adapters.ingress import same_upstreams, upstream_key
+from runbook.adapters.caddy_config import same_upstreams, upstream_key
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed, RunbookError, TestbedError

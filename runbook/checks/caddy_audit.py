@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runbook.adapters.ingress import (
+from runbook.adapters.caddy_config import (
     SiteProxy,
     dict_at,
     find_reverse_proxies,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from runbook.adapters.ingress import same_upstreams
+from runbook.adapters.caddy_config import same_upstreams
 from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
 from runbook.procedures import agave_plan as pl

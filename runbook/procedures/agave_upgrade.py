@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runbook.adapters.ingress import same_upstreams
+from runbook.adapters.caddy_config import same_upstreams
 from runbook.checks.caddy_audit import audit
 from runbook.checks.workloads import running_pod
 from runbook.errors import CheckFailed, PreconditionFailed

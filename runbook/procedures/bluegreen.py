@@ -75,7 +75,7 @@ def wait_ingress_remembers_no_failure(env: Env, ingress: Any, colour: str, *, ti
     stopping the other colour then leaves no available upstream, and every request fails until Caddy
     forgets (seen on the testbed when an upgrade's shift came seconds after a rollback's shift back had
     failed requests onto this colour). Returns the seconds waited."""
-    from runbook.adapters.ingress import upstream_key
+    from runbook.adapters.caddy_config import upstream_key
 
     address = upstream_key(upstream_address(env, colour))
     start = time.monotonic()

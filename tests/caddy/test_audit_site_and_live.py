@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runbook.adapters.ingress import find_site_proxies, find_site_proxy, same_upstreams
+from runbook.adapters.caddy_config import find_site_proxies, find_site_proxy, same_upstreams
 from runbook.checks.caddy_audit import audit
 from runbook.env import Env, load_env
 from runbook.errors import AdapterError

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runbook.adapters.ingress import find_reverse_proxies, site_proxy_of
+from runbook.adapters.caddy_config import find_reverse_proxies, site_proxy_of
 from runbook.checks.caddy_audit import AuditReport, audit, go_duration, require_audit
 from runbook.env import Env, load_env
 from runbook.errors import CheckFailed, ConfigError, TestbedError

@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from runbook.adapters.base import Ingress, UpstreamStat
+from runbook.adapters.caddy_config import find_reverse_proxy, find_site_proxy
 from runbook.adapters.host import TestinfraHost
-from runbook.adapters.ingress import CaddyAdmin, find_reverse_proxy, find_site_proxy
+from runbook.adapters.ingress import CaddyAdmin
 from runbook.checks.caddy_audit import audit
 from runbook.env import Env, load_env
 from runbook.errors import AdapterError, WaitTimeout
