@@ -30,14 +30,15 @@ def test_seed_caddy_and_wrong_identity_fail_with_named_settings_and_both_keys(tm
     assert ran.rc == 1, ran.out
     # Caddy audit: the seed's block misses each of these, and the failure names them.
     for setting in ("health_body", "fail_duration/max_fails", "lb_try_duration", "lb_retry_match",
-                    "request_buffers", "header_down X-Upstream"):
+                    "request_buffers", "header_down X-Upstream", "order_switch"):
         assert setting in ran.out, f"{setting} not named in:\n{ran.out}"
     # DZ identity: both keys are shown.
     assert "DkNx7RQDpQiL7tqoZsCfwgBUYsywKuuwehJXFjSgQS9N" in ran.out
     assert OTHER_KEY in ran.out
-    # four audit requirements fail (the seed does list both upstreams under lb_policy first) + DZ identity;
-    # the required-changes audit passes (the seed's Caddy block is audited by the Caddy feature)
-    assert "5 failed, 2 passed" in ran.out
+    # five audit requirements fail (the seed does list both upstreams under lb_policy first; it has one
+    # reverse_proxy, so reordering it is a reload) + DZ identity; the required-changes audit passes (the
+    # seed's Caddy block is audited by the Caddy feature)
+    assert "6 failed, 2 passed" in ran.out
     assert Testbed(load_env(str(env_file))).leftovers() == []
 
 
@@ -46,5 +47,5 @@ def test_our_config_passes_on_a_second_testbed(tmp_path: Path) -> None:
     env_file = make_env(tmp_path)
     ran = run_pytest("features/", f"--env={env_file}", "-q", "-m", "not mutating", reports=tmp_path / "reports")
     assert ran.rc == 0, ran.out
-    assert "7 passed" in ran.out
+    assert "8 passed" in ran.out
     assert Testbed(load_env(str(env_file))).leftovers() == []
