@@ -159,9 +159,6 @@ def _duration(obj: dict[str, Any], key: str) -> tuple[float | None, str]:
         return None, f" (unreadable: {exc})"
 
 
-_dict = dict_at
-
-
 # --------------------------------------------------------------------------- one check per setting
 
 
@@ -194,7 +191,7 @@ def _check_order_switch(site: SiteProxy) -> Finding:
 
 
 def _check_policy(h: dict[str, Any]) -> Finding:
-    policy = _dict(h, "load_balancing", "selection_policy").get("policy")
+    policy = dict_at(h, "load_balancing", "selection_policy").get("policy")
     return Finding(
         "lb_policy",
         policy == "first",
@@ -205,7 +202,7 @@ def _check_policy(h: dict[str, Any]) -> Finding:
 
 
 def _check_health_uri(h: dict[str, Any]) -> Finding:
-    active = _dict(h, "health_checks", "active")
+    active = dict_at(h, "health_checks", "active")
     uri = active.get("uri") or active.get("path")
     return Finding(
         "health_uri",
@@ -217,7 +214,7 @@ def _check_health_uri(h: dict[str, Any]) -> Finding:
 
 
 def _check_interval(h: dict[str, Any], max_interval: float) -> Finding:
-    seconds, err = _duration(_dict(h, "health_checks", "active"), "interval")
+    seconds, err = _duration(dict_at(h, "health_checks", "active"), "interval")
     effective = _CADDY_DEFAULT_INTERVAL if seconds is None else seconds
     observed = _fmt_seconds(seconds, f"absent (Caddy default: {_CADDY_DEFAULT_INTERVAL:g}s)") + err
     return Finding(
@@ -230,7 +227,7 @@ def _check_interval(h: dict[str, Any], max_interval: float) -> Finding:
 
 
 def _check_body(h: dict[str, Any]) -> Finding:
-    pattern = _dict(h, "health_checks", "active").get("expect_body")
+    pattern = dict_at(h, "health_checks", "active").get("expect_body")
     expected = f"a regex matching {HEALTHY_BODY!r} and not {' or '.join(map(repr, UNHEALTHY_BODIES))} (^ok$)"
     why = "agave's /health answers HTTP 200 while behind: status alone routes to a node still catching up"
     if not pattern:
@@ -247,7 +244,7 @@ def _check_body(h: dict[str, Any]) -> Finding:
 
 
 def _check_passive(h: dict[str, Any]) -> Finding:
-    passive = _dict(h, "health_checks", "passive")
+    passive = dict_at(h, "health_checks", "passive")
     seconds, err = _duration(passive, "fail_duration")
     raw_max = passive.get("max_fails")
     max_fails = _CADDY_DEFAULT_MAX_FAILS if raw_max is None else raw_max
@@ -265,7 +262,7 @@ def _check_passive(h: dict[str, Any]) -> Finding:
 
 
 def _check_retries(h: dict[str, Any]) -> Finding:
-    lb = _dict(h, "load_balancing")
+    lb = dict_at(h, "load_balancing")
     seconds, err = _duration(lb, "try_duration")
     interval, _ = _duration(lb, "try_interval")
     observed = _fmt_seconds(seconds, "absent (no retries)") + err
@@ -297,7 +294,7 @@ def _allowed_methods(retry_match: Any) -> set[str] | None:
 
 
 def _check_retry_match(h: dict[str, Any]) -> Finding:
-    retry_match = _dict(h, "load_balancing").get("retry_match")
+    retry_match = dict_at(h, "load_balancing").get("retry_match")
     allowed = _allowed_methods(retry_match)
     missing = [] if allowed is None else [m for m in ("GET", "POST") if m not in allowed]
     if not retry_match:
@@ -327,10 +324,10 @@ def _check_buffers(h: dict[str, Any]) -> Finding:
 
 
 def _check_header(h: dict[str, Any], header: str) -> Finding:
-    response = _dict(h, "headers", "response")
+    response = dict_at(h, "headers", "response")
     values: list[str] = []
     for op in ("set", "add"):
-        for name, vals in _dict(response, op).items():
+        for name, vals in dict_at(response, op).items():
             if name.lower() == header.lower() and isinstance(vals, list):
                 values += [str(v) for v in vals]
     return Finding(

@@ -134,22 +134,26 @@ def test_a_config_reload_that_costs_a_request_is_caught(stack: Stack) -> None:
     assert hit and all(ph.name.startswith(("caddy config change", "after caddy config change")) for ph in hit)
 
 
-def test_requests_held_in_caddys_retry_loop_longer_than_the_client_timeout_are_late(stack: Stack) -> None:
-    """Every upstream unreachable for 2.6 s, Caddy's 5 s retry window holds each request until one is back:
-    every request is answered, with HTTP 200 and a good body, and those held past 2 s are lost all the same."""
-    down = [stack.a, stack.b]
-    p = stack.prober(150, "stall")
+def _outage(stack: Stack, name: str, seconds: float) -> tuple[Prober, ProbeSummary]:
+    """Both upstreams unreachable for ``seconds`` under 150 req/s, with 100 answers before and after."""
+    p = stack.prober(150, name)
     _until(lambda: p.progress.completed, lambda n: n >= 100, "answers before the outage")
     p.event("upstreams down")
-    for u in down:
+    for u in (stack.a, stack.b):
         u.down()
-    time.sleep(2.6)  # the outage being measured: its length is the point, not a wait for a state
-    for u in down:
+    time.sleep(seconds)  # the outage being measured: its length is the point, not a wait for a state
+    for u in (stack.a, stack.b):
         u.up()
     p.event("upstreams up")
     mark = p.progress.scheduled
     _until(lambda: p.progress.completed, lambda n: n >= mark + 100, "answers after the outage")
-    summary = p.stop()
+    return p, p.stop()
+
+
+def test_requests_held_in_caddys_retry_loop_longer_than_the_client_timeout_are_late(stack: Stack) -> None:
+    """Every upstream unreachable for 2.6 s, Caddy's 5 s retry window holds each request until one is back:
+    every request is answered, with HTTP 200 and a good body, and those held past 2 s are lost all the same."""
+    p, summary = _outage(stack, "stall", 2.6)
     v = _verdict(summary, stack.env)
     assert not v.ok and v.overall.lost.get("late", 0) >= 10, v.describe()
     assert set(v.overall.lost) <= {"late", "conn_error"}, v.describe()  # conn_error: reset by the listener's close
@@ -162,19 +166,8 @@ def test_requests_held_in_caddys_retry_loop_longer_than_the_client_timeout_are_l
 def test_a_stall_within_the_client_timeout_is_caught_as_a_gap(stack: Stack) -> None:
     """A 1.3 s outage under the 5 s retry window: no request is lost (each answered within 2 s), yet 1.3 s
     pass without a successful answer: longer than the 1 s gap bound."""
-    down = [stack.a, stack.b]
-    p = stack.prober(150, "gap")
-    _until(lambda: p.progress.completed, lambda n: n >= 100, "answers before the stall")
-    p.event("upstreams down")
-    for u in down:
-        u.down()
-    time.sleep(1.3)  # the stall being measured
-    for u in down:
-        u.up()
-    p.event("upstreams up")
-    mark = p.progress.scheduled
-    _until(lambda: p.progress.completed, lambda n: n >= mark + 100, "answers after the stall")
-    v = _verdict(p.stop(), stack.env)
+    _, summary = _outage(stack, "gap", 1.3)
+    v = _verdict(summary, stack.env)
     assert not v.ok, v.describe()
     assert set(v.overall.lost) <= {"conn_error"}, v.describe()  # none late: the stall is under the client timeout
     assert v.overall.slowest_ms < 2000 and v.overall.longest_gap.seconds > stack.env.probe.max_gap
