@@ -161,7 +161,8 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 @runtime_checkable
 class Storage(Protocol):
-    """Snapshots and copy-on-write clones (zfs on biscayne; btrfs/reflink/copy on the testbed)."""
+    """Snapshots and copy-on-write clones (zfs on biscayne; the zvol model, btrfs, reflink or copy on the
+    testbed), mounts of volumes, space figures and identity facts."""
 
     backend: str
 
@@ -182,6 +183,39 @@ class Storage(Protocol):
     def promote(self, clone: str) -> None: ...
 
     def copy_tree(self, src: str, dst: str, *, progress: Progress | None = None) -> int: ...
+
+    def mount(self, name: str, path: str) -> None:
+        """Make dataset ``name``'s files appear at ``path`` (the path a Deployment's hostPath uses).
+
+        A volume (a ZFS zvol, the testbed's model of one) is a block device: it is mounted there, with
+        ``-o nouuid`` because an XFS clone carries its origin's UUID. A filesystem dataset is mounted (or
+        bind-mounted) there. The directory backends hold a dataset at its own path only: ``path`` must be
+        that path (a no-op), anything else is refused. Converges: already mounted there is left alone."""
+        ...
+
+    def unmount(self, name: str) -> None:
+        """Undo :meth:`mount` (for a volume: every mount of its device; the model also detaches its loop
+        device). Converges: not mounted is left alone. A busy mount is an error naming it."""
+        ...
+
+    def mounted_at(self, name: str) -> str | None:
+        """Where ``name`` is mounted now (the first mount of its device or dataset), or None."""
+        ...
+
+    def free_bytes(self, name: str) -> int:
+        """Bytes a new snapshot, clone or copy next to ``name`` can still use (ZFS ``available``; the
+        directory backends and the model: the free space of the filesystem holding ``name``)."""
+        ...
+
+    def used_bytes(self, name: str) -> int:
+        """Bytes ``name`` occupies (ZFS ``used``; the model: the volume image's allocated bytes; the
+        directory backends: ``du`` of the dataset's directory)."""
+        ...
+
+    def identity(self, name: str) -> dict[str, str | int]:
+        """Storage-level facts proving ``name`` was not rewritten (compared before and after a run): each
+        backend documents its fields. Equal facts mean the storage saw no write and no rollback."""
+        ...
 
     def plan(self, op: str, *args: str, **options: bool) -> list[str]: ...
 

@@ -106,6 +106,16 @@ class BtrfsStorage(TreeStorage):
                               "is the loop image mounted?", obj=path)
         return posixpath.normpath(posixpath.join(m.fsroot, posixpath.relpath(path, m.mountpoint))).strip("/")
 
+    def identity(self, name: str) -> dict[str, str | int]:
+        """The directory facts (:mod:`runbook.adapters.storage_facts`) plus the subvolume's ``uuid`` (a
+        re-created or rolled-back subvolume has a new one) and ``gen_at_creation``. Not its current
+        ``generation``: btrfs raises it when the subvolume is snapshotted or cloned from, and on an atime
+        update, so it cannot tell a write from the upgrade's own snapshot (``newest_ctime`` can)."""
+        facts = super().identity(name)
+        show = run_local(["btrfs", "subvolume", "show", self.path(name)]).stdout
+        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in show.splitlines()) if v}
+        return {**facts, "uuid": fields.get("UUID", ""), "gen_at_creation": int(fields.get("Gen at creation", 0))}
+
     def subvolumes(self) -> list[Subvolume]:
         if not os.path.isdir(self.root):
             raise ConfigError(f"btrfs storage root {self.root} does not exist (is the loop image mounted?)",

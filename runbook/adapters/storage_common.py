@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from runbook.adapters.base import CommandResult, Host, Progress
 from runbook.errors import AdapterError, CommandFailed, ConfigError, PreconditionFailed
 
-PLAN_OPS = ("ensure_dataset", "snapshot", "clone", "destroy", "rollback", "promote", "copy_tree")
+PLAN_OPS = ("ensure_dataset", "snapshot", "clone", "destroy", "rollback", "promote", "copy_tree", "mount", "unmount",
+            "free_space")
 
 _DATASET = re.compile(r"^/?[A-Za-z0-9_.:+-]+(/[A-Za-z0-9_.:+-]+)*$")
 _SNAP = re.compile(r"^[A-Za-z0-9_.:+-]+$")

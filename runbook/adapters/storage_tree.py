@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from runbook.adapters.storage_common import (
     sh,
     split_snapshot,
 )
+from runbook.adapters.storage_facts import TreeFacts
 from runbook.errors import ConfigError
 
 Argv = list[str]
@@ -68,8 +70,9 @@ def _rel(name: str) -> str:
     return rel
 
 
-class TreeStorage:
-    """Shared logic; subclasses say how a dataset is created, copied and removed."""
+class TreeStorage(TreeFacts):
+    """Shared logic; subclasses say how a dataset is created, copied and removed. Mounts, space figures and
+    identity facts: :class:`~runbook.adapters.storage_facts.TreeFacts`."""
 
     backend = "tree"
     atomic_copy = False  # True: the copy primitive is atomic (btrfs), no hidden temporary + rename
@@ -200,7 +203,7 @@ class TreeStorage:
                 path = self.dataset_path(name)
                 if not self._adopt(path, name):
                     self._run(self._argv_create(path))
-                self._update(datasets={name: {"origin": None}})
+                self._update(datasets={name: {"origin": None, "id": uuid.uuid4().hex}})
                 st = self._scan()
             return self._dataset(st, name)
 
@@ -258,7 +261,7 @@ class TreeStorage:
                 raise StorageRefused(f"{self.backend}: {path} exists and is not a dataset; refusing to "
                                      f"clone {snapshot} over it", blockers=[path], obj=target)
             self._run(self._argv_copy(self.snapshot_path(snapshot), path, writable=True))
-            self._update(datasets={target: {"origin": snapshot}})
+            self._update(datasets={target: {"origin": snapshot, "id": uuid.uuid4().hex}})
             return self._dataset(self._scan(), target)
 
     def destroy(self, name: str, *, recursive: bool = False) -> None:
@@ -295,7 +298,8 @@ class TreeStorage:
                 raise not_found("dataset", clone, self.backend)
             if st.datasets[clone] is None:
                 return  # converge
-            self._update(datasets={clone: {"origin": None, "promoted": True}})
+            entry = self._load()["datasets"].get(clone, {})
+            self._update(datasets={clone: {**entry, "origin": None, "promoted": True}})
 
     def _refuse_clones(self, st: TreeState, snaps: Sequence[str]) -> None:
         deps = {s: st.clones_of(s) for s in snaps if st.clones_of(s)}
@@ -366,6 +370,9 @@ class TreeStorage:
             argvs = [a for s in reversed(newer) for a in self._argv_remove(self.snapshot_path(s))]
             ds, _ = split_snapshot(args[0])
             argvs += self._rollback_argv(self.dataset_path(ds), self.snapshot_path(args[0]))
+        elif op in ("mount", "unmount", "free_space"):
+            plan_args(op, args, 2 if op == "mount" else 1)
+            return self.plan_facts(op, args)
         else:
             plan_args(op, args, 2)
             if isinstance(self.fs, LocalFs):

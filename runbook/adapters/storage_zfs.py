@@ -9,6 +9,16 @@ ZFS semantics are kept, and the two that lose data silently are refused instead 
 - ``zfs rollback`` goes to the latest snapshot only; ``-r`` destroys the newer ones. We refuse and name
   them unless ``destroy_newer=True`` is passed explicitly (then ``-r``, still never ``-R``).
 
+Zvols (``type`` ``volume``, biscayne's ledger, carrying XFS) are block devices at ``/dev/zvol/<name>``:
+``mount`` mounts one with ``-o nouuid`` (a clone carries its origin's XFS UUID); ``destroy`` of a mounted
+volume and ``rollback`` of a mounted volume are refused (unmount first). A recursive snapshot of a
+parent (``zfs snapshot -r biscayne/DATA@x``, as the seed does) snapshots its volumes and filesystems
+atomically. Space figures come from ``zfs get -Hp available,used,...``; identity facts from ``guid``,
+``createtxg`` and ``written@<snap>``. Every command that changes something (``zfs`` create, snapshot,
+clone, destroy, rollback, promote; ``mkdir``, ``mount``, ``umount``) runs with ``root=True`` through the
+host port (``sudo -n`` on a host whose URL says ``?sudo=true``); reads (``zfs list``/``get``, ``findmnt``)
+run as the connection's user.
+
 Snapshot, clone and create converge (an existing one is left alone), so a procedure can be re-run.
 ``plan(op, ...)`` renders the exact mutating command lines and runs nothing.
 """
@@ -30,6 +40,7 @@ from runbook.adapters.storage_common import (
     split_snapshot,
 )
 from runbook.adapters.storage_copytree import remote_copy_lines, remote_copy_tree
+from runbook.adapters.storage_zfs_zvol import SPACE_PROPS, ZvolOps, cmd_mount, cmd_props, cmd_umount, cmd_volumes
 from runbook.errors import AdapterError, CommandFailed
 
 _MISSING = ("does not exist", "no such pool", "no such dataset")
@@ -87,7 +98,7 @@ def _clones(value: str) -> tuple[str, ...]:
     return tuple(c for c in value.strip().split(",") if c and c != "-")
 
 
-class ZfsStorage:
+class ZfsStorage(ZvolOps):
     """ZFS datasets on a host (``biscayne/DATA/volumes/solana``), driven by the ``zfs`` CLI."""
 
     backend = "zfs"
@@ -104,7 +115,8 @@ class ZfsStorage:
 
     # -- running -------------------------------------------------------------------------------
     def _run(self, command: str, *, timeout: float | None = None) -> CommandResult:
-        r = self.host.run(command, check=False, timeout=timeout or self.timeout)
+        """A command that changes something: as root (``sudo -n`` on a ``?sudo=true`` host)."""
+        r = self.host.run(command, check=False, timeout=timeout or self.timeout, root=True)
         if r.rc != 0:
             raise CommandFailed(f"zfs on {self.host.url}", command=command, rc=r.rc, stderr=r.stderr)
         return r
@@ -251,6 +263,9 @@ class ZfsStorage:
         if tree is None:
             return  # converge: already gone
         children = [d for d in tree if d != name]
+        vols = self._query(cmd_volumes(name))
+        self._refuse_mounted([v.strip() for v in (vols.stdout if vols else "").splitlines() if v.strip()],
+                             f"destroy {name}")
         snaps = self._snapshot_rows(name, descendants=True) or []
         if not recursive and (children or snaps):
             blockers = children + [s.name for s in snaps]
@@ -287,6 +302,8 @@ class ZfsStorage:
                                  "destroy them first or ask for it explicitly (destroy_newer)",
                                  blockers=[r.name for r in newer], obj=snapshot)
         self._refuse_clones(newer)
+        if self._type(ds) == "volume":  # XFS on it would see its blocks change underneath: corruption
+            self._refuse_mounted([ds], f"roll {ds} back under its mounted filesystem")
         self._run(cmd_rollback(snapshot, destroy_newer=destroy_newer))
 
     def copy_tree(self, src: str, dst: str, *, progress: Progress | None = None) -> int:
@@ -320,5 +337,14 @@ class ZfsStorage:
             plan_args(op, args, 1)
             split_snapshot(args[0])
             return [cmd_rollback(args[0], destroy_newer=options.get("destroy_newer", False))]
+        if op == "mount":
+            plan_args(op, args, 2)
+            return cmd_mount(check_dataset(args[0]), args[1])
+        if op == "unmount":
+            plan_args(op, args, 1)
+            return [cmd_umount(check_dataset(args[0]))]
+        if op == "free_space":
+            plan_args(op, args, 1)
+            return [cmd_props(SPACE_PROPS, args[0])]
         plan_args(op, args, 2)
         return remote_copy_lines(args[0], args[1])

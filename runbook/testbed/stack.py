@@ -106,6 +106,24 @@ class HostPathStorage:
     def copy_tree(self, src: str, dst: str, *, progress: StorageProgress | None = None) -> int:
         return self.inner.copy_tree(str(self._host_path(src)), str(self._host_path(dst)), progress=progress)
 
+    def mount(self, name: str, path: str) -> None:
+        self.inner.mount(name, str(self._host_path(path)))
+
+    def unmount(self, name: str) -> None:
+        self.inner.unmount(name)
+
+    def mounted_at(self, name: str) -> str | None:
+        return self.inner.mounted_at(name)
+
+    def free_bytes(self, name: str) -> int:
+        return self.inner.free_bytes(name)
+
+    def used_bytes(self, name: str) -> int:
+        return self.inner.used_bytes(name)
+
+    def identity(self, name: str) -> dict[str, str | int]:
+        return self.inner.identity(name)
+
     def plan(self, op: str, *args: str, **options: bool) -> list[str]:
         return self.inner.plan(op, *args, **options)
 

@@ -428,13 +428,20 @@ class FakeHost:
     def __init__(self, script: dict[str, tuple[int, str, str]] | None = None) -> None:
         self.script = dict(script or {})
         self.commands: list[str] = []
+        self.as_root: list[str] = []  # the commands asked with root=True
 
-    def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult:
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0, root: bool = False) -> CommandResult:
         self.commands.append(command)
+        if root:
+            self.as_root.append(command)
         if command in self.script:
             rc, out, err = self.script[command]
         elif command.split()[:2] in (["zfs", w] for w in ("snapshot", "clone", "destroy", "rollback", "create")):
             rc, out, err = 0, "", ""
+        elif command.startswith(("zfs list -H -o name -t volume -r ", "findmnt ")):
+            rc, out, err = (0 if command.startswith("zfs") else 1), "", ""  # unscripted: no volumes, no mounts
+        elif command.startswith("zfs get -Hp -o property,value type "):
+            rc, out, err = 0, "type\tfilesystem\n", ""
         else:
             raise AssertionError(f"unscripted command: {command}")
         return CommandResult(command, rc, out, err)
