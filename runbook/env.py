@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -182,12 +183,100 @@ class TestbedConfig(_Model):
                                       "stand-in answers before HTTP 429 + Retry-After, as a public RPC; 0: no limit")
 
 
+HOST_LOOPBACK = "127.0.0.1"
+"""Where the colours' RPC ports are on their host (hostNetwork pods bind them there; Caddy's upstreams dial
+them there): the host-side address that :meth:`Env.rpc_url` names. The runner reaches it through
+:mod:`runbook.adapters.tunnel` (unchanged on ``local://``, an ssh tunnel on ``ssh://``)."""
+
+HOST_SCHEMES = ("local", "ssh", "docker")
+_HOST_OPTIONS = ("sudo", "ssh_config", "ssh_identity_file", "timeout", "controlpersist")
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """The env's ``host`` URL, read: where host commands run and where the runner stands.
+
+    - ``local://``: the runner is on the host (the testbed, or an operator logged in on biscayne);
+    - ``ssh://[user@]host[:port]``: the runner is on an operator's machine; host commands go over ssh, and
+      the endpoints the env puts on the host's loopback (ingress admin, both colours' RPC) through ssh
+      tunnels (:mod:`runbook.adapters.tunnel`);
+    - ``docker://<container>``: a kind node; its ports are mapped to the runner's loopback by kind.
+
+    Query options: ``sudo=true`` (the connection's user is not root: commands asked as root run with
+    ``sudo -n``), testinfra's ``ssh_config``, ``ssh_identity_file`` (relative: under the project),
+    ``timeout`` and ``controlpersist``. Anything else is refused, so a typo cannot silently drop sudo."""
+
+    url: str
+    scheme: str
+    name: str
+    user: str | None = None
+    port: int | None = None
+    sudo: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def remote(self) -> bool:
+        """The runner is not on the host: host-side loopback endpoints are reached through ssh tunnels."""
+        return self.scheme == "ssh"
+
+    @property
+    def display(self) -> str:
+        """The URL without its options (``ssh://biscayne``), for messages."""
+        return self.url.split("?", 1)[0]
+
+    def option(self, key: str) -> str | None:
+        return dict(self.options).get(key)
+
+    def testinfra_url(self) -> str:
+        """The URL testinfra connects with: sudo is ours (only commands asked as root get it), paths absolute."""
+        opts = [(k, str(project_path(v)) if k in ("ssh_config", "ssh_identity_file") else v) for k, v in self.options]
+        query = "&".join(f"{k}={v}" for k, v in opts)
+        return self.display + (f"?{query}" if query else "")
+
+
+def project_path(value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def parse_host(url: str) -> HostTarget:
+    """Read a ``host`` URL (see :class:`HostTarget`); ValueError naming the problem."""
+    parts = urlsplit(url)
+    if parts.scheme not in HOST_SCHEMES or "://" not in url:
+        raise ValueError(f"not a host URL: {url!r} (use local://, ssh://[user@]host[:port][?sudo=true] or "
+                         "docker://<container>)")
+    options: list[tuple[str, str]] = []
+    sudo = False
+    for item in filter(None, parts.query.split("&")):
+        key, _, value = item.partition("=")
+        if key not in _HOST_OPTIONS:
+            raise ValueError(f"host {url!r}: unknown option {key!r} (known: {', '.join(_HOST_OPTIONS)})")
+        if key == "sudo":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"host {url!r}: sudo={value!r}: use sudo=true or sudo=false")
+            sudo = value.lower() == "true"
+        else:
+            options.append((key, value))
+    if sudo and parts.scheme == "docker":
+        raise ValueError(f"host {url!r}: sudo=true with docker:// (docker exec already runs as the container's root)")
+    if parts.scheme != "local" and not parts.hostname:
+        raise ValueError(f"host {url!r}: no host name")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"host {url!r}: {exc}") from exc
+    return HostTarget(url=url, scheme=parts.scheme, name=parts.hostname or "", user=parts.username, port=port,
+                      sudo=sudo, options=tuple(options))
+
+
 class Env(_Model):
     name: str
     production: bool = False
     disposable: bool = Field(default=False, description="a throwaway testbed: mutating scenarios run by default")
     kube: KubeConfig | None = None
-    host: str = "local://"
+    host: str = Field(default="local://", description="where host commands run and the runner stands: local:// "
+                      "(on the host), ssh://[user@]host[:port][?sudo=true] (an operator's machine: root commands "
+                      "with sudo -n, the host's loopback endpoints through ssh tunnels), docker://<kind node>")
     ingress: IngressConfig
     deployments: Deployments
     storage: StorageConfig
@@ -238,6 +327,21 @@ class Env(_Model):
         if problems:
             raise ValueError("durations out of production's order: " + "; ".join(problems))
         return self
+
+    @field_validator("host")
+    @classmethod
+    def _host_url(cls, v: str) -> str:
+        parse_host(v)
+        return v
+
+    @property
+    def host_target(self) -> HostTarget:
+        """The ``host`` URL read: scheme, name, user, port, ``sudo`` and the ssh options."""
+        return parse_host(self.host)
+
+    def rpc_url(self, colour: str) -> str:
+        """A colour's JSON-RPC URL as its host sees it (the runner-side URL: ``Reach.url`` of this)."""
+        return f"http://{HOST_LOOPBACK}:{self.deployments.colour(colour).rpc_port}"
 
     def port_settings(self) -> list[tuple[str, int]]:
         """Every (setting, port) this env binds locally, for collision checks and messages."""

@@ -55,7 +55,10 @@ class Host(Protocol):
 
     url: str
 
-    def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult: ...
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0, root: bool = False) -> CommandResult:
+        """Run a shell command on the host; ``root=True`` for one that needs root (``sudo -n`` on a host whose
+        URL says ``?sudo=true``, see :mod:`runbook.adapters.host`)."""
+        ...
 
     def processes(self, name: str) -> list[ProcessInfo]: ...
 

@@ -1,11 +1,15 @@
 """The one place where environment kinds differ: which adapter serves each port.
 
-Steps and procedures receive an :class:`Adapters` and never ask which environment they run on.
+Steps and procedures receive an :class:`Adapters` and never ask which environment they run on. Where the
+runner runs is the env's ``host`` (:class:`runbook.env.HostTarget`): host commands go through
+:class:`~runbook.adapters.host.TestinfraHost` (``root=True`` for those that need root), and the host's own
+HTTP endpoints (the ingress admin API, both colours' RPC) through ``Adapters.reach``
+(:mod:`runbook.adapters.tunnel`: unchanged on ``local://``, ssh tunnels on ``ssh://``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runbook.adapters.base import CommandResult, Host, Ingress, Storage, Workloads
@@ -13,6 +17,7 @@ from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
+from runbook.adapters.tunnel import Direct, Reach, reach_for
 from runbook.env import Env
 from runbook.errors import RunbookError
 
@@ -27,11 +32,19 @@ class Adapters:
     workloads: Workloads
     ingress: Ingress
     storage: Storage
+    reach: Reach = field(default_factory=Direct)  # host-side URL -> runner-side URL
+
+    def rpc_url(self, colour: str) -> str:
+        """One colour's JSON-RPC URL as the runner reaches it (its host-side URL through ``reach``)."""
+        return self.reach.url(self.env.rpc_url(colour))
 
     def rpc(self, colour: str) -> RpcClient:
         """JSON-RPC straight to one colour's validator (not through the ingress)."""
-        port = self.env.deployments.colour(colour).rpc_port
-        return RpcClient(url=f"http://127.0.0.1:{port}")
+        return RpcClient(url=self.rpc_url(colour))
+
+    def close(self) -> None:
+        """Close what the adapters opened to the host (tunnels; also closed at exit)."""
+        self.reach.close()
 
     def public_rpc(self) -> RpcClient:
         """JSON-RPC through the public ingress, as clients see it."""
@@ -43,14 +56,18 @@ class Adapters:
 
 
 def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
+    reach = reach_for(env)
+    # the admin API keeps its host-side URL (Caddy checks the Host header, and it names the API in messages);
+    # the transport sends it through reach
     if testbed is not None:
         host = TestinfraHost(env.host, netns=testbed.netns, env_name=env.name)
         return Adapters(
             env=env,
             host=host,
             workloads=testbed.workloads,
-            ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host),
+            ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host, transport=reach.transport()),
             storage=testbed.storage,
+            reach=reach,
         )
     from runbook.adapters.kube import KubeWorkloads
     from runbook.adapters.storage import storage_for
@@ -60,8 +77,9 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
         env=env,
         host=host,
         workloads=KubeWorkloads(env),
-        ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host),
+        ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host, transport=reach.transport()),
         storage=storage_for(env, host),
+        reach=reach,
     )
 
 
@@ -85,7 +103,7 @@ class _PlanHost:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult:
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0, root: bool = False) -> CommandResult:
         if check:
             raise RunbookError(f"plan must not run commands on {self.url} (asked: {command})")
         return CommandResult(command, self.ABSENT, "", "plan: not connected (read as absent)")

@@ -1,7 +1,15 @@
-"""The host port on testinfra: ``local://`` (testbed), ``ssh://biscayne``, ``docker://<kind node>``.
+"""The host port on testinfra: ``local://`` (the runner is on the host), ``ssh://[user@]host[:port]`` (an
+operator's machine reaching the host), ``docker://<kind node>``. See :class:`runbook.env.HostTarget`.
 
 One verb underneath, ``run``, returning :class:`~runbook.adapters.base.CommandResult`; everything else
 (processes, services, routes, checksums) is built on it, so it works the same over every backend.
+
+Root: a caller says a command needs root with ``run(command, root=True)`` (``spawn(command, root=True)``).
+On a host whose URL says ``?sudo=true`` (the connection's user is not root) that command runs as
+``sudo -n -- timeout N sh -c '<command>'``: never a password prompt; a refusal by sudo is an
+:class:`AdapterError` naming the sudoers rule the host needs, whatever ``check`` says (it is not the
+command's answer). Without ``sudo=true`` the command runs as the connection's user (root on the testbed and
+in a kind node). Every other command runs as the connection's user, never through sudo.
 """
 
 from __future__ import annotations
@@ -15,7 +23,20 @@ import testinfra
 from testinfra.backend.ssh import SshBackend
 
 from runbook.adapters.base import CommandResult, ProcessInfo, ServiceState
+from runbook.env import parse_host
 from runbook.errors import AdapterError, CommandFailed
+
+SUDO = "sudo -n --"
+"""How a command asked as root is prefixed on a ``?sudo=true`` host: non-interactive, so a missing rule fails
+at once instead of waiting for a password nobody types."""
+_SUDO_REFUSED = ("a password is required", "is not in the sudoers file", "is not allowed to execute",
+                 "may not run sudo", "a terminal is required", "sudo: command not found", "sudo: not found")
+_DENIED = ("Permission denied", "Operation not permitted", "must be superuser", "only root can")
+
+
+def as_root(command: str, *, sudo: bool) -> str:
+    """The command line that runs ``command`` (a shell command) as root on a host with or without ``sudo``."""
+    return f"{SUDO} sh -c {shlex.quote(command)}" if sudo else command
 
 
 class TestinfraHost:
@@ -28,27 +49,54 @@ class TestinfraHost:
         self.netns = netns  # the testbed's stand-in for the host network (routes live there)
         self.env_name = env_name
         try:
-            self._host = testinfra.get_host(url)
+            self.target = parse_host(url)
+            self._host = testinfra.get_host(self.target.testinfra_url())
         except Exception as exc:  # testinfra raises bare RuntimeError/ValueError for bad URLs
             raise AdapterError(f"cannot reach host {url}: {exc}", env=env_name) from exc
+        self.sudo = self.target.sudo  # commands asked as root run with `sudo -n`
 
-    def run(self, command: str, *, check: bool = True, timeout: float = 60.0) -> CommandResult:
+    def root_command(self, command: str) -> str:
+        """How ``run(command, root=True)`` runs it here (for plans and messages)."""
+        return as_root(command, sudo=self.sudo)
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0, root: bool = False) -> CommandResult:
+        """Run a shell command on the host (under ``timeout``); ``root=True``: as root (module docstring)."""
         start = time.monotonic()
+        line = f"timeout {int(max(1, timeout))} sh -c {shlex.quote(command)}"
+        if root and self.sudo:
+            line = f"{SUDO} {line}"
         try:
-            r = self._host.run(f"timeout {int(max(1, timeout))} sh -c {shlex.quote(command)}")
+            r = self._host.run(line)
         except Exception as exc:
             raise AdapterError(f"host {self.url}: could not run `{command}`: {exc}", env=self.env_name) from exc
         result = CommandResult(command, r.rc, r.stdout, r.stderr, time.monotonic() - start)
+        if root and self.sudo and r.rc != 0 and any(s in r.stderr for s in _SUDO_REFUSED):
+            raise AdapterError(f"host {self.target.display}: sudo refused `{command}`: {r.stderr.strip()[:300]} (the "
+                               f"host needs a sudoers rule letting {self._who()} run it as root without a "
+                               "password, e.g. /etc/sudoers.d/runbook: `<user> ALL=(root) NOPASSWD: ALL`)",
+                               env=self.env_name)
         if check and r.rc != 0:
-            raise CommandFailed(f"on host {self.url}", command=command, rc=r.rc, stderr=r.stderr, env=self.env_name)
+            raise CommandFailed(f"on host {self.url}{self._hint(root, r.stderr)}", command=command, rc=r.rc,
+                                stderr=r.stderr, env=self.env_name)
         return result
 
-    def spawn(self, command: str) -> subprocess.Popen[str]:
+    def _who(self) -> str:
+        return self.target.user or "the ssh user"
+
+    def _hint(self, root: bool, stderr: str) -> str:
+        """Why a denied command may have been denied: where it ran as the connection's user."""
+        if not any(s in stderr for s in _DENIED) or (root and self.sudo) or self.target.scheme == "docker":
+            return ""
+        if root:
+            return f" (asked as root, ran as {self._who()}: add ?sudo=true to the env's host URL)"
+        return f" (ran as {self._who()}, without sudo: a command that needs root must be run with root=True)"
+
+    def spawn(self, command: str, *, root: bool = False) -> subprocess.Popen[str]:
         """Start ``command`` on the host and leave it running, its stdin, stdout and stderr piped to us: it
-        ends when we close its stdin or exit (the ssh session closes). With sudo when the URL says so.
+        ends when we close its stdin or exit (the ssh session closes). ``root=True``: as :meth:`run`.
         In its own session, so the operator's Ctrl-C reaches us, not it."""
         backend = self._host.backend
-        remote = backend.get_command(command)
+        remote = backend.get_command(self.root_command(command) if root else command)
         if isinstance(backend, SshBackend):
             cmd, args = backend._build_ssh_command(remote)  # testinfra's own ssh options (user, port, config)
             local = backend.quote(" ".join(cmd), *args)
