@@ -4,9 +4,9 @@ On biscayne the accounts live on a ramdisk (460 GB), outside the snapshotted dat
 gets a copy. Agave hard-links every storage file from each ``accounts/snapshot/<slot>/`` directory, so
 the copy keeps hard links (``-H``: without it every link becomes a full copy and the copy multiplies),
 deletes what the source no longer has (``--delete``: a second run converges on the source) and keeps
-numeric owners. Every command goes through the host port (``local://`` or ``ssh://``), with ``sudo -n``
-in front when ``sudo=True`` (a host URL with ``?sudo=true`` already runs everything under sudo: leave
-``sudo`` False then).
+numeric owners. Every command goes through the host port (``local://`` or ``ssh://``) and, except the
+read of ``/proc/meminfo``, is asked as root (``root=True``: ``sudo -n --`` on a host whose URL says
+``?sudo=true``, see :mod:`runbook.adapters.host`): the accounts live under root-owned directories.
 
 - :meth:`AccountsCopy.preflight` measures the source (``du -sb``, which counts a hard-linked file once,
   and a ``find`` that counts names, distinct inodes, data bytes, directories and symlinks) and the
@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from runbook.adapters.base import CommandResult, Host
+from runbook.adapters.host import as_root
 from runbook.adapters.rsync_progress import RsyncProgress, stream_rsync
 from runbook.errors import AdapterError, CheckFailed, PreconditionFailed
 
@@ -172,31 +173,28 @@ class AccountsCopy:
     callbacks; ``timeout``: the copy's deadline (rsync runs under ``timeout`` on the host, and the local
     end is killed too)."""
 
-    def __init__(self, host: Host, src: str, dst: str, *, sudo: bool = False, interval: float = 2.0,
+    def __init__(self, host: Host, src: str, dst: str, *, interval: float = 2.0,
                  timeout: float = 86400.0, measure_timeout: float = 3600.0, accept_vanished: bool = False,
                  margin_fraction: float = MARGIN_FRACTION, margin_min: int = MARGIN_MIN,
                  block: int = BLOCK) -> None:
         self.host, self.src, self.dst = host, _norm(src), _norm(dst)
-        self.sudo, self.interval, self.timeout, self.measure_timeout = sudo, interval, timeout, measure_timeout
+        self.interval, self.timeout, self.measure_timeout = interval, timeout, measure_timeout
         self.accept_vanished = accept_vanished
         self.margin_fraction, self.margin_min, self.block = margin_fraction, margin_min, block
         self.last_preflight: Preflight | None = None
 
     def __repr__(self) -> str:
-        return f"AccountsCopy({self.host.url}: {self.src} -> {self.dst}{', sudo' if self.sudo else ''})"
+        return f"AccountsCopy({self.host.url}: {self.src} -> {self.dst})"
 
     # ------------------------------------------------------------------ commands (also the plan)
-    def _root(self, command: str) -> str:
-        return f"sudo -n {command}" if self.sudo else command
-
     def cmd_measure(self, path: str) -> str:
         """``du -sb`` (a hard-linked file once), then names, distinct inodes, data bytes, dirs, symlinks
         counted by awk from find's type, device:inode and size (awk needs no root)."""
         p = shlex.quote(path.rstrip("/") + "/")
-        return f"{self._root(f'du -sb -- {p}')} && {self._root(f'find {p}')} -printf '%y %D:%i %s\\n' | {_COUNT}"
+        return f"du -sb -- {p} && find {p} -printf '%y %D:%i %s\\n' | {_COUNT}"
 
     def cmd_existing(self) -> str:
-        return self._root(f"du -sb -- {shlex.quote(self.dst + '/')}")
+        return f"du -sb -- {shlex.quote(self.dst + '/')}"
 
     def cmd_df(self) -> str:
         return (f"d={shlex.quote(self.dst)}; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; "
@@ -207,35 +205,43 @@ class AccountsCopy:
         return "grep MemAvailable /proc/meminfo"
 
     def cmd_mkdir(self) -> str:
-        return self._root(f"mkdir -p -- {shlex.quote(self.dst)}")
+        return f"mkdir -p -- {shlex.quote(self.dst)}"
 
     def cmd_rsync(self) -> str:
         s, d = shlex.quote(self.src + "/"), shlex.quote(self.dst + "/")
-        return self._root(f"timeout {int(max(1, self.timeout))} rsync {RSYNC_OPTIONS} {s} {d}")
+        return f"timeout {int(max(1, self.timeout))} rsync {RSYNC_OPTIONS} {s} {d}"
 
     def cmd_resolve(self) -> str:
-        return self._root(f"readlink -f -- {shlex.quote(self.dst)}")
+        return f"readlink -f -- {shlex.quote(self.dst)}"
 
     def cmd_remove(self) -> str:
         d = shlex.quote(self.dst)
-        return self._root(f"find {d} -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {{}} +")
+        return f"find {d} -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {{}} +"
 
-    def plan_lines(self, op: str = "copy") -> list[str]:
-        """The exact commands ``op`` runs on the host: preflight, copy, verify, remove (or all)."""
+    def plan_lines(self, op: str = "copy", *, sudo: bool | None = None) -> list[str]:
+        """The commands ``op`` runs on the host (preflight, copy, verify, remove, or all: the first three),
+        those asked as root as the host port runs them: ``sudo -n -- sh -c '...'`` when ``sudo`` (default:
+        the host's ``?sudo=true``), bare otherwise (for a renderer that adds sudo itself)."""
+        use = bool(getattr(self.host, "sudo", False)) if sudo is None else sudo
+
+        def root(c: str) -> str:
+            return as_root(c, sudo=use)
+
         lines = {
-            "preflight": [self.cmd_measure(self.src), self.cmd_existing(), self.cmd_df(),
+            "preflight": [root(self.cmd_measure(self.src)), root(self.cmd_existing()), root(self.cmd_df()),
                           f"{self.cmd_meminfo()}  # when the destination is RAM-backed (tmpfs, ramfs, zram)"],
-            "copy": [self.cmd_mkdir(), self.cmd_rsync()],
-            "verify": [self.cmd_measure(self.src), self.cmd_measure(self.dst)],
-            "remove": [self.cmd_resolve(), self.cmd_remove()],
+            "copy": [root(self.cmd_mkdir()), root(self.cmd_rsync())],
+            "verify": [root(self.cmd_measure(self.src)), root(self.cmd_measure(self.dst))],
+            "remove": [root(self.cmd_resolve()), root(self.cmd_remove())],
         }
         if op == "all":
             return [line for k in ("preflight", "copy", "verify") for line in lines[k]]
         return lines[op]
 
     # ------------------------------------------------------------------ measuring
-    def _run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
-        return self.host.run(command, check=check, timeout=timeout or self.measure_timeout)
+    def _run(self, command: str, *, check: bool = True, timeout: float | None = None,
+             root: bool = True) -> CommandResult:
+        return self.host.run(command, check=check, timeout=timeout or self.measure_timeout, root=root)
 
     def measure(self, path: str) -> TreeFigures | None:
         """The tree's figures, or None when ``path`` is not a directory on the host."""
@@ -264,7 +270,7 @@ class AccountsCopy:
         ram = fstype in RAM_FSTYPES or bool(RAM_DEVICES.match(device))
         mem = None
         if ram:
-            m = re.search(r"MemAvailable:\s+(\d+)\s*kB", self._run(self.cmd_meminfo()).stdout)
+            m = re.search(r"MemAvailable:\s+(\d+)\s*kB", self._run(self.cmd_meminfo(), root=False).stdout)
             if m is None:
                 raise AdapterError(f"no MemAvailable in /proc/meminfo on {self.host.url}")
             mem = int(m.group(1)) * 1024
@@ -327,7 +333,7 @@ class AccountsCopy:
             last[0] = p
             emit(p)
 
-        rc, tail = stream_rsync(self.host, self.cmd_rsync(), seen, timeout=self.timeout + 60)
+        rc, tail = stream_rsync(self.host, self.cmd_rsync(), seen, timeout=self.timeout + 60, root=True)
         took = time.monotonic() - start
         vanished = rc == 24 and self.accept_vanished
         if rc != 0 and not vanished:

@@ -98,19 +98,20 @@ def last_progress(output: str) -> RsyncProgress | None:
 
 
 def stream_rsync(host: Host, command: str, seen: Callable[[RsyncProgress], None], *,
-                 timeout: float) -> tuple[int, list[str]]:
+                 timeout: float, root: bool = False) -> tuple[int, list[str]]:
     """Run an rsync ``command`` on ``host``, calling ``seen`` for each progress line as rsync prints it;
     return (exit code, its last 10 stderr lines). A host with ``spawn`` (TestinfraHost: local, ssh,
     docker) streams; any other host port runs the command to its end and reports its last figures once.
+    ``root``: asked as root (the host port's ``sudo -n`` on a ``?sudo=true`` host).
     After ``timeout`` seconds the local end (the process group spawn started: rsync, or ssh) is killed."""
     spawn = getattr(host, "spawn", None)
     if spawn is None:
-        r = host.run(command, check=False, timeout=timeout)
+        r = host.run(command, check=False, timeout=timeout, root=root)
         p = last_progress(r.stdout)
         if p is not None:
             seen(p)
         return r.rc, r.stderr.strip().splitlines()[-10:]
-    proc: subprocess.Popen[str] = spawn(command)
+    proc: subprocess.Popen[str] = spawn(command, root=root)
     assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
     proc.stdin.close()  # rsync reads nothing; a closed stdin never holds the ssh session open
     tail: collections.deque[str] = collections.deque(maxlen=10)

@@ -258,16 +258,20 @@ def test_remove_refuses_a_destination_reached_through_a_symlink(host: TestinfraH
     assert (src / "run").is_dir() and any((src / "run").iterdir())
 
 
-def test_plan_lines_are_the_commands_run(host: TestinfraHost) -> None:
-    c = AccountsCopy(host, "/srv/solana/accounts", "/srv/solana-blue/accounts", sudo=True, timeout=7200)
+def test_plan_lines_are_the_commands_run() -> None:
+    c = AccountsCopy(TestinfraHost("ssh://biscayne?sudo=true"), "/srv/solana/accounts", "/srv/solana-blue/accounts",
+                     timeout=7200)  # no connection is made for a plan
     assert c.plan_lines("copy") == [
-        "sudo -n mkdir -p -- /srv/solana-blue/accounts",
-        "sudo -n timeout 7200 rsync -aH --delete --numeric-ids --info=progress2 --no-inc-recursive "
-        "/srv/solana/accounts/ /srv/solana-blue/accounts/"]
-    pre = c.plan_lines("preflight")
-    assert pre[0].startswith("sudo -n du -sb -- /srv/solana/accounts/ && sudo -n find /srv/solana/accounts/ ")
+        "sudo -n -- sh -c 'mkdir -p -- /srv/solana-blue/accounts'",
+        "sudo -n -- sh -c 'timeout 7200 rsync -aH --delete --numeric-ids --info=progress2 --no-inc-recursive "
+        "/srv/solana/accounts/ /srv/solana-blue/accounts/'"]
+    pre = c.plan_lines("preflight", sudo=False)
+    assert pre[0].startswith("du -sb -- /srv/solana/accounts/ && find /srv/solana/accounts/ -printf ")
+    assert pre[1] == "du -sb -- /srv/solana-blue/accounts/"
     assert "df -B1 --output=avail,fstype,source" in pre[2] and pre[3].startswith("grep MemAvailable /proc/meminfo")
-    assert c.plan_lines("remove") == [
-        "sudo -n readlink -f -- /srv/solana-blue/accounts",
-        "sudo -n find /srv/solana-blue/accounts -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +"]
-    assert not any("sudo" in line for line in AccountsCopy(host, "/a/b", "/c/d").plan_lines("all"))
+    assert c.plan_lines("remove", sudo=False) == [
+        "readlink -f -- /srv/solana-blue/accounts",
+        "find /srv/solana-blue/accounts -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +"]
+    assert c.plan_lines("all")[3].startswith("grep MemAvailable")  # never as root
+    local = AccountsCopy(TestinfraHost("local://"), "/a/b", "/c/d")
+    assert not any("sudo" in line for line in local.plan_lines("all"))
