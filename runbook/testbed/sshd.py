@@ -221,6 +221,8 @@ class Sshd:
         for name in ("sshd_config", "ssh_config", "known_hosts", "sshd.pid", "runner_ed25519", "runner_ed25519.pub",
                      "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "sudoers.check", "sshd.log", "sshd.json"):
             (self.state_dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()  # only when nothing else is in it
         return done
 
     def leftovers(self) -> list[str]:
