@@ -244,16 +244,23 @@ class AccountsCopy:
         return self.host.run(command, check=check, timeout=timeout or self.measure_timeout, root=root)
 
     def measure(self, path: str) -> TreeFigures | None:
-        """The tree's figures, or None when ``path`` is not a directory on the host."""
+        """The tree's figures, or None when ``path`` is not a directory on the host. Files that vanish
+        while du and find walk (a running validator's cleaning) are warnings, not failures; any other
+        complaint (a permission denied) fails, as the counts would be short."""
         r = self._run(self.cmd_measure(path), check=False)
         lines = r.stdout.split("\n")
-        if not r.ok or len(lines) < 2:
+        try:
+            du = int(lines[0].split()[0])
+            files, inodes, data, dirs, links = (int(x) for x in lines[1].split())
+        except (IndexError, ValueError):
             if "No such file" in r.stderr or "Not a directory" in r.stderr:
                 return None
             raise AdapterError(f"measuring {path} on {self.host.url}: `{r.command}` exited {r.rc}: "
-                               f"{r.stderr.strip()[-500:]}", obj=path)
-        du = int(lines[0].split()[0])
-        files, inodes, data, dirs, links = (int(x) for x in lines[1].split())
+                               f"{r.stderr.strip()[-500:]}", obj=path) from None
+        complaints = [x for x in r.stderr.splitlines() if x.strip() and "No such file or directory" not in x]
+        if not r.ok and complaints:
+            raise AdapterError(f"measuring {path} on {self.host.url}: `{r.command}` exited {r.rc}: "
+                               + " | ".join(complaints[-5:]), obj=path)
         return TreeFigures(path, du, data, files, inodes, dirs, links)
 
     def _source(self) -> TreeFigures:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from runbook.adapters.accounts_copy import AccountsCopy, CopyFailed, CopyProgress, CopyRefused
+from runbook.adapters.base import CommandResult
 from runbook.adapters.host import TestinfraHost
-from runbook.errors import CheckFailed
+from runbook.errors import AdapterError, CheckFailed
 
 ROOT = os.geteuid() == 0
 MiB = 2**20
@@ -275,3 +276,28 @@ def test_plan_lines_are_the_commands_run() -> None:
     assert c.plan_lines("all")[3].startswith("grep MemAvailable")  # never as root
     local = AccountsCopy(TestinfraHost("local://"), "/a/b", "/c/d")
     assert not any("sudo" in line for line in local.plan_lines("all"))
+
+
+class ScriptedHost:
+    """Adapter unit test only: answers the measure command with what du and find print on a live tree."""
+
+    url = "local://scripted"
+    sudo = False
+
+    def __init__(self, stdout: str, stderr: str, rc: int) -> None:
+        self.answer = (stdout, stderr, rc)
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 60.0, root: bool = False) -> CommandResult:
+        return CommandResult(command, self.answer[2], self.answer[0], self.answer[1])
+
+
+def test_files_vanishing_during_the_walk_do_not_fail_the_measure() -> None:
+    out = "4096000\t/srv/accounts/\n12 6 4000000 5 1\n"
+    vanished = "du: cannot access '/srv/accounts/run/410.8': No such file or directory\n"
+    got = AccountsCopy(ScriptedHost(out, vanished, 1), "/srv/accounts", "/srv/blue").measure("/srv/accounts")  # type: ignore[arg-type]
+    assert got is not None and (got.files, got.inodes, got.data_bytes) == (12, 6, 4000000)
+    denied = "find: '/srv/accounts/run': Permission denied\n"
+    with pytest.raises(AdapterError, match="Permission denied"):
+        AccountsCopy(ScriptedHost(out, denied, 1), "/srv/accounts", "/srv/blue").measure("/srv/accounts")  # type: ignore[arg-type]
+    gone = "du: cannot access '/srv/accounts/': No such file or directory\n"
+    assert AccountsCopy(ScriptedHost("", gone, 1), "/srv/accounts", "/srv/blue").measure("/srv/accounts") is None  # type: ignore[arg-type]
