@@ -6,6 +6,8 @@ One protocol (:class:`runbook.adapters.base.Storage`), four backends with the sa
 - :class:`BtrfsStorage` (testbed as root): subvolumes on a loop image (see ``runbook.testbed.loopfs``).
 - :class:`ReflinkStorage`: directories, ``cp -a --reflink=always`` (copy-on-write where supported).
 - :class:`CopyStorage`: directories, plain ``cp -a``; works anywhere.
+- :class:`ZvolStorage` (testbed as root): the model of a ZFS pool with zvols: XFS volume images on a
+  reflink XFS pool in zram, attached with losetup and mounted (``runbook.testbed.zvolpool`` makes the pool).
 
 :func:`choose_backend` resolves ``storage.backend`` (``auto`` included) for a local root and says why;
 :func:`make_storage` builds a local backend; :func:`storage_for` builds the backend of a real env.
@@ -24,6 +26,7 @@ from runbook.adapters.storage_common import HostFs, NoSuchDataset, StorageRefuse
 from runbook.adapters.storage_copytree import copy_tree
 from runbook.adapters.storage_tree import CopyStorage, ReflinkStorage, TreeStorage
 from runbook.adapters.storage_zfs import ZfsStorage
+from runbook.adapters.storage_zvol import ZvolStorage
 from runbook.env import Env
 from runbook.errors import CommandFailed, ConfigError
 
@@ -35,6 +38,7 @@ __all__ = [
     "ReflinkStorage",
     "StorageRefused",
     "ZfsStorage",
+    "ZvolStorage",
     "btrfs_available",
     "choose_backend",
     "copy_tree",
@@ -43,7 +47,7 @@ __all__ = [
     "storage_for",
 ]
 
-BACKENDS = ("zfs", "btrfs", "reflink", "copy", "auto")
+BACKENDS = ("zfs", "zvol", "btrfs", "reflink", "copy", "auto")
 REMOTE_STATE_DIR = "/var/lib/runbook/storage"
 
 
@@ -103,6 +107,13 @@ def choose_backend(requested: str, root: Path) -> tuple[str, str]:
         return "zfs", "requested by the environment (the zfs CLI through the host port)"
     if req == "copy":
         return "copy", "requested by the environment (plain copies: work anywhere, not copy-on-write)"
+    if req == "zvol":
+        from runbook.testbed import zvolpool
+
+        ok, why = zvolpool.available()
+        if not ok:
+            raise ConfigError(f"storage backend zvol was requested but cannot work here: {why}", obj=str(root))
+        return "zvol", f"requested by the environment; {why}: XFS volumes on a reflink XFS pool in zram"
     if req == "btrfs":
         ok, why = btrfs_available(root)
         if not ok:
@@ -125,7 +136,10 @@ def choose_backend(requested: str, root: Path) -> tuple[str, str]:
 
 
 def make_storage(backend: str, root: Path) -> Storage:
-    """A local directory backend rooted at ``root`` (for btrfs: the mounted loop image)."""
+    """A local backend rooted at ``root`` (for btrfs: the mounted loop image; for zvol: the mounted pool,
+    see :func:`runbook.testbed.zvolpool.up`)."""
+    if backend == "zvol":
+        return ZvolStorage(root)
     kinds: dict[str, type[TreeStorage]] = {"btrfs": BtrfsStorage, "reflink": ReflinkStorage, "copy": CopyStorage}
     if backend not in kinds:
         hint = "zfs needs a host: use storage_for()" if backend == "zfs" else "resolve it with choose_backend()"

@@ -43,8 +43,9 @@ def cmd_findmnt(name: str) -> str:
 
 
 def cmd_mount(name: str, path: str) -> list[str]:
-    """XFS with ``nouuid``: a clone carries its origin's UUID and XFS refuses a second mount of one UUID."""
-    return [f"mkdir -p {q(path)}", f"mount -t xfs -o nouuid {q(zvol_device(name))} {q(path)}"]
+    """XFS with ``nouuid`` (a clone carries its origin's UUID and XFS refuses a second mount of one UUID) and
+    ``noatime`` (a validator's ledger is mounted so; a read then writes nothing, so ``written`` stays put)."""
+    return [f"mkdir -p {q(path)}", f"mount -t xfs -o noatime,nouuid {q(zvol_device(name))} {q(path)}"]
 
 
 def cmd_umount(name: str) -> str:
@@ -105,7 +106,7 @@ class ZvolOps:
 
     # -- mounts (zvols), space, identity --------------------------------------------------------
     def mount(self, name: str, path: str) -> None:
-        """A volume: ``mount -t xfs -o nouuid /dev/zvol/<name> <path>`` (converges when mounted there; refused
+        """A volume: ``mount -t xfs -o noatime,nouuid /dev/zvol/<name> <path>`` (converges when mounted there; refused
         when mounted elsewhere). A filesystem is mounted by ZFS at its ``mountpoint``: ``path`` must be it."""
         check_dataset(name)
         kind = self._type(name)

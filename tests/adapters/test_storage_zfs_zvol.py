@@ -74,7 +74,7 @@ def test_mount_a_clone_with_nouuid_and_converge() -> None:
     host = ZvolHost({**typ(BLUE), **mnt(BLUE)})
     ZfsStorage(host).mount(BLUE, "/srv/solana-blue")
     assert host.mutations() == ["mkdir -p /srv/solana-blue",
-                                f"mount -t xfs -o nouuid /dev/zvol/{BLUE} /srv/solana-blue"]
+                                f"mount -t xfs -o noatime,nouuid /dev/zvol/{BLUE} /srv/solana-blue"]
     assert host.as_root == host.mutations()  # root for what changes (sudo -n on a ?sudo=true host), not for reads
 
     host = ZvolHost({**typ(BLUE), **mnt(BLUE, "/srv/solana-blue")})
@@ -184,7 +184,7 @@ def test_plan_shows_mount_umount_and_free_space() -> None:
     host = ZvolHost()
     z = ZfsStorage(host)
     assert z.plan("mount", BLUE, "/srv/solana-blue") == [
-        "mkdir -p /srv/solana-blue", f"mount -t xfs -o nouuid /dev/zvol/{BLUE} /srv/solana-blue"]
+        "mkdir -p /srv/solana-blue", f"mount -t xfs -o noatime,nouuid /dev/zvol/{BLUE} /srv/solana-blue"]
     assert z.plan("unmount", BLUE) == [f"umount /dev/zvol/{BLUE}"]
     assert z.plan("free_space", DATA) == [f"zfs get -Hp -o property,value {SPACE} {DATA}"]
     assert host.commands == []
