@@ -243,6 +243,7 @@ class ZvolStorage:
         os.makedirs(path, exist_ok=True)
         if entry["kind"] == DIRECTORY:
             run_local(["mount", "--bind", self._file(entry, "data"), path], timeout=60)
+            run_local(["mount", "--make-shared", path], timeout=60)  # slave namespaces see the unmount
             return
         if loops:  # attached but not mounted (a crash between the two): start clean
             self._detach(loops)
@@ -251,6 +252,7 @@ class ZvolStorage:
         dev = run_local(["losetup", "--find", "--show", self._file(entry, "data")], timeout=30).stdout.strip()
         try:
             run_local(["mount", "-t", "xfs", "-o", "noatime,nouuid" if nouuid else "noatime", dev, path], timeout=60)
+            run_local(["mount", "--make-shared", path], timeout=60)  # slave namespaces see the unmount
         except CommandFailed:
             self._detach([dev])
             raise

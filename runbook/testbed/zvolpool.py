@@ -10,6 +10,12 @@ directories, the pool's own mounts, then resets and removes the zram device. Bot
 
 This kernel loads no modules and has no device-mapper; zram and loop devices work (the probe in
 :func:`available` tries them).
+
+Mount namespaces: a process that enters a new mount namespace (a testbed container) gets a copy of every
+mount there is at that moment, and a private copy keeps the filesystem busy after our own ``umount``
+until it exits (a loop device then stays attached; the model reports that as busy, as ZFS would). The pool
+and the model's mounts are made shared (``mount --make-shared``), so a namespace made with slave
+propagation (``MS_REC | MS_SLAVE`` on ``/``, ``unshare --propagation slave``) sees our unmounts too.
 """
 
 from __future__ import annotations
@@ -128,6 +134,7 @@ def up(state_dir: Path, size: str | int, *, mountpoint: Path | None = None) -> P
     dev = existing[0] if existing else _add_zram(nbytes, label)  # made before a crash: keep its data
     try:
         run_local(["mount", "-t", "xfs", dev, str(mp)], timeout=60)
+        run_local(["mount", "--make-shared", str(mp)], timeout=60)  # see make_shared
     except CommandFailed as exc:
         if not existing:
             _remove_zram(dev)
@@ -210,7 +217,9 @@ def down(state_dir: Path, *, timeout: float = 10.0) -> None:
     is on the pool's device), so it works after a crash and is safe to call twice. A busy mount is a
     :class:`TestbedError` naming it after ``timeout`` seconds.
     """
-    for dev in marked_devices(label_for(state_dir)):
+    mp = str(default_mountpoint(state_dir))
+    at_mountpoint = {m.source for m in blockdev.mounts() if m.target == mp and m.source.startswith("/dev/zram")}
+    for dev in sorted(set(marked_devices(label_for(state_dir))) | at_mountpoint):  # even if its label is unreadable
         majmin = _majmin(dev)
         loops = sorted(d for d, (_, mm) in blockdev.loop_devices().items() if mm == majmin)
         for target in sorted({m.target for m in blockdev.mounts() if m.source in loops}, key=len, reverse=True):
@@ -231,7 +240,6 @@ def down(state_dir: Path, *, timeout: float = 10.0) -> None:
             raise TestbedError(f"cannot remove {dev} (busy: {blockdev.describe_holders(majmin)}; a process that "
                                "entered a new mount namespace while the pool was mounted keeps it until it exits); "
                                "run zvolpool.down again once it has") from exc
-    mp = default_mountpoint(state_dir)
-    if mp.is_dir() and not any(m.target == str(mp) for m in blockdev.mounts()):
+    if os.path.isdir(mp) and not any(m.target == mp for m in blockdev.mounts()):
         with contextlib.suppress(OSError):
-            mp.rmdir()
+            os.rmdir(mp)

@@ -38,8 +38,8 @@ def pool(tmp_path: Path) -> Iterator[Path]:
     state = tmp_path / "state"
     try:
         yield zvolpool.up(state, "1G").mountpoint
-    finally:
-        zvolpool.down(state)
+    finally:  # patient: a testbed container started meanwhile holds a private copy of our mounts until it exits
+        zvolpool.down(state, timeout=60)
         assert zvolpool.leftovers(state) == []
 
 
@@ -296,3 +296,29 @@ def test_a_volume_held_by_another_mount_namespace_is_busy(pool: Path, tmp_path: 
         holder.wait()
     st.destroy(BLUE)  # the holder is gone: the loop device detaches, the clone goes
     assert BLUE not in {d.name for d in st.datasets()}
+
+
+def test_a_slave_mount_namespace_sees_the_unmount(pool: Path, tmp_path: Path) -> None:
+    st = ZvolStorage(pool, timeout=5.0)
+    green_mounted(st, tmp_path)
+    st.clone(st.snapshot(GREEN, "pre"), BLUE)
+    srv = tmp_path / "srv"  # an unmount propagates through the parent mount: /srv made a shared mount
+    srv.mkdir()
+    subprocess.run(["mount", "--bind", str(srv), str(srv)], check=True)
+    holder = None
+    try:
+        subprocess.run(["mount", "--make-shared", str(srv)], check=True)
+        st.mount(BLUE, str(srv / "solana-blue"))
+        holder = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "sleep", "60"])
+        wait_for(lambda: blockdev.holders(blockdev.device_majmin(blockdev.loops_of(st.image(BLUE))[0])),
+                 lambda h: len(h) >= 2, timeout=10, what="the second mount namespace")
+        st.unmount(BLUE)  # the umount reaches the slave copy, the loop device goes
+        assert blockdev.loops_of(st.image(BLUE)) == []
+        st.destroy(BLUE)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        if BLUE in {d.name for d in st.datasets()}:
+            st.unmount(BLUE)
+        subprocess.run(["umount", str(srv)], check=False)
