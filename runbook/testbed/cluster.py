@@ -5,7 +5,10 @@ Like a public RPC it rate-limits: above ``--rate-limit`` requests a second per c
 HTTP 429 with a JSON-RPC error body and ``Retry-After`` (:class:`RateLimited`).
 
 ``getSlot`` (and ``getBlockHeight``) return the cluster tip of :mod:`runbook.testbed.chain`, ``getHealth``
-is ``ok``, ``getVersion`` names ``--version``; ``GET /health`` answers ``ok``.
+is ``ok``, ``getVersion`` names ``--version``, ``getGenesisHash`` ``--genesis-hash``; ``GET /health`` answers
+``ok``. It is the validators' entrypoint: the same port over UDP is the gossip they announce themselves to
+(:mod:`runbook.testbed.gossip`, agave's duplicate-instance rule included), and ``getClusterNodes`` lists the
+nodes that announced themselves within ``--gossip-timeout``.
 
 This module also holds the server machinery every JSON-RPC stand-in shares (the validator imports it):
 a raw ASGI JSON-RPC app, and a uvicorn runner whose SIGTERM finishes in-flight requests and exits 0.
@@ -16,10 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,7 +35,7 @@ from typing import Any
 import uvicorn
 
 from runbook.errors import ConfigError
-from runbook.testbed import chain
+from runbook.testbed import chain, gossip
 
 # --------------------------------------------------------------------------- server machinery
 # Shared with runbook.testbed.cluster: a raw ASGI JSON-RPC app and a uvicorn runner with a graceful,
@@ -268,17 +273,38 @@ class RateLimited:
 
 
 
-def cluster_app(params: chain.ChainParams, version: str) -> JsonRpcApp:
+MAINNET_GENESIS_HASH = "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d"  # the cluster this stands in for
+
+
+def shred_version(genesis_hash: str) -> int:
+    """A stable u16 standing in for the shred version agave derives from the genesis hash (and hard forks)."""
+    return int.from_bytes(hashlib.sha256(genesis_hash.encode()).digest()[:2], "little") or 1
+
+
+def cluster_app(
+    params: chain.ChainParams,
+    version: str,
+    *,
+    table: gossip.GossipTable | None = None,
+    genesis_hash: str = MAINNET_GENESIS_HASH,
+    gossip_interval: float = gossip.DEFAULT_INTERVAL,
+) -> JsonRpcApp:
     info = {"solana-core": ".".join(map(str, chain.parse_version(version))), "feature-set": chain.feature_set(version)}
+    nodes = table if table is not None else gossip.GossipTable()
+    genesis = {**params.to_dict(), "genesis_hash": genesis_hash, "shred_version": shred_version(genesis_hash),
+               "gossip_interval": gossip_interval, "gossip_timeout": nodes.timeout}
     return JsonRpcApp(
         methods={
             "getSlot": lambda _params: params.tip(),
             "getBlockHeight": lambda _params: params.tip(),
             "getHealth": lambda _params: "ok",
             "getVersion": lambda _params: info,
+            "getGenesisHash": lambda _params: genesis_hash,
+            # the nodes that announced themselves in gossip within the timeout (agave's RpcContactInfo)
+            "getClusterNodes": lambda _params: nodes.cluster_nodes(),
             # stand-in only: what a joining validator learns from the cluster it is pointed at (agave
             # downloads the genesis from its entrypoint's RPC); the stand-ins share the tip through it
-            "getGenesisParams": lambda _params: params.to_dict(),
+            "getGenesisParams": lambda _params: genesis,
         },
         health=lambda: "ok",
     )
@@ -289,16 +315,32 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
     )
     p = argparse.ArgumentParser(prog="runbook.testbed.cluster", description=__doc__.split("\n\n")[0])
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, required=True, help="JSON-RPC (TCP) and gossip (UDP): the entrypoint")
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--version", default="2.1.0", help="release the cluster reports in getVersion")
     p.add_argument("--rate-limit", type=float, default=DEFAULT_RATE_LIMIT, metavar="PER_SECOND",
                    help="requests a second per client address before HTTP 429 (0: no limit)")
+    p.add_argument("--genesis-hash", default=MAINNET_GENESIS_HASH, help="what getGenesisHash answers")
+    p.add_argument("--gossip-interval", type=float, default=gossip.DEFAULT_INTERVAL, metavar="SECONDS",
+                   help="seconds between a validator's gossip pushes (told to joining validators)")
+    p.add_argument("--gossip-timeout", type=float, default=gossip.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="seconds without a push before a node leaves getClusterNodes")
     args = p.parse_args(argv)
     log = logging.getLogger("cluster")
+    if not 0 < args.gossip_interval * 2 <= args.gossip_timeout:
+        p.error(f"--gossip-timeout ({args.gossip_timeout}s) must be at least twice --gossip-interval "
+                f"({args.gossip_interval}s, > 0)")
     try:
         params = chain.ChainParams.from_env()
-        app = cluster_app(params, args.version)
+        table = gossip.GossipTable(timeout=args.gossip_timeout)
+        app = cluster_app(params, args.version, table=table, genesis_hash=args.genesis_hash,
+                          gossip_interval=args.gossip_interval)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind((args.bind, args.port))
+        except OSError as exc:
+            udp.close()
+            raise ConfigError(f"gossip UDP {args.bind}:{args.port}: {exc.strerror}") from exc
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -310,10 +352,21 @@ def main(argv: list[str] | None = None) -> int:
         params.genesis_time,
         params.slot_time,
     )
+    log.info("gossip on udp %s:%d: validators push every %gs, forgotten after %gs", args.bind, args.port,
+             args.gossip_interval, args.gossip_timeout)
     limited = RateLimited(app, rate=args.rate_limit)
     log.info("rate limit: %s", f"{args.rate_limit:g} requests/s per client address, then HTTP 429"
              if args.rate_limit > 0 else "none")
-    code = run_server(limited, host=args.bind, port=args.port, name="cluster")
+
+    async def serve_gossip(request_exit: RequestExit) -> None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: gossip.ClusterGossip(table), sock=udp)
+        try:
+            await asyncio.Event().wait()  # until the server stops (cancelled)
+        finally:
+            transport.close()
+
+    code = run_server(limited, host=args.bind, port=args.port, name="cluster", background=serve_gossip)
     log.info("exiting with status %d", code)
     return code
 

@@ -1,10 +1,17 @@
 """The stand-in agave validator: ``python -m runbook.testbed.validator --version 2.1.0 --rpc-port 18899
---ledger DIR --accounts DIR [--bind 127.0.0.1] [--identity-file PATH] [--fail MODE]``.
+--ledger DIR --accounts DIR [--identity PATH] [--entrypoint HOST:PORT ...] [--gossip-port PORT] [--fail MODE]``
+and the rest of agave-validator's flags an RPC node runs with (:mod:`runbook.testbed.validator_args`).
+
+It binds its gossip port (UDP and a TCP listener; a port in use is agave's panic and exit 1), takes its
+dynamic ports from ``--dynamic-port-range``, and announces itself in gossip to its entrypoints
+(:mod:`runbook.testbed.gossip`): when a newer instance with its identity appears, it exits 1 with agave's
+``duplicate running instances of the same validator node`` message, abruptly, as agave does.
 
 It verifies its ledger, reads its starting slot from it and replays toward the cluster tip (see
 :mod:`runbook.testbed.chain`) at ``replay_speed`` times the tip rate, then follows the tip. It answers
 ``GET /health`` (always HTTP 200, body ``ok``/``behind``/``unknown``, as agave does) and JSON-RPC
-``getHealth``, ``getSlot``, ``getVersion``, ``getIdentity``. It persists progress every
+``getHealth``, ``getSlot``, ``getVersion``, ``getIdentity``, ``getGenesisHash`` (and with ``--full-rpc-api``
+``getClusterNodes``, from what the cluster told it in gossip). It persists progress every
 ``--persist-interval`` seconds and on shutdown; SIGTERM finishes in-flight requests and exits 0.
 
 The node's slot is computed from the clock on each request (no disk I/O per request)::
@@ -30,18 +37,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import httpx
-
 from runbook.errors import ConfigError, RunbookError
-from runbook.testbed import chain
+from runbook.testbed import chain, gossip
 from runbook.testbed.cluster import JsonRpcApp, RequestExit, RpcFault, run_server
 from runbook.testbed.keypair import read_pubkey, write_keypair
+from runbook.testbed.validator_args import parse_args
+from runbook.testbed.validator_net import (
+    EXIT_BIND,
+    GossipBindError,
+    bind_sockets,
+    contact_info,
+    fetch_genesis,
+    redirect_log,
+    run_gossip,
+)
+from runbook.testbed.validator_net import join_cluster as join_cluster  # re-exported: tests and callers use it
 
 log = logging.getLogger("validator")
 
 EXIT_CRASH = 1  # crash-on-start
 EXIT_LEDGER = 3  # the ledger failed verification or cannot be used
 EXIT_UPGRADE = 4  # refused to replay past an upgrade height with an old version
+EXIT_STARTUP = 1  # agave's exit for a startup error: identity unreadable, genesis hash mismatch, port in use
 NODE_UNHEALTHY = -32005
 
 Status = Literal["ok", "behind", "unknown"]
@@ -90,7 +107,9 @@ class Node:
         self.params = params
         self.ledger = ledger
         self.fail = fail
-        self.identity: str | None = None
+        self.identity: str | None = None  # answered by getIdentity once the ledger is verified
+        self.genesis_hash: str | None = None
+        self.gossip: gossip.ValidatorGossip | None = None
         self.started = False  # the ledger is verified and replay has begun
         self.start_slot = 0
         self.t0 = 0.0
@@ -144,16 +163,25 @@ class Node:
             raise RpcFault(NODE_UNHEALTHY, "Node is unhealthy", {"numSlotsBehind": None})
         return {"identity": self.identity}
 
-    def app(self) -> JsonRpcApp:
-        return JsonRpcApp(
-            methods={
-                "getHealth": self.rpc_get_health,
-                "getSlot": self.rpc_get_slot,
-                "getVersion": self.rpc_get_version,
-                "getIdentity": self.rpc_get_identity,
-            },
-            health=lambda: self.status()[0],
-        )
+    def rpc_get_genesis_hash(self, params: Any) -> str:
+        if self.genesis_hash is None:
+            raise RpcFault(NODE_UNHEALTHY, "Node is unhealthy", {"numSlotsBehind": None})
+        return self.genesis_hash
+
+    def rpc_get_cluster_nodes(self, params: Any) -> list[dict[str, Any]]:
+        return self.gossip.cluster_nodes() if self.gossip is not None else []
+
+    def app(self, *, full_api: bool = False) -> JsonRpcApp:
+        methods = {
+            "getHealth": self.rpc_get_health,
+            "getSlot": self.rpc_get_slot,
+            "getVersion": self.rpc_get_version,
+            "getIdentity": self.rpc_get_identity,
+            "getGenesisHash": self.rpc_get_genesis_hash,
+        }
+        if full_api:  # agave: getClusterNodes is in the full API only
+            methods["getClusterNodes"] = self.rpc_get_cluster_nodes
+        return JsonRpcApp(methods=methods, health=lambda: self.status()[0])
 
     # ---- lifecycle
     def begin(self, ledger_slot: int) -> None:
@@ -176,8 +204,8 @@ class Node:
         return None if slot is None else max(slot, self.start_slot)
 
 
-def _prepare_ledger(node: Node, *, identity_file: Path | None, size_mb: float, lock_file: IO[str]) -> int:
-    """Blocking: lock, verify (or initialise) the ledger and load the identity. Returns the start slot."""
+def _prepare_ledger(node: Node, *, identity: str, size_mb: float, lock_file: IO[str]) -> int:
+    """Blocking: lock and verify (or initialise) the ledger; then answer getIdentity. Returns the start slot."""
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -202,12 +230,19 @@ def _prepare_ledger(node: Node, *, identity_file: Path | None, size_mb: float, l
         info.size_bytes,
         time.monotonic() - started,
     )
-    keyfile = identity_file or node.ledger / chain.KEYPAIR_FILE
+    node.identity = identity
+    return info.slot
+
+
+def load_identity(identity_file: Path | None, ledger: Path) -> str:
+    """The identity's public key: from ``--identity`` (refused when unreadable, never made up), else from the
+    ledger's keypair (the stand-in's default), made when missing."""
+    keyfile = identity_file or ledger / chain.KEYPAIR_FILE
     if identity_file is None and not keyfile.exists():
         write_keypair(keyfile, os.urandom(32))
-    node.identity = read_pubkey(keyfile)
-    log.info("identity %s (from %s)", node.identity, keyfile)
-    return info.slot
+    pubkey = read_pubkey(keyfile)
+    log.info("identity %s (from %s)", pubkey, keyfile)
+    return pubkey
 
 
 async def _run_node(node: Node, args: argparse.Namespace, request_exit: RequestExit) -> None:
@@ -216,12 +251,16 @@ async def _run_node(node: Node, args: argparse.Namespace, request_exit: RequestE
     try:
         ledger.mkdir(parents=True, exist_ok=True)
         Path(args.accounts).mkdir(parents=True, exist_ok=True)
+        if args.snapshots is not None:  # agave creates its snapshot archive directories at startup
+            Path(args.snapshots).mkdir(parents=True, exist_ok=True)
+            if not os.access(args.snapshots, os.W_OK | os.X_OK):
+                raise OSError(f"snapshots directory {args.snapshots} is not writable")
         lock_file = open(ledger / ".lock", "w")  # noqa: SIM115 - held for the life of the process
         if args.startup_delay > 0:
             log.info("loading snapshot (startup delay %.1fs)", args.startup_delay)
             await asyncio.sleep(args.startup_delay)
         slot = await asyncio.to_thread(
-            _prepare_ledger, node, identity_file=args.identity_file, size_mb=args.ledger_size_mb, lock_file=lock_file
+            _prepare_ledger, node, identity=args.identity, size_mb=args.ledger_size_mb, lock_file=lock_file
         )
     except (RunbookError, OSError) as exc:
         log.error("refusing to start: %s", exc)
@@ -277,82 +316,65 @@ async def _run_node(node: Node, args: argparse.Namespace, request_exit: RequestE
         await asyncio.sleep(0.05)
 
 
-def join_cluster(entrypoints: list[str], *, timeout: float = 60.0) -> chain.ChainParams:
-    """The chain parameters of the cluster behind ``entrypoints`` (the first that answers), retried until
-    ``timeout``: a validator started before its cluster's entrypoint waits for it, as agave does."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": "getGenesisParams"}
-    last = "no answer"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ep in entrypoints:
-            url = ep if "://" in ep else f"http://{ep}"
-            try:
-                r = httpx.post(url, json=body, timeout=2.0)
-                r.raise_for_status()
-                return chain.ChainParams.from_dict(r.json()["result"])
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                last = f"{ep}: {exc}"
-        log.info("waiting for the cluster entrypoint (%s)", last)
-        time.sleep(1.0)
-    raise ConfigError(f"no entrypoint answered within {timeout:.0f}s: {last}")
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="runbook.testbed.validator", description=__doc__.split("\n\n")[0])
-    p.add_argument("--version", required=True, help="release this binary stands in for, e.g. 2.1.0")
-    p.add_argument("--rpc-port", type=int, required=True)
-    p.add_argument("--bind", "--rpc-bind-address", dest="bind", default="127.0.0.1")
-    p.add_argument("--ledger", type=Path, required=True)
-    p.add_argument("--accounts", type=Path, required=True)
-    p.add_argument("--identity-file", "--identity", dest="identity_file", type=Path, default=None)
-    p.add_argument("--entrypoint", action="append", default=[], metavar="HOST:PORT",
-                   help="the cluster to join; its genesis (the chain parameters) is read from it")
-    p.add_argument("--fail", default=None, help="failure mode (default: $STANDIN_FAIL)")
-    p.add_argument(
-        "--ledger-size-mb",
-        type=float,
-        default=float(os.environ.get("RUNBOOK_LEDGER_SIZE_MB", "8")),
-        help="data size when initialising a missing ledger (default: $RUNBOOK_LEDGER_SIZE_MB or 8)",
-    )
-    p.add_argument(
-        "--startup-delay",
-        type=float,
-        default=0.0,
-        help="seconds to report `unknown` before verifying the ledger, as agave loading a snapshot",
-    )
-    p.add_argument("--persist-interval", type=float, default=1.0, help="seconds between progress writes")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    redirect_log(args.log)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
     )
-    args = _parse_args(argv)
+    outset = time.time_ns() // 1000  # when this instance started: agave's ContactInfo outset
     try:
         chain.parse_version(args.version)
         fail = FailureModes.parse(args.fail if args.fail is not None else os.environ.get("STANDIN_FAIL"))
-        params = join_cluster(args.entrypoint) if args.entrypoint else chain.ChainParams.from_env()
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    if fail.crash_on_start:
+    if fail.crash_on_start:  # before anything is bound or written
         log.error("failure mode crash-on-start: agave-validator %s exiting with status %d", args.version, EXIT_CRASH)
         return EXIT_CRASH
+    try:
+        args.identity = load_identity(args.identity_file, args.ledger)
+        sockets = bind_sockets(args)
+    except GossipBindError as exc:
+        log.error("panicked: %s", exc)  # agave: a panic, then its panic hook's exit(1)
+        return EXIT_BIND
+    except (ConfigError, OSError) as exc:
+        log.error("refusing to start: %s", exc)
+        return EXIT_STARTUP
+    try:
+        genesis = fetch_genesis(args.entrypoint) if args.entrypoint else None
+        params = chain.ChainParams.from_dict(genesis) if genesis else chain.ChainParams.from_env()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    genesis_hash = str(genesis["genesis_hash"]) if genesis and genesis.get("genesis_hash") else None
+    if args.expected_genesis_hash and genesis_hash and genesis_hash != args.expected_genesis_hash:
+        # agave genesis-utils check_genesis_hash
+        log.error("Genesis hash mismatch: expected %s but downloaded genesis hash is %s", args.expected_genesis_hash,
+                  genesis_hash)
+        return EXIT_STARTUP
     node = Node(version=args.version, params=params, ledger=args.ledger, fail=fail)
-    log.info(
-        "agave-validator %s starting: rpc %s:%d, ledger %s, accounts %s, tip %d (slot time %gs, "
-        "replay x%g, health distance %d)",
-        args.version,
-        args.bind,
-        args.rpc_port,
-        args.ledger,
-        args.accounts,
-        params.tip(),
-        params.slot_time,
-        params.replay_speed,
-        params.health_distance,
-    )
+    node.genesis_hash = genesis_hash or args.expected_genesis_hash
+    me = contact_info(args, sockets, genesis, outset)
+    interval = args.gossip_interval or float((genesis or {}).get("gossip_interval") or gossip.DEFAULT_INTERVAL)
+    timeout = float((genesis or {}).get("gossip_timeout") or gossip.DEFAULT_TIMEOUT)
+    log.info("agave-validator %s starting: identity %s, rpc %s:%d%s, gossip %s, ledger %s, accounts %s, tip %d "
+             "(slot time %gs, replay x%g, health distance %d)", args.version, args.identity, args.bind, args.rpc_port,
+             " (private)" if args.private_rpc else "",
+             f"{args.bind_address}:{sockets.gossip_port}" if sockets.gossip_port else "none", args.ledger,
+             args.accounts, params.tip(), params.slot_time, params.replay_speed, params.health_distance)
+    if args.dynamic_port_range:
+        log.info("dynamic ports: %d UDP sockets in %d-%d", len(sockets.dynamic or []), *args.dynamic_port_range)
+
+    async def background(request_exit: RequestExit) -> None:
+        task = asyncio.create_task(run_gossip(node, sockets, me, args.entrypoint, interval, timeout))
+        try:
+            await _run_node(node, args, request_exit)
+            await task  # gossip goes on until the server stops
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def on_stop() -> None:
         slot = node.persistable_slot()
@@ -361,11 +383,11 @@ def main(argv: list[str] | None = None) -> int:
             log.info("shutdown: progress persisted at slot %d", slot)
 
     code = run_server(
-        node.app(),
+        node.app(full_api=args.full_rpc_api),
         host=args.bind,
         port=args.rpc_port,
         name="validator",
-        background=lambda request_exit: _run_node(node, args, request_exit),
+        background=background,
         on_stop=on_stop,
     )
     log.info("exiting with status %d", code)
