@@ -114,6 +114,17 @@ def test_the_host_user_is_not_root_and_root_commands_go_through_sudo(env: Env) -
     assert host.run("id -un", root=True).stdout.strip() == "root"
 
 
+def test_a_command_kept_running_as_root_runs_through_sudo_and_ends_with_its_stdin(env: Env) -> None:
+    """What the journal's lock does: a shell held open on the host while the runner keeps its stdin."""
+    host = TestinfraHost(env.host, env_name=env.name)
+    for root, who in ((False, USER), (True, "root")):
+        proc = host.spawn("id -un; exec cat >/dev/null", root=root)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == who
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+
+
 def test_without_sudo_a_root_owned_file_cannot_be_written_and_with_sudo_it_can(env: Env, root_file: Path) -> None:
     host = TestinfraHost(env.host, env_name=env.name)
     with pytest.raises(CommandFailed, match="Permission denied") as denied:
