@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 
 from runbook.errors import ConfigError, RunbookError
 from runbook.testbed import chain, gossip
-from runbook.testbed.cluster import JsonRpcApp, RequestExit, RpcFault, run_server
+from runbook.testbed.cluster import MAINNET_GENESIS_HASH, JsonRpcApp, RequestExit, RpcFault, run_server
 from runbook.testbed.keypair import read_pubkey, write_keypair
 from runbook.testbed.validator_args import parse_args
 from runbook.testbed.validator_net import (
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                   genesis_hash)
         return EXIT_STARTUP
     node = Node(version=args.version, params=params, ledger=args.ledger, fail=fail)
-    node.genesis_hash = genesis_hash or args.expected_genesis_hash
+    node.genesis_hash = genesis_hash or args.expected_genesis_hash or MAINNET_GENESIS_HASH  # no entrypoint: the default
     me = contact_info(args, sockets, genesis, outset)
     interval = args.gossip_interval or float((genesis or {}).get("gossip_interval") or gossip.DEFAULT_INTERVAL)
     timeout = float((genesis or {}).get("gossip_timeout") or gossip.DEFAULT_TIMEOUT)
