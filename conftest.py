@@ -11,4 +11,5 @@ pytest_plugins = [
     "steps.audit",
     "steps.dz_upgrade",
     "steps.operator",
+    "steps.derived",
 ]

@@ -40,7 +40,7 @@ import httpx
 import psutil
 import yaml
 
-from runbook.env import PROJECT_ROOT, Env, load_env
+from runbook.env import PROJECT_ROOT, Env, load_env, shift_ports
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
 from runbook.testbed.stack import Testbed
@@ -69,21 +69,15 @@ def make_env(tmp: Path, *, name: str = "bench", first: int = 5300, step: int = 1
     data = yaml.safe_load((PROJECT_ROOT / "envs" / "local.yaml").read_text())
     base = {"ingress": 18080, "admin": 12019, "green": data["deployments"]["green"]["rpc_port"],
             "blue": data["deployments"]["blue"]["rpc_port"], "sup": data["testbed"]["supervisor_port"],
-            "cluster": data["testbed"]["cluster_port"]}
+            "cluster": data["testbed"]["cluster_port"],
+            **{f"{c}-gossip": data["deployments"][c]["gossip_port"] for c in ("green", "blue")}}
     for shift in range(first, 9000, step):
         if all(_port_free(p + shift) for p in base.values()):
             break
     else:  # pragma: no cover - a machine with every candidate taken
         raise SystemExit("no free set of ports for the bench testbed")
     data["name"] = f"{name}{shift}"
-    data["ingress"]["url"] = f"http://127.0.0.1:{base['ingress'] + shift}"
-    data["ingress"]["admin"] = f"http://127.0.0.1:{base['admin'] + shift}"
-    data["deployments"]["green"]["rpc_port"] = base["green"] + shift
-    data["deployments"]["blue"]["rpc_port"] = base["blue"] + shift
-    data["testbed"]["supervisor_port"] = base["sup"] + shift
-    data["testbed"]["cluster_port"] = base["cluster"] + shift
-    data["cluster_rpc"] = f"http://127.0.0.1:{base['cluster'] + shift}"
-    data["entrypoints"] = [f"127.0.0.1:{base['cluster'] + shift}"]
+    shift_ports(data, shift)
     data["testbed"]["state_dir"] = str(tmp / "state")
     data["testbed"]["storage_size"] = "256M"
     path = tmp / f"{data['name']}.yaml"

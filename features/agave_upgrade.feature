@@ -9,24 +9,25 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
   @operator
   Scenario: The whole upgrade drops no request and never serves a node that is behind
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
-    And the checksum of the live colour's ledger
+    And the storage facts of the live colour's data
     When the agave upgrade runs to the target version, keeping or destroying the old data as the operator chose
     Then every step of the upgrade completed
     And the prober saw no failed request, none answered by a node that is behind
     And the live colour served until the shift and the new colour after it
     And the new colour serves on its target version
-    And the old colour's ledger is unchanged, unless the operator chose to destroy it with its snapshot
+    And the new colour's Deployment is the old colour's live object except for what blue-green changes
+    And the old colour's data is untouched, unless the operator chose to destroy it with its snapshot
 
   @proof
   Scenario: A new version that never catches up is rolled back automatically, with nothing dropped
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
-    And the checksum of the live colour's ledger
+    And the storage facts of the live colour's data
     When the agave upgrade runs to "v2.2.1-stuck", a build that never catches up, with a catch-up deadline of 12 seconds
     Then the upgrade failed and was rolled back automatically
-    And the idle colour's deployment and clone are gone
+    And the idle colour's deployment, clone and accounts copy are gone
     And the live colour serves on its old version
     And the prober saw no failed request
-    And the live colour's ledger is unchanged
+    And the live colour's data is untouched
 
   @proof
   Scenario: The operator chooses to destroy the old colour's data at cleanup

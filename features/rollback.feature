@@ -7,21 +7,20 @@ Feature: Rolling the agave upgrade back, before and after its cleanup
   @proof
   Scenario: Rolling back before cleanup leaves the live colour as it was
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
-    And the checksum of the live colour's ledger
+    And the storage facts of the live colour's data
     When the agave upgrade runs to the target version and stops after "catch-up"
     And the upgrade is rolled back
-    Then the idle colour's deployment and clone are gone
+    Then the idle colour's deployment, clone and accounts copy are gone
     And the live colour serves on its old version
     And the prober saw no failed request
-    And the live colour's ledger is unchanged
+    And the live colour's data is untouched
 
   @proof
   Scenario: Rolling back after cleanup brings the old colour back on its old data and version
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
-    And the checksum of the live colour's ledger
     When the agave upgrade runs to the target version
     And the upgrade is rolled back
     Then the old colour serves on its old version
-    And the idle colour's deployment and clone are gone
+    And the old colour's Deployment is the object saved before the upgrade, exactly
+    And the idle colour's deployment, clone and accounts copy are gone
     And the prober saw no failed request
-    And the old colour's ledger is unchanged

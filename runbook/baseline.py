@@ -188,6 +188,7 @@ def restore(adapters: Any, baseline: Baseline, *, extras: LocalExtras | None = N
     fixed += _remove_deployments(adapters, baseline)
     data_fixed, recreated = _restore_storage(adapters, baseline, extras, progress)
     fixed += data_fixed
+    fixed += _remove_blue_accounts(adapters)
     fixed += _restore_green(adapters, baseline, replace_pod=recreated)
     fixed += clear_journals(env)
     if fixed:
@@ -251,6 +252,20 @@ def _restore_storage(adapters: Any, baseline: Baseline, extras: LocalExtras | No
     if missing:
         raise TestbedError(f"the baseline's datasets {missing} are gone and cannot be recreated", env=env.name)
     return fixed, recreated
+
+
+def _remove_blue_accounts(adapters: Any) -> list[str]:
+    """Blue's accounts directory holds nothing in the baseline (green serves): a copy left there is removed."""
+    from runbook.adapters.accounts_copy import AccountsCopy
+
+    env: Env = adapters.env
+    green, blue = env.deployments.green.accounts, env.deployments.blue.accounts
+    copy = AccountsCopy(adapters.host, adapters.host_path(green), adapters.host_path(blue))
+    left = copy.measure(copy.dst)
+    if left is None or left.files + left.symlinks + left.dirs - 1 == 0:
+        return []
+    copy.remove()
+    return [f"removed {left.files} files left in {blue}"]
 
 
 def _recreate_green_data(adapters: Any, names: Mapping[str, Dataset], extras: LocalExtras | None,

@@ -266,7 +266,7 @@ def status(env: str = EnvOption) -> None:
         a = _adapters(e)
         out.print(f"env {e.name}: ingress {e.ingress.url} served by {bg.served_by(e) or 'nobody'}")
         for colour in bg.COLOURS:
-            st = bg.observe_node(e, colour)
+            st = bg.observe_node(e, colour, url=a.rpc_url(colour))
             dep = e.deployments.colour(colour)
             pods = a.workloads.pods(dep.name)
             out.print(f"  {colour:5} {dep.name} :{dep.rpc_port}  pods {len(pods)}  health {st.health}  "

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import base58
@@ -91,11 +91,45 @@ class DeploymentConfig(_Model):
     data: str = Field(description="storage dataset holding the ledger")
     accounts: str = Field(description="accounts directory (not on the dataset: copied, not cloned)")
     image: str | None = None
+    identity: str | None = Field(None, description="host path of the colour's validator identity keypair: each "
+                                 "colour its own (agave's gossip kills the older instance of an identity)")
+    mount: str | None = Field(None, description="where the colour's data (a zvol's XFS) is mounted on the host, "
+                              "when the storage is a volume: the clone is mounted there for the idle colour")
+    gossip_port: Port | None = None
+    dynamic_port_range: str | None = Field(None, pattern=r"^\d+-\d+$", description="agave's LO-HI")
+
+    def port_range(self) -> tuple[int, int] | None:
+        if self.dynamic_port_range is None:
+            return None
+        lo, hi = self.dynamic_port_range.split("-")
+        return int(lo), int(hi)
 
 
 class Deployments(_Model):
     green: DeploymentConfig
     blue: DeploymentConfig
+
+    @model_validator(mode="after")
+    def _colours_apart(self) -> Deployments:
+        """Both colours run on one host network at once: their ports must not meet, and each runs under its own
+        identity (agave's gossip makes the older instance of an identity exit, design trap 9)."""
+        g, b = self.green, self.blue
+        if (g.identity is None) != (b.identity is None):
+            raise ValueError("deployments: give both colours an identity, or neither")
+        if g.identity is not None and g.identity == b.identity:
+            raise ValueError(f"deployments: both colours use the identity {g.identity}: blue would make green exit")
+        if (g.gossip_port is None) != (b.gossip_port is None):
+            raise ValueError("deployments: give both colours a gossip_port, or neither")
+        taken: dict[int, str] = {}
+        for c in (g, b):
+            lo, hi = c.port_range() or (1, 0)
+            if c.dynamic_port_range is not None and lo > hi:
+                raise ValueError(f"deployments.{c.name}: dynamic_port_range {c.dynamic_port_range} is empty")
+            for port in {c.rpc_port, *([c.gossip_port] if c.gossip_port else []), *range(lo, hi + 1)}:
+                if taken.get(port, c.name) != c.name:
+                    raise ValueError(f"deployments: port {port} of {c.name} is also {taken[port]}'s (one host network)")
+                taken[port] = c.name
+        return self
 
     def colour(self, name: str) -> DeploymentConfig:
         if name not in ("green", "blue"):
@@ -104,8 +138,13 @@ class Deployments(_Model):
 
 
 class StorageConfig(_Model):
-    backend: Literal["zfs", "btrfs", "reflink", "copy", "auto"]
+    backend: Literal["zfs", "zvol", "btrfs", "reflink", "copy", "auto"]
     snapshot_prefix: str = "pre-upgrade"
+    min_free_mb: int = Field(1024, ge=0, description="free space the pool must keep for the idle colour's writes "
+                             "(at least; a tenth of the live data's size when that is more), checked before the "
+                             "snapshot and the clone")
+    snapshot_root: str | None = Field(None, description="snapshot this dataset recursively (``zfs snapshot -r``: the "
+                                      "validator and DZ config with the ledger), not the live colour's data alone")
 
 
 def _base58_pubkey(v: str) -> str:
@@ -351,6 +390,8 @@ class Env(_Model):
             ("deployments.green.rpc_port", self.deployments.green.rpc_port),
             ("deployments.blue.rpc_port", self.deployments.blue.rpc_port),
         ]
+        out += [(f"deployments.{c}.gossip_port", p) for c in ("green", "blue")
+                if (p := self.deployments.colour(c).gossip_port) is not None]
         if self.testbed is not None:
             out += [
                 ("testbed.supervisor_port", self.testbed.supervisor_port),
@@ -361,6 +402,31 @@ class Env(_Model):
     def setting_for_port(self, port: int) -> str:
         names = [name for name, p in self.port_settings() if p == port]
         return " / ".join(names) if names else "(not an env setting)"
+
+
+def shift_ports(data: dict[str, Any], shift: int) -> None:
+    """Move every local port of a testbed env's raw data (as loaded from YAML) by ``shift``, in place: a second
+    testbed beside the first (tests, benches). Ingress, admin, both colours' RPC and gossip ports and dynamic
+    ranges, the supervisor, and the cluster stand-in with the entrypoints and reference that name it."""
+    def moved(url: str) -> str:
+        parts = urlsplit(url)
+        return parts._replace(netloc=f"{parts.hostname}:{(parts.port or 80) + shift}").geturl()
+
+    data["ingress"]["url"] = moved(data["ingress"]["url"])
+    data["ingress"]["admin"] = moved(data["ingress"]["admin"])
+    for colour in ("green", "blue"):
+        dep = data["deployments"][colour]
+        dep["rpc_port"] += shift
+        if dep.get("gossip_port") is not None:
+            dep["gossip_port"] += shift
+        if dep.get("dynamic_port_range"):
+            lo, hi = (int(x) + shift for x in str(dep["dynamic_port_range"]).split("-"))
+            dep["dynamic_port_range"] = f"{lo}-{hi}"
+    tb = data["testbed"]
+    tb["supervisor_port"] += shift
+    tb["cluster_port"] += shift
+    data["cluster_rpc"] = f"http://127.0.0.1:{tb['cluster_port']}"
+    data["entrypoints"] = [f"127.0.0.1:{tb['cluster_port']}"]
 
 
 def envs_dir() -> Path:

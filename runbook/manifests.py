@@ -26,7 +26,7 @@ from runbook.kustomize import (
 
 __all__ = ["APP_CONTAINER", "BASE_DIR", "COLOURS", "K8S_DIR", "OVERLAYS_DIR", "Manifest", "all_manifests", "build",
            "cluster_manifests", "kubectl_kustomize", "kustomization_file", "kustomize", "load_documents", "overlay",
-           "render_deployment", "split_image"]
+           "render_deployment", "set_arg", "split_image"]
 
 K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
@@ -76,6 +76,10 @@ def render_deployment(
         raise ConfigError(f"container {APP_CONTAINER} has no `{RPC_PORT_FLAG} <port>` in its args: {args}",
                           env=env.name)
     args[args.index(RPC_PORT_FLAG) + 1] = str(cfg.rpc_port)
+    if cfg.gossip_port is not None:
+        set_arg(args, "--gossip-port", str(cfg.gossip_port), where=cfg.name)
+    if cfg.dynamic_port_range is not None:
+        set_arg(args, "--dynamic-port-range", cfg.dynamic_port_range, where=cfg.name)
     if env.entrypoints:  # the cluster this env's validators join (the testbeds' cluster stand-in)
         kept = [a for i, a in enumerate(args) if a != "--entrypoint" and (i == 0 or args[i - 1] != "--entrypoint")]
         args[:] = kept + [x for ep in env.entrypoints for x in ("--entrypoint", ep)]
@@ -86,7 +90,7 @@ def render_deployment(
     for var in sidecar.get("env", []):
         if var.get("name") == "DOUBLEZERO_RPC_ENDPOINT":
             var["value"] = env.cluster_rpc[0]  # the preferred reference
-    paths = {"accounts": cfg.accounts, **(host_paths or {})}
+    paths = {"accounts": cfg.accounts, **({"identity": cfg.identity} if cfg.identity else {}), **(host_paths or {})}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for name, path in paths.items():
         vol = volumes.get(name)
@@ -95,6 +99,20 @@ def render_deployment(
                               f"(has: {', '.join(volumes) or 'none'})", env=env.name)
         vol["hostPath"]["path"] = path
     return dep
+
+
+def set_arg(args: list[str], flag: str, value: str, *, where: str) -> None:
+    """``--flag value`` or ``--flag=value`` set in place; args without the flag are an error (a colour would
+    keep the other's value: two validators on one port of one host network)."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            args[i + 1] = value
+            return
+        if a.startswith(flag + "="):
+            args[i] = f"{flag}={value}"
+            return
+    raise ConfigError(f"{where}: no {flag} in the validator's args, so this colour cannot be given its own value: "
+                      f"{args}")
 
 
 def _container(pod: Manifest, field: str, name: str, env: Env) -> Manifest:

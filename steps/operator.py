@@ -38,15 +38,15 @@ def run_operator_upgrade(adapters: Adapters, evidence: Recorder, probe: up_steps
     return up_steps._upgrade(adapters, evidence, probe, params, request)
 
 
-@then(parsers.parse("the old colour's ledger is unchanged, unless the operator chose to destroy it with its "
+@then(parsers.parse("the old colour's data is untouched, unless the operator chose to destroy it with its "
                     "snapshot"))
-def old_ledger_kept_or_destroyed(adapters: Adapters, upgrade: up_steps.UpgradeRun, ledger_before: dict[str, str],
-                                 evidence: Recorder) -> None:
+def old_data_kept_or_destroyed(adapters: Adapters, upgrade: up_steps.UpgradeRun, data_before: dict[str, Any],
+                               evidence: Recorder) -> None:
     if upgrade.ctx.params.get("cleanup") == "destroy":
-        evidence.note("--cleanup=destroy: the old colour's ledger was destroyed as the operator chose")
+        evidence.note("--cleanup=destroy: the old colour's data was destroyed as the operator chose")
         up_steps.old_data_gone(adapters, upgrade, evidence)
     else:
-        up_steps.ledger_unchanged(adapters, ledger_before, evidence, "old")
+        up_steps.data_untouched(adapters, upgrade, data_before, evidence, "old")
 
 
 # ------------------------------------------------------------------------------------------- dz upgrade

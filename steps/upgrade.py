@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +13,14 @@ from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters
 from runbook.baseline import is_testbed
-from runbook.checks import zero_drop
+from runbook.checks import untouched, zero_drop
 from runbook.checks.failure_cause import ExpectedFailure, failure_cause_problems, never_caught_up
 from runbook.errors import CheckFailed, RunbookError
 from runbook.evidence.artifacts import slug
 from runbook.evidence.recorder import Recorder
 from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
-from runbook.procedures import agave_rollback, journal_for, procedure_for
+from runbook.procedures import accounts, agave_rollback, journal_for, procedure_for
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context, Interrupted, RunResult
 
@@ -92,15 +93,16 @@ def start_prober(adapters: Adapters, rate: int, request: pytest.FixtureRequest, 
     return run
 
 
-@given("the checksum of the live colour's ledger", target_fixture="ledger_before")
-def ledger_before(adapters: Adapters, evidence: Recorder) -> dict[str, str]:
+@given("the storage facts of the live colour's data", target_fixture="data_before")
+def data_before(adapters: Adapters, evidence: Recorder) -> dict[str, Any]:
+    """The storage's own facts of the live colour's dataset (runbook.checks.untouched), not a hash of its data."""
     live, how = bg.live_colour(adapters.env, adapters.workloads)
     if live is None:
         raise CheckFailed(f"cannot tell which colour is live: {how}", obj=adapters.env.ingress.url)
-    path = str(Path(adapters.storage.path(adapters.env.deployments.colour(live).data)) / "ledger")
-    digest = bg.ledger_checksum(adapters.host, path)
-    evidence.call(f"sha256 of {live}'s ledger data ({path})", digest)
-    return {"colour": live, "path": path, "checksum": digest}
+    dataset = adapters.env.deployments.colour(live).data
+    facts = adapters.storage.identity(dataset)
+    evidence.call(f"storage facts of {live}'s data ({dataset})", facts)
+    return {"colour": live, "dataset": dataset, "facts": facts}
 
 
 # ------------------------------------------------------------------------------------------- when
@@ -219,8 +221,7 @@ def run_stuck_upgrade(adapters: Adapters, evidence: Recorder, probe: ProbeRun, v
                       request: pytest.FixtureRequest) -> UpgradeRun:
     env = adapters.env
     patched = env.model_copy(update={"timeouts": env.timeouts.model_copy(update={"catch_up": float(seconds)})})
-    short = Adapters(env=patched, host=adapters.host, workloads=adapters.workloads, ingress=adapters.ingress,
-                     storage=adapters.storage)
+    short = dataclasses.replace(adapters, env=patched)
     run = _upgrade(short, evidence, probe, {"target_version": version}, request)
     run.expected_failure = never_caught_up(float(seconds))
     return run
@@ -300,27 +301,40 @@ def served_in_phases(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, e
     zero_drop.check_served_only_by(after, bg.upstream_address(adapters.env, idle), when=f"after {live} stopped")
 
 
-@then(parsers.parse("the {which} colour's ledger is unchanged"))
-def ledger_unchanged(adapters: Adapters, ledger_before: dict[str, str], evidence: Recorder, which: str) -> None:
-    now = bg.ledger_checksum(adapters.host, ledger_before["path"])
-    evidence.compare(f"sha256 of {ledger_before['colour']}'s ledger data", expected=ledger_before["checksum"],
-                     observed=now, ok=now == ledger_before["checksum"])
-    if now != ledger_before["checksum"]:
-        raise CheckFailed(f"{ledger_before['colour']}'s ledger changed", expected=ledger_before["checksum"],
-                          observed=now)
+@then(parsers.parse("the {which} colour's data is untouched"))
+def data_untouched(adapters: Adapters, upgrade: UpgradeRun, data_before: dict[str, Any], evidence: Recorder,
+                   which: str) -> None:
+    """Proven by the storage's facts: the same dataset, never rolled back; and when the procedure stopped the
+    colour, not one write since (the facts read right after it stopped, :func:`agave_upgrade.stop_live`)."""
+    colour = {"live": upgrade.facts["live"], "old": upgrade.facts["live"]}.get(which)
+    if colour != data_before["colour"]:
+        raise CheckFailed(f"the {which} colour is {colour}, but the facts were read for {data_before['colour']}")
+    now = adapters.storage.identity(data_before["dataset"]) if any(
+        d.name == data_before["dataset"] for d in adapters.storage.datasets()) else None
+    stopped = upgrade.facts.get("stopped_data") or {}
+    found = untouched.problems(data_before["facts"], now, owner_running=True)
+    if stopped.get("colour") == colour:
+        found += [f"since {colour} stopped: {p}" for p in untouched.problems(stopped["facts"], now,
+                                                                           owner_running=False)]
+    evidence.compare(f"{colour}'s data ({data_before['dataset']}): storage facts",
+                     expected={"before": data_before["facts"], **({"when it stopped": stopped["facts"]}
+                                                                 if stopped.get("colour") == colour else {})},
+                     observed={"now": now, "problems": found}, ok=not found)
+    if found:
+        raise CheckFailed(f"{colour}'s data was rewritten: {'; '.join(found)}", observed=now)
 
 
-@then("the idle colour's deployment and clone are gone")
+@then("the idle colour's deployment, clone and accounts copy are gone")
 def idle_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
     idle = adapters.env.deployments.colour(upgrade.facts["idle"])
     pods = adapters.workloads.pods(idle.name)
     datasets = [d.name for d in adapters.storage.datasets()]
-    ok = not pods and idle.data not in datasets
-    evidence.compare(f"{idle.name} pods and {idle.data}", expected="none",
-                     observed={"pods": [p.name for p in pods], "datasets": datasets}, ok=ok)
+    copy_left = accounts.copy_present(upgrade.ctx)
+    observed = {"pods": [p.name for p in pods], "datasets": datasets, f"anything in {idle.accounts}": copy_left}
+    ok = not pods and idle.data not in datasets and not copy_left
+    evidence.compare(f"{idle.name} pods, {idle.data} and {idle.accounts}", expected="none", observed=observed, ok=ok)
     if not ok:
-        raise CheckFailed(f"{idle.name} or its clone {idle.data} still exists",
-                          observed={"pods": [p.name for p in pods], "datasets": datasets})
+        raise CheckFailed(f"{idle.name}, its clone {idle.data} or its accounts copy still exists", observed=observed)
 
 
 @then(parsers.parse("the {which} colour serves on its {version} version"))
@@ -328,7 +342,7 @@ def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, w
     colour = upgrade.facts["live"] if which in ("live", "old") else upgrade.facts["idle"]
     image = upgrade.facts["live_image"] if version == "old" else upgrade.facts["target_image"]
     served = bg.served_by(adapters.env)
-    st = bg.observe_node(adapters.env, colour)
+    st = bg.observe_node(adapters.env, colour, url=adapters.rpc_url(colour))
     want = bg.bare_version(image.rsplit(":", 1)[-1])
     ok = served == colour and st.health == "ok" and st.version == want
     evidence.compare(f"{which} colour serving", expected={"served_by": colour, "health": "ok", "version": want},
@@ -364,8 +378,8 @@ def was_behind(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> N
 
 @then('the idle colour answers "ok" on the target version beside the live colour')
 def both_ok(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    idle = bg.observe_node(adapters.env, upgrade.facts["idle"])
-    live = bg.observe_node(adapters.env, upgrade.facts["live"])
+    idle = bg.observe_node(adapters.env, upgrade.facts["idle"], url=adapters.rpc_url(upgrade.facts["idle"]))
+    live = bg.observe_node(adapters.env, upgrade.facts["live"], url=adapters.rpc_url(upgrade.facts["live"]))
     want = bg.bare_version(upgrade.facts["target_version"])
     ok = idle.health == "ok" and idle.version == want and live.health == "ok"
     evidence.compare("both colours", expected={"idle": {"health": "ok", "version": want}, "live": "ok"},

@@ -13,6 +13,7 @@ from typing import Any
 
 from runbook.adapters.base import ContainerStatus, PodInfo, UpstreamStat
 from runbook.adapters.factory import Adapters
+from runbook.adapters.host import TestinfraHost
 from runbook.adapters.storage import make_storage
 from runbook.env import Env, load_env
 from runbook.manifests import render_deployment
@@ -159,4 +160,6 @@ def make_adapters(root: Path) -> Adapters:
     wl.apply_deployment(render_deployment(env, "green", host_paths={"ledger": f"{ds.path}/ledger"}))
     wl.calls.clear()
     ingress = FakeIngress([upstream_address(env, "green"), upstream_address(env, "blue")])
-    return Adapters(env=env, host=None, workloads=wl, ingress=ingress, storage=storage)  # type: ignore[arg-type]
+    # the host: this machine, its host paths (blue's accounts) under the state dir as on the testbed
+    return Adapters(env=env, host=TestinfraHost("local://"), workloads=wl, ingress=ingress, storage=storage,
+                    host_path=lambda p: str(root / "state" / p.lstrip("/")))

@@ -9,6 +9,7 @@ HTTP endpoints (the ingress admin API, both colours' RPC) through ``Adapters.rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ class Adapters:
     ingress: Ingress
     storage: Storage
     reach: Reach = field(default_factory=Direct)  # host-side URL -> runner-side URL
+    # a host path (an env's accounts dir, a hostPath) -> where the host port finds it: the same path on a real
+    # host; on the local testbed its stand-in under the state dir (testbed.host_paths, as the kubelet mounts it)
+    host_path: Callable[[str], str] = field(default=str)
 
     def rpc_url(self, colour: str) -> str:
         """One colour's JSON-RPC URL as the runner reaches it (its host-side URL through ``reach``)."""
@@ -68,6 +72,7 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
             ingress=CaddyAdmin(env.ingress.admin, site_url=env.ingress.url, files=host, transport=reach.transport()),
             storage=testbed.storage,
             reach=reach,
+            host_path=lambda p: str(testbed.host_path(p)),
         )
     from runbook.adapters.kube import KubeWorkloads
     from runbook.adapters.storage import storage_for

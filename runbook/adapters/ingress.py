@@ -236,9 +236,9 @@ class CaddyAdmin:
         path = shlex.quote(site.order_file)
         if same_upstreams(site.switched.dials, wanted):
             parent = shlex.quote(str(PurePosixPath(site.order_file).parent))
-            self._files().run(f"mkdir -p {parent} && touch {path}")
+            self._files().run(f"mkdir -p {parent} && touch {path}", root=True)
         elif same_upstreams(site.default.dials, wanted):
-            self._files().run(f"rm -f {path}")
+            self._files().run(f"rm -f {path}", root=True)
         else:
             raise AdapterError(
                 f"Caddy admin API {self.admin_url}: the config switches between {site.switched.dials} and "

@@ -52,10 +52,26 @@ def audit_retries(ctx: Context) -> str:
 
 
 def create_deployment(ctx: Context, which: str, image: str) -> str:
+    """The idle colour: derived from the live colour's object saved in the journal (runbook/procedures/derive.py);
+    the live colour (a rollback): that saved object, exactly."""
     dep, env = _dep(ctx, which), ctx.env
-    return (f"{kubectl(env)} create -f -   # replace if it exists: Deployment {dep.name} = deploy/k8s/overlays/"
-            f"{ctx.facts[which]} for env {env.name}, image {image}, sidecar {ctx.facts['sidecar_image']}, "
-            f"--rpc-port {dep.rpc_port}, hostPath ledger <mountpoint of {dep.data}>/ledger, accounts {dep.accounts}")
+    live = _dep(ctx, "live")
+    if which == "live":
+        return (f"{kubectl(env)} create -f -   # Deployment {dep.name} exactly as saved in the journal before the "
+                f"upgrade (image {image})")
+    ports = f"--rpc-port {dep.rpc_port}" + (f", --gossip-port {dep.gossip_port}" if dep.gossip_port else "") + (
+        f", --dynamic-port-range {dep.dynamic_port_range}" if dep.dynamic_port_range else "")
+    ident = f", identity {dep.identity}" if dep.identity else ""
+    return (f"{kubectl(env)} create -f -   # replace if it exists: Deployment {dep.name} = {live.name}'s saved live "
+            f"object with only these changed: name, colour label {ctx.facts[which]}, {ports}, hostPaths under "
+            f"<mountpoint of {live.data}> -> <mountpoint of {dep.data}>, accounts {dep.accounts}{ident}, "
+            f"image {image}, sidecar {ctx.facts['sidecar_image']}")
+
+
+def save_live_object(ctx: Context) -> str:
+    dep = _dep(ctx, "live")
+    return (f"{kubectl(ctx.env)} get deployment {dep.name} -o json   # saved in the journal and the evidence before "
+            "anything changes: the idle colour is derived from it, a rollback re-creates it exactly")
 
 
 def delete_deployment(ctx: Context, which: str, why: str) -> str:
@@ -110,11 +126,46 @@ def held_ok(ctx: Context, which: str) -> str:
 # ------------------------------------------------------------------------------------------- the upgrade
 def plan_preflight(ctx: Context) -> list[str]:
     idle = _dep(ctx, "idle")
-    return [audit_retries(ctx),
+    return [save_live_object(ctx), audit_retries(ctx),
             f"{kubectl(ctx.env)} get pods -l {selector(ctx.env, ctx.facts['idle'])}   # {idle.name}: no pod, or a "
             f"resumed run's pod on {ctx.facts['target_image']}",
             f"# the storage has no {idle.data}, or only this run's clone (an earlier upgrade's kept data stops "
-            "the run here)"]
+            "the run here)", *free_space(ctx)]
+
+
+def free_space(ctx: Context) -> list[str]:
+    live = _dep(ctx, "live").data
+    return [*storage(ctx, "free_space", live), f"# refused unless available >= max({ctx.env.storage.min_free_mb} MiB, "
+            f"used/10) of {live}"]
+
+
+def _snapshot_target(ctx: Context) -> tuple[str, bool]:
+    root = ctx.env.storage.snapshot_root
+    return (root, True) if root else (_dep(ctx, "live").data, False)
+
+
+def plan_snapshot(ctx: Context) -> list[str]:
+    target, recursive = _snapshot_target(ctx)
+    return storage(ctx, "snapshot", target, ctx.facts["snapshot"], recursive=recursive)
+
+
+def plan_drop_snapshot(ctx: Context) -> list[str]:
+    target, recursive = _snapshot_target(ctx)
+    return storage(ctx, "destroy", f"{target}@{ctx.facts['snapshot']}", recursive=recursive)
+
+
+def plan_clone(ctx: Context) -> list[str]:
+    idle = _dep(ctx, "idle")
+    lines = storage(ctx, "clone", snapshot(ctx), idle.data)
+    if idle.mount:
+        lines += storage(ctx, "mount", idle.data, idle.mount)
+    return lines
+
+
+def unmount_destroy(ctx: Context, which: str) -> list[str]:
+    dep = _dep(ctx, which)
+    return [*(storage(ctx, "unmount", dep.data) if dep.mount else []), *storage(ctx, "destroy", dep.data,
+                                                                                 recursive=True)]
 
 
 def plan_verify_snapshot(ctx: Context) -> list[str]:
@@ -127,6 +178,7 @@ def plan_verify_clone(ctx: Context) -> list[str]:
 
 def plan_deploy(ctx: Context) -> list[str]:
     return [create_deployment(ctx, "idle", ctx.facts["target_image"])]
+
 
 
 def plan_shift_check(ctx: Context) -> list[str]:
@@ -155,18 +207,15 @@ def plan_cleanup_verify(ctx: Context) -> list[str]:
             *plan_shift_verify(ctx)]
 
 
-def plan_copy_rollback(ctx: Context) -> list[str]:
-    return [f"# none: the copy in {_dep(ctx, 'idle').accounts} stays (the next upgrade's copy "
-            "updates it in place)"]
-
-
 def plan_retire(ctx: Context) -> list[str]:
     live, idle = _dep(ctx, "live"), _dep(ctx, "idle")
     if ctx.params.get("cleanup", "keep") != "destroy":
         return [f"# nothing: {live.data} and {snapshot(ctx)} stay, the rollback point (--cleanup=keep; "
                 "--cleanup=destroy would destroy them)"]
-    return [*storage(ctx, "promote", idle.data), *storage(ctx, "destroy", live.data, recursive=True),
-            *storage(ctx, "destroy", f"{idle.data}@{ctx.facts['snapshot']}")]
+    from runbook.procedures import accounts
+
+    return [*storage(ctx, "promote", idle.data), *unmount_destroy(ctx, "live"),
+            *storage(ctx, "destroy", f"{idle.data}@{ctx.facts['snapshot']}"), *accounts.plan_remove(ctx, old=True)]
 
 
 def plan_retire_verify(ctx: Context) -> list[str]:
@@ -235,7 +284,11 @@ def plan_old_gone(ctx: Context) -> list[str]:
 
 
 def plan_restore_data(ctx: Context) -> list[str]:
-    return storage(ctx, "rollback", snapshot(ctx))
+    live = _dep(ctx, "live")
+    if not live.mount:
+        return storage(ctx, "rollback", snapshot(ctx))
+    return [*storage(ctx, "unmount", live.data), *storage(ctx, "rollback", snapshot(ctx)),
+            *storage(ctx, "mount", live.data, live.mount)]  # never under its mounted filesystem
 
 
 def plan_redeploy_old(ctx: Context) -> list[str]:

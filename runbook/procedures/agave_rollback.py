@@ -17,10 +17,10 @@ import dataclasses
 from runbook.adapters.caddy_config import same_upstreams
 from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
+from runbook.procedures import accounts, catch_up
 from runbook.procedures import agave_plan as pl
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
-from runbook.procedures import catch_up
 from runbook.procedures.framework import Context, Journal, Procedure, Step, StepOutcome
 from runbook.wait import wait_for
 
@@ -41,9 +41,29 @@ def _preflight(ctx: Context) -> None:
 
 
 def restore_data(ctx: Context) -> None:
-    ctx.adapters.storage.rollback(up._snapshot(ctx))
+    """Never under a mounted filesystem: a volume is unmounted (its colour is stopped: the preflight), rolled
+    back, and mounted again where its Deployment reads it."""
+    st, live = ctx.adapters.storage, up._live(ctx)
+    if live.mount and st.mounted_at(live.data) is not None:
+        st.unmount(live.data)
+    st.rollback(up._snapshot(ctx))
+    if live.mount:
+        st.mount(live.data, live.mount)
     ctx.facts["data_restored"] = True
     ctx.record("data rolled back", up._snapshot(ctx))
+
+
+def verify_restored(ctx: Context) -> None:
+    """The storage says the old colour's data is its snapshot again: nothing written since (ZFS's
+    ``written@<snap>``, the volume model's ``written``). A backend without such a fact says so in the evidence."""
+    facts = ctx.adapters.storage.identity(up._live(ctx).data)
+    written = {k: v for k, v in facts.items() if k == "written" or k.startswith("written@")}
+    ctx.record(f"storage facts of {up._live(ctx).data} after the rollback to {up._snapshot(ctx)}", facts)
+    if not written:
+        ctx.progress(f"{ctx.adapters.storage.backend}: no written-since-snapshot fact; the rollback is verified by "
+                     "the old colour catching up from it")
+    elif any(int(v) != 0 for v in written.values()):
+        raise PreconditionFailed(f"{up._live(ctx).data} is not at {up._snapshot(ctx)} after the rollback: {written}")
 
 
 def old_deployed(ctx: Context) -> bool:
@@ -52,7 +72,7 @@ def old_deployed(ctx: Context) -> bool:
 
 
 def redeploy_old(ctx: Context) -> None:
-    ctx.adapters.workloads.apply_deployment(up._manifest(ctx, ctx.facts["live"], ctx.facts["live_image"]))
+    up.restore_live_object(ctx)
 
 
 def old_caught_up(ctx: Context) -> None:
@@ -113,7 +133,7 @@ AFTER_CLEANUP = Procedure(
     summary="roll the agave upgrade back after its cleanup: old data, old version, old colour serving",
     steps=(
         Step("restore-data", "roll the old colour's data back to the pre-upgrade snapshot", restore_data,
-             lambda ctx: None, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_preflight,
+             verify_restored, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_preflight,
              plan_check=lambda c: [*pl.plan_old_gone(c), pl.audit_retries(c)], plan=pl.plan_restore_data),
         Step("redeploy-old", "redeploy the old colour with its old version; wait until caught up", redeploy_old,
              old_caught_up, is_done=old_deployed, plan=pl.plan_redeploy_old, plan_verify=pl.plan_redeploy_verify),
@@ -124,14 +144,16 @@ AFTER_CLEANUP = Procedure(
         Step("restore-order", "put the old colour first in the upstream order again", up.restore_order,
              verify_order_restored, is_done=order_restored, plan=lambda c: pl.set_order(c, "live"),
              plan_verify=pl.plan_restore_order_verify),
-        Step("destroy-clone", "destroy the new colour's clone",
-             lambda ctx: ctx.adapters.storage.destroy(up._idle(ctx).data, recursive=True), verify_clone_gone,
-             is_done=clone_gone, plan=lambda c: pl.storage(c, "destroy", up._idle(c).data, recursive=True),
+        Step("destroy-clone", "unmount and destroy the new colour's clone",
+             lambda ctx: up.unmount_and_destroy(ctx, up._idle(ctx).data), verify_clone_gone,
+             is_done=clone_gone, plan=lambda c: pl.unmount_destroy(c, "idle"),
              plan_verify=lambda c: [f"# the storage no longer lists {up._idle(c).data}"]),
+        Step("remove-accounts", "remove the new colour's accounts copy (RAM on a ramdisk)", accounts.remove,
+             lambda ctx: None, is_done=lambda ctx: not accounts.copy_present(ctx), plan=accounts.plan_remove),
         Step("drop-snapshot", "destroy the pre-upgrade snapshot: the old data is live again, and a stale rollback "
              "point would be cloned by the next upgrade", up.drop_snapshot, verify_snapshot_gone,
              is_done=lambda ctx: not up.snapshot_exists(ctx),
-             plan=lambda c: pl.storage(c, "destroy", up._snapshot(c)),
+             plan=pl.plan_drop_snapshot,
              plan_verify=lambda c: [f"# the storage no longer lists {up._snapshot(c)}"]),
     ),
 )

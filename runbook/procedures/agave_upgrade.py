@@ -15,8 +15,6 @@ Phases (design section 6; the seed's bugs corrected, see design section 5):
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 from runbook.adapters.caddy_config import same_upstreams
@@ -25,9 +23,9 @@ from runbook.checks.workloads import running_pod
 from runbook.errors import CheckFailed, PreconditionFailed
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
+from runbook.procedures import accounts, catch_up, derive
 from runbook.procedures import agave_plan as pl
 from runbook.procedures import bluegreen as bg
-from runbook.procedures import catch_up
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
 from runbook.wait import wait_for
 
@@ -59,6 +57,7 @@ def prepare(ctx: Context) -> None:
         "sidecar_image": sidecar_image,
         "snapshot": snapshot_name(env, target, ctx),
     })
+    save_live_object(ctx)
     require_destroy_confirmed(ctx)
 
 
@@ -88,11 +87,45 @@ def _dataset(ctx: Context, name: str) -> Any:
     return next((d for d in ctx.adapters.storage.datasets() if d.name == name), None)
 
 
-def _manifest(ctx: Context, colour: str, image: str) -> dict[str, Any]:
+def shape(ctx: Context, colour: str) -> derive.ColourShape:
+    """What the env says differs between the colours: names, ports, and the host paths of the colour's data
+    (the ledger's mount, the accounts, the identity keypair)."""
     dep = ctx.env.deployments.colour(colour)
-    ledger = str(Path(ctx.adapters.storage.path(dep.data)) / "ledger")
-    return render_deployment(ctx.env, colour, image=image, sidecar_image=ctx.facts["sidecar_image"],
-                             host_paths={"ledger": ledger})
+    paths = {"ledger": dep.mount or ctx.adapters.storage.path(dep.data), "accounts": dep.accounts}
+    if dep.identity:
+        paths["identity"] = dep.identity
+    return derive.ColourShape(name=dep.name, colour=colour, rpc_port=dep.rpc_port, gossip_port=dep.gossip_port,
+                              dynamic_port_range=dep.dynamic_port_range, paths=paths)
+
+
+def save_live_object(ctx: Context) -> None:
+    """The live colour's Deployment as the cluster holds it, saved (journal and evidence) before anything
+    touches it: the idle colour is derived from it and every rollback re-creates it from this copy."""
+    if ctx.params.get("plan"):
+        ctx.facts["live_object"] = render_deployment(ctx.env, ctx.facts["live"], image=ctx.facts["live_image"])
+        return
+    if "live_object" in ctx.facts:
+        return  # a resumed run: the copy saved when it started (the live object may be gone since the shift)
+    obj = ctx.adapters.workloads.deployment(_live(ctx).name)
+    if obj is None:
+        raise PreconditionFailed(f"deployment {_live(ctx).name} not found: nothing to derive the idle colour from",
+                                 env=ctx.env.name, obj=_live(ctx).name)
+    ctx.facts["live_object"] = derive.restorable(obj)
+    ctx.record(f"{_live(ctx).name} as the cluster held it before the upgrade (restored verbatim by a rollback)",
+               ctx.facts["live_object"])
+
+
+def idle_manifest(ctx: Context) -> dict[str, Any]:
+    """The idle colour: the saved live object with exactly derive.CHANGED changed (and the sidecar image the
+    live pod runs, which a dz-upgrade may have patched in place)."""
+    return derive.derive(ctx.facts["live_object"], source=shape(ctx, ctx.facts["live"]),
+                         target=shape(ctx, ctx.facts["idle"]), image=ctx.facts["target_image"],
+                         sidecar=(ctx.env.doublezero.sidecar, ctx.facts["sidecar_image"]))
+
+
+def restore_live_object(ctx: Context) -> None:
+    """Rollback: the live colour's saved object, re-created verbatim (the API server's fields left out)."""
+    ctx.adapters.workloads.apply_deployment(derive.restorable(ctx.facts["live_object"]))
 
 
 # ------------------------------------------------------------------------------------------- prepare
@@ -115,8 +148,9 @@ def take_snapshot(ctx: Context) -> None:
         ctx.progress(f"left alone: {', '.join(stale)} (earlier runs' pre-upgrade snapshots; this run takes and "
                      f"clones its own, {_snapshot(ctx)})")
         ctx.record("earlier pre-upgrade snapshots, not used", stale)
-    name = ctx.adapters.storage.snapshot(_live(ctx).data, ctx.facts["snapshot"])
-    ctx.record("snapshot", name)
+    root = ctx.env.storage.snapshot_root
+    name = ctx.adapters.storage.snapshot(root or _live(ctx).data, ctx.facts["snapshot"], recursive=bool(root))
+    ctx.record("snapshot" + (f" (recursive from {root}: the configs with the ledger)" if root else ""), name)
 
 
 def verify_snapshot(ctx: Context) -> None:
@@ -126,7 +160,9 @@ def verify_snapshot(ctx: Context) -> None:
 
 def drop_snapshot(ctx: Context) -> None:
     if snapshot_exists(ctx):
-        ctx.adapters.storage.destroy(_snapshot(ctx))
+        root = ctx.env.storage.snapshot_root
+        target = f"{root}@{ctx.facts['snapshot']}" if root else _snapshot(ctx)
+        ctx.adapters.storage.destroy(target, recursive=bool(root))
 
 
 def clone_exists(ctx: Context) -> bool:
@@ -134,40 +170,60 @@ def clone_exists(ctx: Context) -> bool:
     return ds is not None and ds.origin == _snapshot(ctx)
 
 
+def clone_ready(ctx: Context) -> bool:
+    """This run's clone exists and, for a volume, is mounted where the idle colour's Deployment reads it."""
+    mount = _idle(ctx).mount
+    return clone_exists(ctx) and (mount is None or ctx.adapters.storage.mounted_at(_idle(ctx).data) == mount)
+
+
+def require_space(ctx: Context, doing: str = "snapshot") -> None:
+    """Free space in the pool before the snapshot and the clone, with figures: the clone shares every block
+    until the idle colour writes, and its catch-up writes need room (a tenth of the live data's size, and
+    ``storage.min_free_mb`` at least), or both colours stop on a full pool."""
+    st, live = ctx.adapters.storage, _live(ctx).data
+    free, used = st.free_bytes(live), st.used_bytes(live)
+    need = max(ctx.env.storage.min_free_mb * 2**20, used // 10)
+    figures = {"free bytes": free, "live data bytes": used, "needed bytes": need}
+    ctx.record(f"space before the {doing}", figures)
+    if free < need:
+        raise PreconditionFailed(f"refusing to {doing}: {free / 2**30:.1f} GiB free in the pool of {live}, "
+                                 f"{need / 2**30:.1f} GiB needed (a tenth of its {used / 2**30:.1f} GiB, "
+                                 f"storage.min_free_mb {ctx.env.storage.min_free_mb} at least) for the idle colour's "
+                                 "writes", env=ctx.env.name, obj=live)
+
+
 def make_clone(ctx: Context) -> None:
-    ds = ctx.adapters.storage.clone(_snapshot(ctx), _idle(ctx).data)
-    ctx.record("clone", {"dataset": ds.name, "origin": ds.origin, "path": ds.path})
-    ctx.mark("clone done", ds.name)
+    st, idle = ctx.adapters.storage, _idle(ctx)
+    if not clone_exists(ctx):
+        ds = st.clone(_snapshot(ctx), idle.data)
+        ctx.record("clone", {"dataset": ds.name, "origin": ds.origin})
+    if idle.mount:  # a zvol's XFS: mounted with nouuid (the origin's UUID is mounted beside it)
+        st.mount(idle.data, idle.mount)
+        ctx.record("clone mounted", {"dataset": idle.data, "at": st.mounted_at(idle.data)})
+    ctx.mark("clone done", idle.data)
 
 
 def verify_clone(ctx: Context) -> None:
     if not clone_exists(ctx):
         raise CheckFailed(f"{_idle(ctx).data} is not a clone of {_snapshot(ctx)}", obj=_idle(ctx).data)
+    if not clone_ready(ctx):
+        raise CheckFailed(f"{_idle(ctx).data} is not mounted at {_idle(ctx).mount}", expected=_idle(ctx).mount,
+                          observed=ctx.adapters.storage.mounted_at(_idle(ctx).data), obj=_idle(ctx).data)
+
+
+def unmount_and_destroy(ctx: Context, dataset: str) -> None:
+    """A volume is unmounted first (a mounted zvol cannot be destroyed, and must not be under a running pod)."""
+    st = ctx.adapters.storage
+    if st.mounted_at(dataset) is not None:
+        st.unmount(dataset)
+    st.destroy(dataset, recursive=True)
 
 
 def destroy_clone(ctx: Context) -> None:
     """Only this run's clone: a dataset of the idle colour that is not a clone of this run's snapshot (the old
     data a previous upgrade kept, say) made the clone step fail, and is not this rollback's to destroy."""
     if clone_exists(ctx):
-        ctx.adapters.storage.destroy(_idle(ctx).data, recursive=True)
-
-
-def copy_accounts(ctx: Context) -> None:
-    start = time.monotonic()
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 2.0 or done == total:
-            last[0] = now
-            rate = done / max(now - start, 1e-6) / 2**20
-            ctx.progress(f"accounts: {done / 2**20:.1f} of {total / 2**20:.1f} MiB, {rate:.1f} MiB/s")
-
-    copied = ctx.adapters.storage.copy_tree(_live(ctx).accounts, _idle(ctx).accounts, progress=progress)
-    took = time.monotonic() - start
-    ctx.facts["accounts_copied"] = True
-    ctx.record("accounts copied", {"bytes": copied, "seconds": round(took, 3),
-                                   "MiB/s": round(copied / max(took, 1e-6) / 2**20, 1)})
+        unmount_and_destroy(ctx, _idle(ctx).data)
 
 
 # ------------------------------------------------------------------------------------------- deploy
@@ -177,7 +233,10 @@ def idle_deployed(ctx: Context) -> bool:
 
 
 def deploy_idle(ctx: Context) -> None:
-    ctx.adapters.workloads.apply_deployment(_manifest(ctx, ctx.facts["idle"], ctx.facts["target_image"]))
+    manifest = idle_manifest(ctx)
+    ctx.record(f"{_idle(ctx).name}: the live object except " + "; ".join(derive.CHANGED),
+               {"changed": derive.differences(ctx.facts["live_object"], manifest)})
+    ctx.adapters.workloads.apply_deployment(manifest)
 
 
 def verify_idle_rolled_out(ctx: Context) -> None:
@@ -220,6 +279,7 @@ def preflight(ctx: Context) -> None:
     after hours of cloning, copying and catching up): the ingress retries and switches its order without a
     reload, the idle colour runs nothing else, and its dataset name is free for this run's clone."""
     require_ingress_retries(ctx, doing="start the upgrade")
+    require_space(ctx, "snapshot")
     if ctx.adapters.workloads.pods(_idle(ctx).name) and not idle_deployed(ctx):
         raise PreconditionFailed(f"refusing to start the upgrade: {_idle(ctx).name} already runs something other "
                                  f"than {ctx.facts['target_image']}; remove it or roll back first", env=ctx.env.name)
@@ -235,13 +295,14 @@ def preflight(ctx: Context) -> None:
 def require_retrying_ingress(ctx: Context) -> None:
     env = ctx.env
     require_ingress_retries(ctx)
-    st = bg.observe_colour(env, ctx.facts["idle"])
+    st = bg.observe_colour(env, ctx.facts["idle"], url=ctx.adapters.rpc_url(ctx.facts["idle"]))
     if st.health != "ok":
         raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
                                  env=env.name)
     forgot = bg.wait_ingress_remembers_no_failure(env, ctx.adapters.ingress, ctx.facts["idle"],
                                                   timeout=env.timeouts.healthy)
-    hold = bg.wait_ingress_sees_ok(env, ctx.adapters.ingress, ctx.facts["idle"], timeout=env.timeouts.healthy)
+    hold = bg.wait_ingress_sees_ok(env, ctx.adapters.ingress, ctx.facts["idle"], timeout=env.timeouts.healthy,
+                                   url=ctx.adapters.rpc_url(ctx.facts["idle"]))
     ctx.record(f"{ctx.facts['idle']} answered ok for {hold:.1f}s before the shift (Caddy's checker saw it); "
                f"waited {forgot:.1f}s for Caddy to remember no failed request to it", None)
 
@@ -254,6 +315,10 @@ def stop_live(ctx: Context) -> None:
     ctx.mark("shift", f"stopping {ctx.facts['live']} gracefully")
     ctx.adapters.workloads.delete_deployment(_live(ctx).name)
     ctx.mark(f"{ctx.facts['live']} stopped", _live(ctx).name)
+    # nothing may write to the stopped colour's data from now on: its storage facts, to compare at the end
+    facts = ctx.adapters.storage.identity(_live(ctx).data)
+    ctx.facts["stopped_data"] = {"colour": ctx.facts["live"], "facts": facts}
+    ctx.record(f"storage facts of {_live(ctx).data} when {ctx.facts['live']} stopped", facts)
 
 
 def verify_served_by_idle(ctx: Context) -> None:
@@ -270,10 +335,13 @@ def restart_live(ctx: Context) -> None:
     """Rollback of the shift: the old colour back, on its own data, with its old version."""
     live = ctx.facts["live"]
     if not ctx.adapters.workloads.pods(_live(ctx).name):
-        ctx.adapters.workloads.apply_deployment(_manifest(ctx, live, ctx.facts["live_image"]))
+        restore_live_object(ctx)
+    ctx.facts.pop("stopped_data", None)  # it runs (and writes) again
     ctx.adapters.workloads.wait_rollout(_live(ctx).name, timeout=ctx.env.timeouts.rollout)
-    wait_for(lambda: bg.observe_colour(ctx.env, live).health, lambda h: h == "ok", timeout=ctx.env.timeouts.catch_up,
-             interval=0.25, what=f"{live} to answer ok again", env=ctx.env.name, step="shift rollback")
+    url = ctx.adapters.rpc_url(live)
+    wait_for(lambda: bg.observe_colour(ctx.env, live, url=url).health, lambda h: h == "ok",
+             timeout=ctx.env.timeouts.catch_up, interval=0.25, what=f"{live} to answer ok again", env=ctx.env.name,
+             step="shift rollback")
 
 
 # ------------------------------------------------------------------------------------------- cleanup
@@ -338,12 +406,14 @@ def retire_old(ctx: Context) -> None:
     on the snapshot, then the old dataset and the snapshot go. No rollback to the old data after this."""
     st = ctx.adapters.storage
     st.promote(_idle(ctx).data)
-    st.destroy(_live(ctx).data, recursive=True)
+    unmount_and_destroy(ctx, _live(ctx).data)
     moved = f"{_idle(ctx).data}@{ctx.facts['snapshot']}"  # where zfs promote moves the snapshot
     if any(moved in d.snapshots for d in st.datasets()):
         st.destroy(moved)
+    accounts.remove_old(ctx)
     ctx.facts["old_destroyed"] = True
-    ctx.progress(f"destroyed {_live(ctx).data} and its snapshot: rolling back to the old data is no longer possible")
+    ctx.progress(f"destroyed {_live(ctx).data}, its snapshot and the accounts in {_live(ctx).accounts}: rolling back "
+                 "to the old data is no longer possible")
 
 
 def verify_retired(ctx: Context) -> None:
@@ -378,17 +448,16 @@ PROCEDURE = Procedure(
     steps=(
         Step("snapshot", "snapshot the live ledger (the rollback point)", take_snapshot, verify_snapshot,
              is_done=snapshot_exists, precondition=preflight, rollback=drop_snapshot,
-             plan_check=pl.plan_preflight, plan=lambda c: pl.storage(c, "snapshot", _live(c).data, c.facts["snapshot"]),
-             plan_verify=pl.plan_verify_snapshot, plan_rollback=lambda c: pl.storage(c, "destroy", _snapshot(c))),
-        Step("clone", "clone the snapshot for the idle colour (copy-on-write where the backend is)", make_clone,
-             verify_clone,
-             is_done=clone_exists, rollback=destroy_clone,
-             plan=lambda c: pl.storage(c, "clone", _snapshot(c), _idle(c).data), plan_verify=pl.plan_verify_clone,
-             plan_rollback=lambda c: pl.storage(c, "destroy", _idle(c).data, recursive=True)),
-        Step("copy-accounts", "copy the accounts (not on the dataset)", copy_accounts, lambda ctx: None,
-             is_done=lambda ctx: bool(ctx.facts.get("accounts_copied")),
-             plan=lambda c: pl.storage(c, "copy_tree", _live(c).accounts, _idle(c).accounts),
-             plan_rollback=pl.plan_copy_rollback),
+             plan_check=pl.plan_preflight, plan=pl.plan_snapshot,
+             plan_verify=pl.plan_verify_snapshot, plan_rollback=pl.plan_drop_snapshot),
+        Step("clone", "clone the snapshot for the idle colour (copy-on-write where the backend is), mounted where "
+             "its Deployment reads it when a volume", make_clone, verify_clone,
+             is_done=clone_ready, precondition=lambda c: require_space(c, "clone"), rollback=destroy_clone,
+             plan_check=lambda c: pl.free_space(c), plan=pl.plan_clone, plan_verify=pl.plan_verify_clone,
+             plan_rollback=lambda c: pl.unmount_destroy(c, "idle")),
+        Step("copy-accounts", "copy the accounts (not on the dataset): hard links kept, space and RAM checked first",
+             accounts.copy, accounts.verify, is_done=accounts.copied, rollback=accounts.remove,
+             plan=accounts.plan_copy, plan_verify=accounts.plan_verify, plan_rollback=accounts.plan_remove),
         Step("deploy-idle", "deploy the idle colour from the clone with the target version", deploy_idle,
              verify_idle_rolled_out, is_done=idle_deployed, rollback=delete_idle, plan=pl.plan_deploy,
              plan_verify=lambda c: [pl.rollout(c, "idle")],

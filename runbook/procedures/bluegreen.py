@@ -7,18 +7,16 @@ facts derived at the start of a run are kept in its journal so a resumed run see
 from __future__ import annotations
 
 import re
-import shlex
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
-from runbook.adapters.base import Host
 from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
 from runbook.env import Env
-from runbook.errors import AdapterError, CheckFailed
+from runbook.errors import AdapterError
 from runbook.wait import wait_for
 
 COLOURS = ("green", "blue")
@@ -86,7 +84,7 @@ def wait_ingress_remembers_no_failure(env: Env, ingress: Any, colour: str, *, ti
     return time.monotonic() - start
 
 
-def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float) -> float:
+def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float, url: str | None = None) -> float:
     """Wait until ``colour`` has answered `ok` without a break for long enough that Caddy's active health
     checker has seen it too (two intervals plus the check's timeout). Caddy's admin API does not say which
     upstreams it believes healthy (design trap 4), so this is read from the checker's own schedule; stopping
@@ -99,7 +97,7 @@ def wait_ingress_sees_ok(env: Env, ingress: Any, colour: str, *, timeout: float)
 
     def steady_ok() -> float:
         now = time.monotonic()
-        if observe_colour(env, colour).health != "ok":
+        if observe_colour(env, colour, url=url).health != "ok":
             since.clear()
             return 0.0
         if not since:
@@ -150,12 +148,13 @@ class NodeState:
                 "tip age (s)": None if self.tip_age is None else round(self.tip_age, 2)}
 
 
-def observe_colour(env: Env, colour: str) -> NodeState:
+def observe_colour(env: Env, colour: str, *, url: str | None = None) -> NodeState:
     """Health body, slot, version of a colour (direct, not through the ingress); no cluster tip, so no call
-    to the rate-limited reference (for waits on health alone)."""
-    dep = env.deployments.colour(colour)
+    to the rate-limited reference (for waits on health alone). ``url``: the colour's RPC as the runner
+    reaches it (``Adapters.rpc_url``: through a tunnel when the runner is not on the host); default the
+    env's host-side URL."""
     health, slot, version = "down", None, None
-    with RpcClient(url=f"http://127.0.0.1:{dep.rpc_port}", timeout=3.0) as node:
+    with RpcClient(url=url or env.rpc_url(colour), timeout=3.0) as node:
         try:
             h = node.health()
             health = h.verdict
@@ -166,10 +165,11 @@ def observe_colour(env: Env, colour: str) -> NodeState:
     return NodeState(colour, health, slot, None, version)
 
 
-def observe_node(env: Env, colour: str, reference: ReferenceTip | None = None) -> NodeState:
+def observe_node(env: Env, colour: str, reference: ReferenceTip | None = None, *,
+                 url: str | None = None) -> NodeState:
     """:func:`observe_colour` and the cluster tip: from ``reference`` (polled at its own pace, estimated
     between answers), or without one from a single call to the env's references (one-off looks only)."""
-    st = observe_colour(env, colour)
+    st = observe_colour(env, colour, url=url)
     if reference is None:
         with ReferenceTip.for_env(env) as once:
             reading = once.read()
@@ -179,14 +179,4 @@ def observe_node(env: Env, colour: str, reference: ReferenceTip | None = None) -
         return st
     return replace(st, tip=reading.slot, tip_age=round(reading.age, 3), tip_trusted=reading.trusted)
 
-
-def ledger_checksum(host: Host, ledger: str) -> str:
-    """sha256 over a ledger's data blocks and manifest, read on the host (what a procedure must never
-    change; the progress marker a running validator rewrites is left out)."""
-    q = shlex.quote(ledger)
-    r = host.run(f"cd {q} && find data MANIFEST.sha256 -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum")
-    digest = r.stdout.split()[0] if r.stdout.strip() else ""
-    if not digest or "data/" not in host.run(f"cd {q} && find data -type f | head -1", check=False).stdout:
-        raise CheckFailed(f"no ledger data under {ledger} on {host.url}", obj=ledger)
-    return digest
 

@@ -47,7 +47,7 @@ def wait_caught_up(ctx: Context, colour: str, want: str, *, step: str,
     with ctx.adapters.reference() as reference:
 
         def observe() -> bg.NodeState:
-            st = bg.observe_node(env, colour, reference)
+            st = bg.observe_node(env, colour, reference, url=ctx.adapters.rpc_url(colour))
             if st.version is not None and st.version != want:
                 raise CheckFailed(f"{colour} answers getVersion solana-core {st.version}, not {want}: the wrong "
                                   "build is deployed (not waiting for the catch-up deadline)", expected=want,

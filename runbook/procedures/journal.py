@@ -187,7 +187,7 @@ class HostStore:
         return f"{self.host_name}:{self.directory / name}"
 
     def _run(self, command: str, what: str, *, ok: tuple[int, ...] = (0,)) -> Any:
-        r = self.host.run(command, check=False, timeout=60.0)
+        r = self.host.run(command, check=False, timeout=60.0, root=True)
         if r.rc not in ok:
             said = r.stderr.strip() or r.stdout.strip()
             raise AdapterError(f"cannot {what} in {self.host_name}:{self.directory}: {said} (rc {r.rc}; the host "
@@ -220,7 +220,7 @@ class HostStore:
     def acquire(self, holder: dict[str, Any]) -> Any:
         where = f"{self.host_name}:{self.directory / LOCK_NAME}"
         script = _HOLD.format(dir=shlex.quote(str(self.directory)), busy=_BUSY, holder=shlex.quote(json.dumps(holder)))
-        proc = self.host.spawn(script)
+        proc = self.host.spawn(script, root=True)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], self.connect_timeout)
         first = proc.stdout.readline().strip() if ready else ""

@@ -49,7 +49,7 @@ def host_sudo(env: Env) -> bool:
 
 def on_host(env: Env, commands: list[str]) -> list[str]:
     """Host commands behind the host's prompt (comments kept as they are)."""
-    sudo = "sudo sh -c " if host_sudo(env) else ""
+    sudo = "sudo -n -- sh -c " if host_sudo(env) else ""
     out = []
     for c in commands:
         if c.startswith("#"):
@@ -86,12 +86,11 @@ def _where(env: Env, procedure: str, *, loopback: bool, root_for: str) -> list[s
     if loopback:
         ports = [str(env.ingress.admin_port), *(str(env.deployments.colour(c).rpc_port) for c in ("green", "blue"))]
         what = f"the Caddy admin API {env.ingress.admin} and the colours' RPC ports {ports[1]} and {ports[2]}"
-        if env.host.startswith("ssh://"):
-            forwards = " ".join(f"-L {p}:127.0.0.1:{p}" for p in ports)
-            rows.append(("127.0.0.1:...", f"{what} are on the runner's loopback: run on {host} itself, or forward "
-                                          f"them first (ssh -N {forwards} {host})"))
+        if env.host_target.remote:
+            rows.append(("loopback", f"{what} are on {host}'s loopback: the runner reaches them through ssh tunnels "
+                                     f"it opens to {host} (one per port, on free local ports, closed at exit)"))
         else:
-            rows.append(("127.0.0.1:...", f"{what}, on this machine's loopback"))
+            rows.append(("loopback", f"{what}, on this machine's loopback"))
     rows.append(("journal", _journal(env, procedure)))
     width = max(len(label) for label, _ in rows)
     return [f"  {label:<{width}}  {text}" for label, text in rows]

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 
-import httpx
-
+from runbook.errors import AdapterError
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures.framework import Context, Procedure, Step
 from runbook.wait import wait_for
 
 
 def wait_http_200(ctx: Context) -> None:
-    port = up._idle(ctx).rpc_port
-    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code, lambda s: s == 200,
-             timeout=ctx.env.timeouts.healthy, interval=0.5, what=f"curl -sf http://localhost:{port}/health",
-             tolerate=(httpx.HTTPError,))
+    url = ctx.adapters.rpc_url(ctx.facts["idle"]) + "/health"
+
+    def status() -> int:
+        with ctx.adapters.rpc(ctx.facts["idle"]) as node:
+            return node.health().status_code
+
+    wait_for(status, lambda s: s == 200, timeout=ctx.env.timeouts.healthy, interval=0.5, what=f"curl -sf {url}",
+             tolerate=(AdapterError,))
     ctx.mark(f"{ctx.facts['idle']} healthy", "HTTP 200 (status only, as the seed checks)")
 
 

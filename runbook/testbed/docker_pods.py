@@ -82,6 +82,10 @@ class DockerPods:
         for d in plan.host_dirs:
             if d.create:
                 d.path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            elif d.file:
+                if not d.path.is_file():
+                    raise TestbedError(f"pod {plan.pod}: volume {d.volume}: hostPath type check failed: {d.node_path} "
+                                       "is not a file", obj=plan.pod)
             elif not d.path.is_dir():
                 raise TestbedError(f"pod {plan.pod}: volume {d.volume}: hostPath type check failed: {d.node_path} "
                                    "is not a directory", obj=plan.pod)

@@ -110,3 +110,11 @@ def _problem(p: Path) -> bytes | str:
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 255:
             return f"element {i} is not an integer in 0..255"
     return bytes(data)
+
+
+def colour_seed(testbed_seed: bytes, colour: str) -> bytes:
+    """A testbed colour's own validator identity seed, derived from the testbed's seed: each colour its own
+    keypair, as an operator provisions them (agave's gossip makes the older instance of an identity exit)."""
+    import hashlib
+
+    return hashlib.sha256(testbed_seed + colour.encode()).digest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -232,15 +233,23 @@ def _prepare_node(env: Env, node: str, seed: bytes, say: Progress) -> None:
     from runbook.testbed import keypair
 
     green = env.deployments.green
-    dirs = ["/srv/solana/ledger", green.accounts, DZ_CONFIG_DIR]
+    dirs = ["/srv/solana/ledger", "/srv/solana/snapshots", green.accounts, DZ_CONFIG_DIR]
     say(f"preparing host paths on node {node}: {', '.join(dirs)}")
     _run(["docker", "exec", node, "mkdir", "-p", *dirs], env=env, what="preparing the node's host paths")
+    keys = {f"{DZ_CONFIG_DIR}/id.json": seed}  # the DZ identity (both colours' sidecars share it)
+    for colour in ("green", "blue"):  # each colour's own validator identity, as an operator provisions them
+        ident = env.deployments.colour(colour).identity
+        if ident:
+            keys[ident] = keypair.colour_seed(seed, colour)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "id.json"
-        keypair.write_keypair(path, seed)
-        # through stdin: the private key is never on a command line or in a log
-        _run(["docker", "exec", "-i", node, "sh", "-c", f"umask 077; cat > {DZ_CONFIG_DIR}/id.json"],
-             env=env, what="installing the DZ identity", stdin=path.read_bytes())
+        for target, key_seed in keys.items():
+            path = Path(tmp) / "id.json"
+            keypair.write_keypair(path, key_seed)
+            # through stdin: the private key is never on a command line or in a log
+            where = shlex.quote(target)
+            _run(["docker", "exec", "-i", node, "sh", "-c",
+                  f"umask 077; mkdir -p \"$(dirname {where})\"; cat > {where}"],
+                 env=env, what=f"installing a keypair at {target}", stdin=path.read_bytes())
 
 
 def up(env: Env, *, progress: Progress | None = None, identity_seed: str | None = None,

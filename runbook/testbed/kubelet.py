@@ -332,7 +332,13 @@ class LocalWorkloads:
                     raise AdapterError(f"pod {pod}: volume {m['name']} must be a hostPath on the testbed",
                                        env=self.env.name, obj=pod)
                 src = self._host_path(vol["hostPath"]["path"])
-                src.mkdir(parents=True, exist_ok=True)
+                if vol["hostPath"].get("type") == "File":  # as a kubelet's hostPath type check: no file, no pod
+                    if not src.is_file():
+                        raise AdapterError(f"pod {pod}: MountVolume.SetUp failed for volume {m['name']!r}: hostPath "
+                                           f"type check failed: {vol['hostPath']['path']} is not a file",
+                                           env=self.env.name, obj=pod)
+                else:
+                    src.mkdir(parents=True, exist_ok=True)
                 link = root / m["mountPath"].lstrip("/")
                 link.parent.mkdir(parents=True, exist_ok=True)
                 if link.is_symlink() or link.exists():

@@ -49,7 +49,7 @@ IGNORED_CONTAINER_FIELDS = {"ports", "resources", "readinessProbe", "livenessPro
                             "terminationMessagePolicy"}
 SECURITY_FIELDS = {"privileged", "capabilities", "runAsUser", "runAsGroup", "runAsNonRoot",
                    "readOnlyRootFilesystem", "allowPrivilegeEscalation", "seccompProfile"}
-HOST_PATH_TYPES = {"", "Directory", "DirectoryOrCreate"}
+HOST_PATH_TYPES = {"", "Directory", "DirectoryOrCreate", "File"}
 PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
 RESTART = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
 PROPAGATION = {"None": "", "HostToContainer": "rslave", "Bidirectional": "rshared"}
@@ -67,12 +67,14 @@ Manifest = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class HostDir:
-    """A directory on the node a volume needs: ``create`` it, or it must already exist (``Directory``)."""
+    """A path on the node a volume needs: ``create`` it (a directory), or it must already exist (``Directory``,
+    or a ``File``: an identity keypair)."""
 
     volume: str
     node_path: str  # as the manifest names it (hostPath) or the kubelet's pod dir (emptyDir)
     path: Path  # where that is on this machine
     create: bool
+    file: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,9 +201,9 @@ def _volumes(specs: list[Manifest], host_root: Path, pod_dir: Path,
                 raise ConfigError(f"{where}: volume {vname}: hostPath.path must be absolute, got {path!r}")
             if kind not in HOST_PATH_TYPES:
                 raise ConfigError(f"{where}: volume {vname}: hostPath type {kind!r} is not supported here "
-                                  f"(supported: Directory, DirectoryOrCreate, unset)")
+                                  f"(supported: Directory, DirectoryOrCreate, File, unset)")
             local = host_root / PurePosixPath(path).relative_to("/")
-            dirs.append(HostDir(vname, path, local, create=kind != "Directory"))
+            dirs.append(HostDir(vname, path, local, create=kind not in ("Directory", "File"), file=kind == "File"))
         elif "emptyDir" in v:
             local = pod_dir / "volumes" / "kubernetes.io~empty-dir" / vname
             dirs.append(HostDir(vname, str(local.relative_to(host_root)), local, create=True))

@@ -221,8 +221,9 @@ class Testbed:
     def green_manifest(self) -> dict[str, Any]:
         """Green as the testbed deploys it: the baseline every mutating scenario starts from."""
         green = self.env.deployments.green
+        mount = Path(self.storage.path(green.data))
         return render_deployment(self.env, "green", image=green.image,
-                                 host_paths={"ledger": str(Path(self.storage.path(green.data)) / "ledger")})
+                                 host_paths={"ledger": str(mount / "ledger"), "snapshots": str(mount / "snapshots")})
 
     def baseline_extras(self) -> LocalExtras:
         """What only this testbed can do for the baseline (:mod:`runbook.baseline`): green's manifest when
@@ -271,6 +272,12 @@ class Testbed:
         dz_dir = self.host_path("/srv/deployments/agave/data/doublezero-config")
         dz_dir.mkdir(parents=True, exist_ok=True)
         keypair.write_keypair(dz_dir / "id.json", bytes.fromhex(self.tb.identity_seed))
+        (Path(ds.path) / "snapshots").mkdir(exist_ok=True)
+        for colour in ("green", "blue"):  # each colour's own validator identity, as an operator provisions them
+            path = self.env.deployments.colour(colour).identity
+            if path and not self.host_path(path).is_file():
+                keypair.write_keypair(self.host_path(path), keypair.colour_seed(bytes.fromhex(self.tb.identity_seed),
+                                                                                colour))
 
     def _up_netns(self, progress: Progress) -> None:
         ok, why = netns.has_net_admin()

@@ -169,18 +169,30 @@ def cluster_pod(stack: Stack) -> PodPlan:
     return stack.start(stack.plan(docs[0]))
 
 
+def provision_identities(stack: Stack) -> None:
+    """Each colour's validator identity keypair where its manifest mounts it (as the kind testbed does)."""
+    local = load_env("local")
+    assert local.testbed is not None
+    for colour in ("green", "blue"):
+        path = stack.env.deployments.colour(colour).identity
+        if path and not stack.host(path).is_file():
+            keypair.write_keypair(stack.host(path), keypair.colour_seed(bytes.fromhex(local.testbed.identity_seed),
+                                                                        colour))
+
+
 @pytest.fixture(scope="session")
 def green_pod(stack: Stack, cluster_pod: PodPlan, figures: dict[str, str]) -> PodPlan:
     """Green as kind runs it: the node's host paths (ledger, accounts, the DZ identity) made first, as
     ``runbook testbed up --env=kind`` does; then the pod of ``render_deployment(env, "green")``."""
     env = stack.env
-    for path in ("/srv/solana/ledger", env.deployments.green.accounts, DZ_CONFIG_DIR):
+    for path in ("/srv/solana/ledger", "/srv/solana/snapshots", env.deployments.green.accounts, DZ_CONFIG_DIR):
         stack.host(path).mkdir(parents=True, exist_ok=True)
     local = load_env("local")
     assert local.testbed is not None
     seed = bytes.fromhex(local.testbed.identity_seed)
     assert keypair.pubkey_from_seed(seed) == env.doublezero.expected_identity
     keypair.write_keypair(stack.host(DZ_CONFIG_DIR) / "id.json", seed)  # the private key: written, never shown
+    provision_identities(stack)
     plan = stack.plan(render_deployment(env, "green"))
     start = time.monotonic()
     stack.start(plan)

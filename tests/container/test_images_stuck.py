@@ -21,7 +21,7 @@ from runbook.procedures.bluegreen import image_with_tag
 from runbook.testbed import kind
 from runbook.testbed.pod_argv import PodPlan
 from runbook.wait import wait_for
-from tests.container.conftest import Stack
+from tests.container.conftest import Stack, provision_identities
 
 pytestmark = pytest.mark.container
 
@@ -43,8 +43,9 @@ def test_the_stuck_image_kind_builds_runs_and_never_catches_up(stack: Stack, clu
 
     image = image_with_tag(env.deployments.green.image or "", "v2.2.1-stuck")  # what the scenario deploys
     assert image in stuck.tags
-    for path in ("/srv/solana-blue/ledger", env.deployments.blue.accounts):
+    for path in ("/srv/solana-blue/ledger", "/srv/solana-blue/snapshots", env.deployments.blue.accounts):
         stack.host(path).mkdir(parents=True, exist_ok=True)
+    provision_identities(stack)
     plan = stack.plan(render_deployment(env, "blue", image=image))
     blue = stack.start(dataclasses.replace(plan, init=()))  # the validator alone: no second doublezerod
     try:

@@ -74,9 +74,11 @@ def test_green_validator_keeps_the_image_entrypoint_and_gets_the_manifest_args(g
     assert after_image(app.argv, spec["image"]) == spec["args"]
     assert "--privileged" not in app.argv and opt(app.argv, "--cap-add") == []
     assert opt(app.argv, "--security-opt") == ["seccomp=unconfined"]  # the kubelet's default: Unconfined
-    assert {h.node_path: h.create for h in plan.host_dirs} == {
-        "/srv/solana/ledger": False, "/srv/solana/ramdisk/accounts": False,
-        "/srv/deployments/agave/data/doublezero-config": True}
+    assert {h.node_path: (h.create, h.file) for h in plan.host_dirs} == {
+        "/srv/solana/ledger": (False, False), "/srv/solana/ramdisk/accounts": (False, False),
+        "/srv/solana/snapshots": (False, False),
+        "/srv/deployments/agave/data/validator-config/identity.json": (False, True),
+        "/srv/deployments/agave/data/doublezero-config": (True, False)}
 
 
 def test_the_pause_container_holds_the_pod_namespaces_on_the_node() -> None:

@@ -25,7 +25,7 @@ from runbook.testbed.docker_pods import Node
 from runbook.testbed.doublezerod import DEFAULT_ROUTES, SESSION_UP
 from runbook.testbed.pod_argv import PodPlan
 from runbook.wait import wait_for
-from tests.container.conftest import AGAVE, DOUBLEZERO, Stack
+from tests.container.conftest import AGAVE, DOUBLEZERO, Stack, provision_identities
 
 pytestmark = pytest.mark.container
 
@@ -155,8 +155,8 @@ def test_green_validator_answers_in_the_node_network(stack: Stack, green_pod: Po
     answer = wait_for(lambda: stack.rpc(port), lambda a: a.get("health") == "ok", timeout=60.0, interval=0.5,
                       what=f"green's /health on 127.0.0.1:{port} in the node to answer ok")
     assert answer["solana_core"] == "2.1.0"
-    ledger_identity = keypair.read_pubkey(stack.host("/srv/solana/ledger") / "validator-keypair.json")
-    assert answer["identity"] == ledger_identity != stack.env.doublezero.expected_identity
+    identity = keypair.read_pubkey(stack.host(str(stack.env.deployments.green.identity)))  # --identity's file
+    assert answer["identity"] == identity != stack.env.doublezero.expected_identity
     assert "2.1.0" in run_ok(stack, app, "agave-validator", "--version")
     slot = int(run_ok(stack, app, "solana", "slot"))
     assert slot >= answer["slot"] > 0
@@ -168,8 +168,9 @@ def test_green_validator_answers_in_the_node_network(stack: Stack, green_pod: Po
 def blue_plan(stack: Stack) -> PodPlan:
     """Blue as the upgrade deploys it: the target version, from a clone (here: empty directories)."""
     env = stack.env
-    for path in ("/srv/solana-blue/ledger", env.deployments.blue.accounts):
+    for path in ("/srv/solana-blue/ledger", "/srv/solana-blue/snapshots", env.deployments.blue.accounts):
         stack.host(path).mkdir(parents=True, exist_ok=True)
+    provision_identities(stack)
     return stack.plan(render_deployment(env, "blue", image="laconicnetwork/agave:v2.2.1",
                                         sidecar_image="laconicnetwork/doublezero:v0.6.1"))
 

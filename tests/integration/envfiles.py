@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from runbook.env import PROJECT_ROOT
+from runbook.env import PROJECT_ROOT, shift_ports
 
 _offsets = itertools.count(1)
 
@@ -28,14 +28,7 @@ def make_env(tmp_path: Path, **changes: Any) -> Path:
     data = yaml.safe_load((PROJECT_ROOT / "envs" / "local.yaml").read_text())
     shift = 100 * next(_offsets) + 1000
     data["name"] = "t" + str(shift)
-    data["ingress"]["url"] = f"http://127.0.0.1:{18080 + shift}"
-    data["ingress"]["admin"] = f"http://127.0.0.1:{12019 + shift}"
-    data["deployments"]["green"]["rpc_port"] += shift
-    data["deployments"]["blue"]["rpc_port"] += shift
-    data["testbed"]["supervisor_port"] += shift
-    data["testbed"]["cluster_port"] += shift
-    data["cluster_rpc"] = f"http://127.0.0.1:{data['testbed']['cluster_port']}"
-    data["entrypoints"] = [f"127.0.0.1:{data['testbed']['cluster_port']}"]
+    shift_ports(data, shift)
     data["testbed"]["state_dir"] = str(tmp_path / "state")
     data["testbed"]["storage_size"] = "256M"
     for key, value in changes.items():

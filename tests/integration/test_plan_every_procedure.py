@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 ENVS = ("biscayne", "kind", "local")
 PLANS = {"agave-upgrade": ["--target-version=v2.2.1"], "agave-rollback": ["--target-version=v2.2.1"],
          "dz-upgrade": ["--target-version=v0.6.1"]}
-ROLLED_BACK = {"agave-upgrade": {"snapshot", "clone", "deploy-idle", "shift", "cleanup"},
+ROLLED_BACK = {"agave-upgrade": {"snapshot", "clone", "copy-accounts", "deploy-idle", "shift", "cleanup"},
                "agave-rollback": set(), "dz-upgrade": {"patch-sidecar"}}
 
 
@@ -41,7 +41,8 @@ def test_plan_runs_for_every_procedure_and_shows_actions_and_rollbacks(proc: str
 
 
 # flags of the tools a plan shows (kubectl, agave-validator), not options of the runbook
-TOOL_FLAGS = {"--context", "--field-selector", "--rpc-port", "--cascade", "--wait", "--timeout", "--type"}
+TOOL_FLAGS = {"--context", "--field-selector", "--rpc-port", "--gossip-port", "--dynamic-port-range", "--cascade",
+              "--wait", "--timeout", "--type"}
 
 
 def _runbook_options() -> set[str]:

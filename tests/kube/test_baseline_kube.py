@@ -11,6 +11,7 @@ import pytest
 
 from runbook import baseline as bl
 from runbook.adapters.factory import Adapters
+from runbook.adapters.host import TestinfraHost
 from runbook.adapters.kube import KubeWorkloads
 from runbook.adapters.storage import make_storage
 from runbook.manifests import render_deployment
@@ -29,7 +30,8 @@ def adapters(fake_kube: KubeWorkloads, tmp_path: Path, monkeypatch: pytest.Monke
     fake_kube.apply_deployment(render_deployment(env, "green"))
     fake_kube.wait_rollout(env.deployments.green.name, timeout=10.0)
     ingress = FakeIngress([upstream_address(env, "green"), upstream_address(env, "blue")])
-    return Adapters(env=env, host=None, workloads=fake_kube, ingress=ingress, storage=storage)  # type: ignore[arg-type]
+    return Adapters(env=env, host=TestinfraHost("local://"), workloads=fake_kube, ingress=ingress, storage=storage,
+                    host_path=lambda p: str(tmp_path / "node" / p.lstrip("/")))  # the node's paths, here
 
 
 def test_green_is_captured_from_the_api_and_re_applied_verbatim(adapters: Adapters, tmp_path: Path) -> None:

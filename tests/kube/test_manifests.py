@@ -121,13 +121,19 @@ def test_green_and_blue_overlays() -> None:
         (app,) = spec["containers"]
         assert app["name"] == "agave-validator" and app["image"] == "laconicnetwork/agave:v2.1.0"
     green_args, blue_args = pod_spec(green)["containers"][0]["args"], pod_spec(blue)["containers"][0]["args"]
-    assert green_args[:2] == ["--rpc-port", "8899"] and blue_args[:2] == ["--rpc-port", "8897"]
-    assert green_args[2:] == blue_args[2:]  # the colours differ in their port only
-    assert {"--ledger", "/data/ledger", "--accounts", "/data/accounts"} <= set(green_args)
+    assert green_args[:6] == ["--rpc-port", "8899", "--gossip-port", "8001", "--dynamic-port-range", "8002-8020"]
+    assert blue_args[:6] == ["--rpc-port", "8897", "--gossip-port", "8021", "--dynamic-port-range", "8022-8040"]
+    assert green_args[6:] == blue_args[6:]  # the colours differ in their ports only (one host network)
+    assert {"--ledger", "/data/ledger", "--accounts", "/data/accounts", "--identity", "/data/identity.json",
+            "--no-voting", "--known-validator", "--expected-genesis-hash"} <= set(green_args)
     assert volumes(green) == {"ledger": "/srv/solana/ledger", "accounts": "/srv/solana/ramdisk/accounts",
+                              "snapshots": "/srv/solana/snapshots",
+                              "identity": "/srv/deployments/agave/data/validator-config/identity.json",
                               "doublezero-config": "/srv/deployments/agave/data/doublezero-config"}
     assert volumes(blue) == {"ledger": "/srv/solana-blue/ledger", "accounts": "/srv/solana-blue/ramdisk/accounts",
-                             "doublezero-config": "/srv/deployments/agave/data/doublezero-config"}
+                             "snapshots": "/srv/solana-blue/snapshots",
+                             "identity": "/srv/deployments/agave-blue/data/validator-config/identity.json",
+                             "doublezero-config": "/srv/deployments/agave/data/doublezero-config"}  # one DZ identity
 
 
 @pytest.mark.parametrize("env_name", ENVS)
@@ -154,8 +160,8 @@ def test_render_deployment_overrides() -> None:
     assert pod_spec(dep)["containers"][0]["image"] == "laconicnetwork/agave:v2.2.1"
     assert pod_spec(dep)["initContainers"][0]["image"] == "laconicnetwork/doublezero:v0.6.1"
     assert volumes(dep)["ledger"] == "/srv/clone/ledger"
-    with pytest.raises(ConfigError, match="no hostPath volume 'snapshots'"):
-        m.render_deployment(env, "blue", host_paths={"snapshots": "/x"})
+    with pytest.raises(ConfigError, match="no hostPath volume 'tmp'"):
+        m.render_deployment(env, "blue", host_paths={"tmp": "/x"})
     with pytest.raises(ConfigError, match="unknown colour"):
         m.render_deployment(env, "purple")
 

@@ -23,6 +23,9 @@ class Storage:
     def datasets(self) -> list[Dataset]:
         return self.sets
 
+    def mounted_at(self, name: str) -> str | None:
+        return None  # directory datasets: nothing to unmount before the destroy
+
     def destroy(self, name: str, *, recursive: bool = False) -> None:
         self.destroyed.append(name)
 

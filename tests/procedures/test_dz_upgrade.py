@@ -26,7 +26,7 @@ from runbook.checks import isolation as iso
 from runbook.checks.workloads import running_pod
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed, PreconditionFailed
-from runbook.manifests import APP_CONTAINER, render_deployment
+from runbook.manifests import APP_CONTAINER, render_deployment, set_arg
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import dz_upgrade as dz
 from runbook.procedures.framework import Context, Interrupted, Journal, Procedure, RunResult
@@ -189,6 +189,15 @@ def _plain_manifest(env: Env, tmp_path: Path, port: int) -> dict[str, Any]:
     spec["containers"].insert(0, regular)
     app = next(c for c in spec["containers"] if c["name"] == APP_CONTAINER)
     app["args"][app["args"].index("--rpc-port") + 1] = str(port)
+    # beside green on one host network: blue's gossip ports and identity (agave's gossip makes the older
+    # instance of an identity exit; a gossip port is bound once)
+    blue = env.deployments.blue
+    if blue.gossip_port is not None and blue.dynamic_port_range is not None:
+        set_arg(app["args"], "--gossip-port", str(blue.gossip_port), where=PLAIN)
+        set_arg(app["args"], "--dynamic-port-range", blue.dynamic_port_range, where=PLAIN)
+    for vol in spec["volumes"]:
+        if vol["name"] == "identity" and blue.identity:
+            vol["hostPath"]["path"] = blue.identity
     return dep
 
 

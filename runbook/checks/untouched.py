@@ -1,0 +1,56 @@
+"""A colour's data was not rewritten: proven by the storage's own facts, not by hashing the data.
+
+:meth:`runbook.adapters.base.Storage.identity` gives facts of two kinds (see each backend's docstring):
+
+- *who the dataset is*: ZFS's ``guid`` and ``createtxg``, a registry ``id``, an ``inode``, a btrfs ``uuid``, a
+  volume's ``volsize``. Destroying and re-creating the data, or rolling it back where a rollback puts a fresh
+  copy in place, changes them;
+- *what was written*: ZFS's ``written@<snap>`` (bytes written since the snapshot), the zvol model's ``written``
+  (blocks of the volume no longer shared with its latest snapshot), a tree's ``newest_ctime`` and ``entries``.
+
+A colour that runs writes its own data, so while it runs only the first kind must hold, and what was written
+can only grow (a rollback resets ``written`` and no write can move a ctime back). Once the procedure stopped
+the colour, nothing may write to it: every fact must equal the ones read right after it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["GROWING", "problems"]
+
+GROWING = ("written", "newest_ctime")  # prefixes of facts a running owner's writes make grow
+
+
+def _growing(key: str) -> bool:
+    return any(key == g or key.startswith(g + "@") for g in GROWING)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def problems(before: Mapping[str, Any], after: Mapping[str, Any] | None, *, owner_running: bool) -> list[str]:
+    """Why ``after`` shows the data rewritten since ``before`` (empty: untouched). ``owner_running``: the colour
+    ran in between (its own writes allowed: growing facts may grow); otherwise every fact must be equal."""
+    if after is None:
+        return ["the dataset is gone"]
+    out = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if a == b:
+            continue
+        if owner_running and key != "entries" and _growing(key):
+            x, y = _number(a), _number(b)
+            if x is not None and y is not None and y >= x:
+                continue
+            out.append(f"{key} went back from {a} to {b} (a rollback, or the data replaced)")
+        elif owner_running and key == "entries":
+            continue  # the owner creates and deletes files
+        else:
+            out.append(f"{key}: {a} -> {b}")
+    return out
