@@ -1,0 +1,265 @@
+"""DoubleZero across a blue-green handover (design trap 10): one doublezerod per identity at any moment.
+
+Both colours' pods run a doublezerod sidecar on the same id.json in the host's network namespace. The
+deployment's lock makes blue's wait while green's runs; without it, the second daemon resets the holder's
+BGP session (a flap) and the two fight over ``doublezero0``. :class:`HandoverSampler` records, through the
+ports only, for the whole upgrade:
+
+- the doublezerod daemons on the host (``Host.processes``; a shell or ``flock`` that waits for the lock is
+  not a daemon and is not counted: only processes whose program is the daemon itself);
+- each running sidecar's ``doublezero status`` (``Workloads.exec``): who holds the BGP session and its
+  "Last Session Update" (a reset moves it);
+- the routes on the DoubleZero interface (``Host.routes``), unless the caller says why they cannot be read.
+
+:func:`verdict` judges the samples once: never more than one daemon; no session reset except the handover
+(a pod that held the session and later holds it again with another "Last Session Update" was reset while
+it kept running: a flap); two sidecars never hold it at once; the routes in every sample; the new colour's
+sidecar holds the session at the end. Too few samples is a failure, never a pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from runbook.adapters.base import Host, PodInfo, ProcessInfo, Workloads
+from runbook.checks.doublezero import parse_status
+from runbook.errors import CheckFailed, RunbookError
+
+SESSION_UP = "BGP Session Up"
+# What waits for the identity's lock (the deployment's wrapper) or starts the daemon: never the daemon itself.
+WRAPPERS = frozenset({"sh", "bash", "dash", "ash", "busybox", "flock", "sleep", "timeout", "env"})
+DEFAULT_INTERVAL = 0.2
+DEFAULT_MAX_SAMPLES = 20_000
+DEFAULT_MAX_DURATION = 3600.0
+MIN_SAMPLES = 3
+
+
+def daemons(processes: Sequence[ProcessInfo]) -> list[ProcessInfo]:
+    """The real daemons among ``Host.processes(name)``: not the shell waiting on the lock, nor ``flock``."""
+    return [p for p in processes if p.name not in WRAPPERS and (p.cmdline.split() or [""])[0].rsplit("/", 1)[-1]
+            not in WRAPPERS]
+
+
+@dataclass(frozen=True)
+class SidecarView:
+    """One running sidecar's answer to ``doublezero status`` (``error`` when it gave none)."""
+
+    colour: str
+    pod: str
+    session: str = ""
+    last_update: str = ""
+    error: str = ""
+
+    @property
+    def holds(self) -> bool:
+        return self.session == SESSION_UP
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # wall clock (time.time()) when the sample started
+    took: float  # seconds the sample took to read
+    daemons: tuple[str, ...]  # "pid cmdline" of every real daemon
+    sidecars: tuple[SidecarView, ...]
+    routes: tuple[str, ...] | None  # None: not read (see the sampler's skip reason or ``error``)
+    error: str = ""  # what could not be read in this sample
+
+    @property
+    def holders(self) -> list[SidecarView]:
+        return [s for s in self.sidecars if s.holds]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample_from_dict(d: Mapping[str, Any]) -> Sample:
+    """The inverse of :meth:`Sample.as_dict` (recorded samples, for unit tests and replays)."""
+    return Sample(at=float(d["at"]), took=float(d.get("took", 0.0)), daemons=tuple(d.get("daemons", ())),
+                  sidecars=tuple(SidecarView(**s) for s in d.get("sidecars", ())),
+                  routes=None if d.get("routes") is None else tuple(d["routes"]), error=str(d.get("error", "")))
+
+
+@dataclass
+class HandoverSampler:
+    """Samples daemons, session holder and routes every ``interval`` s between :meth:`start` and :meth:`stop`.
+
+    ``deployments``: colour -> Deployment name (both colours). Bounded: at most ``max_samples`` samples and
+    ``max_duration`` seconds, after which it stops sampling by itself (the verdict then sees where it ended)."""
+
+    host: Host
+    workloads: Workloads
+    deployments: Mapping[str, str]
+    sidecar: str = "doublezerod"
+    daemon: str = "doublezerod"
+    interface: str = "doublezero0"
+    skip_routes_reason: str = ""  # non-empty: routes are not read here, and the verdict says why
+    interval: float = DEFAULT_INTERVAL
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    max_duration: float = DEFAULT_MAX_DURATION
+    exec_timeout: float = 5.0
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def sample_once(self) -> Sample:
+        t0, start = time.monotonic(), time.time()
+        errors: list[str] = []
+        found: tuple[str, ...] = ()
+        try:
+            found = tuple(f"{p.pid} {p.cmdline}" for p in daemons(self.host.processes(self.daemon)))
+        except RunbookError as exc:
+            errors.append(f"process listing: {exc}")
+        sidecars: list[SidecarView] = []
+        for colour, deployment in self.deployments.items():
+            try:
+                pods = self.workloads.pods(deployment)
+            except RunbookError as exc:
+                errors.append(f"pods of {deployment}: {exc}")
+                continue
+            for pod in pods:
+                sidecars.append(self._status(colour, pod.name, pod))
+        routes: tuple[str, ...] | None = None
+        if not self.skip_routes_reason:
+            try:
+                routes = tuple(self.host.routes(self.interface))
+            except RunbookError as exc:
+                errors.append(f"routes on {self.interface}: {exc}")
+        return Sample(at=start, took=time.monotonic() - t0, daemons=found, sidecars=tuple(sidecars), routes=routes,
+                      error="; ".join(errors))
+
+    def _status(self, colour: str, name: str, pod: PodInfo) -> SidecarView:
+        try:
+            state = pod.container(self.sidecar).state
+        except (KeyError, LookupError, RunbookError) as exc:
+            return SidecarView(colour, name, error=f"no {self.sidecar} container: {exc}")
+        if state != "running":
+            return SidecarView(colour, name, error=f"{self.sidecar} is {state}")
+        try:
+            r = self.workloads.exec(name, self.sidecar, ["doublezero", "status"], timeout=self.exec_timeout)
+        except RunbookError as exc:
+            return SidecarView(colour, name, error=str(exc).splitlines()[0][:200])
+        if not r.ok:
+            return SidecarView(colour, name, error=f"rc {r.rc}: {(r.stderr or r.stdout).strip()[:200]}")
+        st = parse_status(r.stdout)
+        return SidecarView(colour, name, session=st.session, last_update=st.last_update)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_duration
+        while not self._stop.is_set() and len(self.samples) < self.max_samples and time.monotonic() < deadline:
+            s = self.sample_once()
+            with self._lock:
+                self.samples.append(s)
+            self._stop.wait(max(0.0, self.interval - s.took))
+
+    def start(self) -> HandoverSampler:
+        if self._thread is not None:
+            raise RunbookError("the DoubleZero handover sampler is already started")
+        self._thread = threading.Thread(target=self._run, name="dz-handover-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sample]:
+        """Stop (idempotent), take one last sample (the state at the end), and return every sample."""
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=self.exec_timeout * 4 + 10)
+        with self._lock:
+            self.samples.append(self.sample_once())
+            return list(self.samples)
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    problems: list[str]
+    observed: dict[str, Any]
+    expected: dict[str, Any]
+    routes_skipped: str = ""
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            raise CheckFailed("DoubleZero handover: " + "; ".join(self.problems), expected=self.expected,
+                              observed=self.observed, obj="doublezerod")
+
+
+def _t(samples: Sequence[Sample], s: Sample) -> str:
+    return f"+{s.at - samples[0].at:.1f}s"
+
+
+def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: str = "",
+            min_samples: int = MIN_SAMPLES) -> Verdict:
+    """Judge the recorded samples (see the module's docstring). Pure: call it once, after :meth:`stop`."""
+    problems: list[str] = []
+    expected = {"daemons at once": "at most 1", "session resets": "none (a new holder only at the handover)",
+                "holders at once": "at most 1", "routes": "present in every sample",
+                "holder at the end": f"{new_colour}'s sidecar", "samples": f">= {min_samples}"}
+    if skip_routes_reason:
+        expected["routes"] = f"not checked: {skip_routes_reason}"
+    if len(samples) < min_samples:
+        problems.append(f"only {len(samples)} samples (need {min_samples}): too little data to judge, not a pass")
+    blind = [s for s in samples if s.error]
+    if blind:
+        problems.append(f"{len(blind)} samples could not be read, first at {_t(samples, blind[0])}: {blind[0].error}")
+    crowded = [s for s in samples if len(s.daemons) > 1]
+    if crowded:
+        s = max(crowded, key=lambda x: len(x.daemons))
+        problems.append(f"a second doublezerod with the same identity ran in {len(crowded)} samples, first at "
+                        f"{_t(samples, crowded[0])}, up to {len(s.daemons)} at once: {'; '.join(s.daemons)}")
+    doubled = [s for s in samples if len(s.holders) > 1]
+    if doubled:
+        problems.append(f"two sidecars held the BGP session at once at {_t(samples, doubled[0])}: "
+                        + ", ".join(h.pod for h in doubled[0].holders))
+    resets: list[str] = []
+    last_up: dict[str, str] = {}  # pod -> "Last Session Update" while it held the session
+    holders_seen: list[str] = []
+    for s in samples:
+        for h in s.holders:
+            before = last_up.get(h.pod)
+            if before is not None and h.last_update != before:
+                resets.append(f"{h.pod} at {_t(samples, s)} ({before!r} -> {h.last_update!r})")
+            last_up[h.pod] = h.last_update
+            if not holders_seen or holders_seen[-1] != h.pod:
+                holders_seen.append(h.pod)
+    if resets:
+        problems.append("the BGP session was reset (a flap) while its holder kept running: " + "; ".join(resets[:5]))
+    routes_missing: list[str] = []
+    first_routes: tuple[str, ...] | None = None
+    if not skip_routes_reason:
+        read = [s for s in samples if s.routes is not None]
+        first_routes = read[0].routes if read else None
+        if not first_routes:
+            problems.append("no routes on the DoubleZero interface in the first sample: their survival proves nothing")
+        else:
+            gone = [s for s in read if set(first_routes) - set(s.routes or ())]
+            if gone:
+                missing = sorted(set(first_routes) - set(gone[0].routes or ()))
+                routes_missing = [f"{len(gone)} samples, first at {_t(samples, gone[0])}: {missing} missing"]
+                problems.append("routes left the kernel during the handover: " + routes_missing[0])
+    end = samples[-1].holders if samples else []
+    if not end or any(h.colour != new_colour for h in end):
+        problems.append(f"at the end the session is held by {[f'{h.colour} ({h.pod})' for h in end] or 'nobody'}, "
+                        f"not by {new_colour}'s sidecar")
+    tooks = [s.took for s in samples]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
+    observed = {
+        "samples": len(samples),
+        "span s": round(samples[-1].at - samples[0].at, 2) if samples else 0.0,
+        "max daemons at once": max((len(s.daemons) for s in samples), default=0),
+        "second daemon": crowded[0].daemons if crowded else [],
+        "session holders in order": holders_seen,
+        "session resets": resets,
+        "routes": (f"not checked: {skip_routes_reason}" if skip_routes_reason
+                   else {"first sample": list(first_routes or ()), "missing": routes_missing}),
+        "holder at the end": [f"{h.colour} ({h.pod}, last update {h.last_update})" for h in end],
+        "unreadable samples": len(blind),
+        "sample read s (mean/max)": [round(sum(tooks) / len(tooks), 3), round(max(tooks), 3)] if tooks else [],
+        "interval s (mean/max)": [round(sum(gaps) / len(gaps), 3), round(max(gaps), 3)] if gaps else [],
+    }
+    return Verdict(ok=not problems, problems=problems, observed=observed, expected=expected,
+                   routes_skipped=skip_routes_reason)
