@@ -165,7 +165,11 @@ class HandoverSampler:
         return self
 
     def stop(self) -> list[Sample]:
-        """Stop (idempotent), take one last sample (the state at the end), and return every sample."""
+        """Stop, take one last sample (the state at the end), and return every sample. A second call (a
+        finalizer after the verdict's step) returns the same samples and reads nothing."""
+        if self._stop.is_set():
+            with self._lock:
+                return list(self.samples)
         self._stop.set()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=self.exec_timeout * 4 + 10)
