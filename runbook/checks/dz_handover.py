@@ -249,6 +249,13 @@ def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: s
     if not end or any(h.colour != new_colour for h in end):
         problems.append(f"at the end the session is held by {[f'{h.colour} ({h.pod})' for h in end] or 'nobody'}, "
                         f"not by {new_colour}'s sidecar")
+    gaps_held: list[float] = []  # seconds without a holder between one holder and the next (the handover)
+    last_held: Sample | None = None
+    for s in samples:
+        if s.holders:
+            if last_held is not None and last_held.holders[0].pod != s.holders[0].pod:
+                gaps_held.append(round(s.at - last_held.at, 2))
+            last_held = s
     tooks = [s.took for s in samples]
     gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
     observed = {
@@ -258,6 +265,7 @@ def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: s
         "second daemon": crowded[0].daemons if crowded else [],
         "session holders in order": holders_seen,
         "session resets": resets,
+        "handover gap s (last sample of one holder to the first of the next)": gaps_held,
         "routes": (f"not checked: {skip_routes_reason}" if skip_routes_reason
                    else {"first sample": list(first_routes or ()), "missing": routes_missing}),
         "holder at the end": [f"{h.colour} ({h.pod}, last update {h.last_update})" for h in end],

@@ -51,6 +51,7 @@ def test_a_clean_handover_passes_with_its_figures() -> None:
     assert v.observed["max daemons at once"] == 1
     assert v.observed["session holders in order"] == ["agave-green-abc", "agave-blue-abc"]
     assert v.observed["interval s (mean/max)"] == [0.2, 0.2]
+    assert v.observed["handover gap s (last sample of one holder to the first of the next)"] == [0.6]
     v.raise_if_failed()
 
 
