@@ -18,6 +18,7 @@ from runbook.adapters.storage import make_storage
 from runbook.env import Env, load_env
 from runbook.manifests import render_deployment
 from runbook.procedures.bluegreen import upstream_address
+from runbook.testbed import keypair
 
 
 def images_of(manifest: dict[str, Any]) -> dict[str, str]:
@@ -156,6 +157,11 @@ def make_adapters(root: Path) -> Adapters:
     ds = storage.ensure_dataset(green.data)
     (Path(ds.path) / "ledger").mkdir(parents=True, exist_ok=True)
     (Path(ds.path) / "ledger" / "slot").write_text("100")
+    for colour in ("green", "blue"):  # each colour's own identity keypair, where the host keeps it
+        ident = env.deployments.colour(colour).identity
+        assert ident is not None and env.testbed is not None
+        keypair.write_keypair(root / "state" / ident.lstrip("/"),
+                              keypair.colour_seed(bytes.fromhex(env.testbed.identity_seed), colour))
     wl = FakeWorkloads()
     wl.apply_deployment(render_deployment(env, "green", host_paths={"ledger": f"{ds.path}/ledger"}))
     wl.calls.clear()

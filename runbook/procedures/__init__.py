@@ -17,7 +17,8 @@ HOST_JOURNAL_DIR = "/var/lib/runbook"
 def registry() -> dict[str, Procedure]:
     from runbook.procedures import agave_rollback, agave_upgrade, dz_upgrade, seed
 
-    procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, dz_upgrade.PROCEDURE, seed.PROCEDURE]
+    procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, dz_upgrade.PROCEDURE, seed.PROCEDURE,
+             seed.IDENTITY_UNCHECKED]
     return {p.name: p for p in procs}
 
 

@@ -108,17 +108,17 @@ def served_by(ctx: Context, which: str) -> str:
 
 
 def health_ok(ctx: Context, which: str, *, deadline: float) -> str:
-    return (f"poll GET http://127.0.0.1:{_dep(ctx, which).rpc_port}/health until the body is `ok` "
+    return (f"poll GET {ctx.env.rpc_url(ctx.facts[which])}/health until the body is `ok` "
             f"({ctx.facts[which]}), deadline {_secs(deadline)}")
 
 
 def held_ok(ctx: Context, which: str) -> str:
     env = ctx.env
-    return (f"poll GET {env.ingress.admin}/reverse_proxy/upstreams until `fails` of 127.0.0.1:"
-            f"{_dep(ctx, which).rpc_port} is 0 (Caddy remembers no failed request to {ctx.facts[which]}: else it "
-            f"is out for fail_duration, and stopping the other colour leaves none), deadline "
-            f"{_secs(env.timeouts.healthy)}; then "
-            f"poll GET http://127.0.0.1:{_dep(ctx, which).rpc_port}/health until the body has been `ok` for 2 "
+    return (f"poll GET {env.ingress.admin}/reverse_proxy/upstreams until `fails` of "
+            f"{bg.upstream_address(env, ctx.facts[which])} is 0 (Caddy remembers no failed request to "
+            f"{ctx.facts[which]}: else it is out for fail_duration, and stopping the other colour leaves none), "
+            f"deadline {_secs(env.timeouts.healthy)}; then "
+            f"poll GET {env.rpc_url(ctx.facts[which])}/health until the body has been `ok` for 2 "
             f"active health-check intervals + its timeout ({ctx.facts[which]}; Caddy's checker has seen it healthy), "
             f"deadline {_secs(ctx.env.timeouts.healthy)} + that hold")
 
@@ -130,7 +130,16 @@ def plan_preflight(ctx: Context) -> list[str]:
             f"{kubectl(ctx.env)} get pods -l {selector(ctx.env, ctx.facts['idle'])}   # {idle.name}: no pod, or a "
             f"resumed run's pod on {ctx.facts['target_image']}",
             f"# the storage has no {idle.data}, or only this run's clone (an earlier upgrade's kept data stops "
-            "the run here)", *free_space(ctx)]
+            "the run here)", *own_identity(ctx), *free_space(ctx)]
+
+
+def own_identity(ctx: Context) -> list[str]:
+    live, idle = _dep(ctx, "live"), _dep(ctx, "idle")
+    if not (live.identity and idle.identity):
+        return []
+    return [*on_host(ctx.env, [f"sha256sum {live.identity} {idle.identity}"]),
+            f"# both present, two different keys (digests compared, never shown): a {idle.name} under "
+            f"{live.name}'s key would make {live.name} exit"]
 
 
 def free_space(ctx: Context) -> list[str]:
@@ -183,7 +192,7 @@ def plan_deploy(ctx: Context) -> list[str]:
 
 def plan_shift_check(ctx: Context) -> list[str]:
     idle = ctx.facts["idle"]
-    return [audit_retries(ctx), f"GET http://127.0.0.1:{_dep(ctx, 'idle').rpc_port}/health   # `ok` ({idle})",
+    return [audit_retries(ctx), f"GET {ctx.env.rpc_url(idle)}/health   # `ok` ({idle})",
             held_ok(ctx, "idle")]
 
 
@@ -298,7 +307,7 @@ def plan_redeploy_old(ctx: Context) -> list[str]:
 def plan_redeploy_verify(ctx: Context) -> list[str]:
     from runbook.procedures import catch_up
 
-    return [rollout(ctx, "live"), *catch_up.plan_lines(ctx.env, _dep(ctx, "live").rpc_port, OLD)]
+    return [rollout(ctx, "live"), *catch_up.plan_lines(ctx.env, ctx.facts["live"], OLD)]
 
 
 def plan_shift_back_check(ctx: Context) -> list[str]:

@@ -15,6 +15,7 @@ Phases (design section 6; the seed's bugs corrected, see design section 5):
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from runbook.adapters.caddy_config import same_upstreams
@@ -274,11 +275,42 @@ def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour"
                                  + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
 
 
+def require_own_identity(ctx: Context) -> None:
+    """The idle colour's identity keypair is on the host and is not the live colour's key (agave's gossip makes
+    the older instance of an identity exit: a blue under green's key kills green, the colour serving traffic).
+    The files are private keys: compared by digest on the host, as root; neither digest is shown or kept."""
+    live, idle = _live(ctx), _idle(ctx)
+    if not (live.identity and idle.identity):
+        return
+    digests = {}
+    for dep in (live, idle):
+        path = str(dep.identity)
+        r = ctx.adapters.host.run(f"sha256sum {shlex.quote(ctx.adapters.host_path(path))}", check=False, root=True)
+        if not r.ok or not r.stdout.split():
+            raise PreconditionFailed(f"refusing to start the upgrade: {dep.name}'s identity keypair {path} is missing "
+                                     "or unreadable on the host; provision one first with solana-keygen (any keypair "
+                                     "serves a non-voting RPC node)", env=ctx.env.name, obj=path)
+        digests[dep.name] = r.stdout.split()[0]
+    if digests[live.name] == digests[idle.name]:
+        raise PreconditionFailed(f"refusing to start the upgrade: {idle.identity} holds the same key as "
+                                 f"{live.identity}; agave's gossip would make {live.name}, the colour serving, exit "
+                                 f"when {idle.name} starts (design trap 9). Give {idle.name} its own keypair",
+                                 env=ctx.env.name, obj=str(idle.identity))
+    ctx.record("identity keypairs", {live.name: f"{live.identity} (present)",
+                                     idle.name: f"{idle.identity} (present, another key)"})
+
+
 def preflight(ctx: Context) -> None:
     """Every precondition that can be checked before anything changes, checked before the snapshot (not
     after hours of cloning, copying and catching up): the ingress retries and switches its order without a
-    reload, the idle colour runs nothing else, and its dataset name is free for this run's clone."""
+    reload, the idle colour has its own identity, the pool has room, the idle colour runs nothing else, and
+    its dataset name is free for this run's clone."""
     require_ingress_retries(ctx, doing="start the upgrade")
+    require_own_identity(ctx)
+    preflight_storage_and_idle(ctx)
+
+
+def preflight_storage_and_idle(ctx: Context) -> None:
     require_space(ctx, "snapshot")
     if ctx.adapters.workloads.pods(_idle(ctx).name) and not idle_deployed(ctx):
         raise PreconditionFailed(f"refusing to start the upgrade: {_idle(ctx).name} already runs something other "
@@ -437,7 +469,7 @@ def live_serving(ctx: Context) -> None:
 
 # ------------------------------------------------------------------------------------------- plans
 def _plan_catch_up(ctx: Context) -> list[str]:
-    return catch_up.plan_lines(ctx.env, _idle(ctx).rpc_port, bg.bare_version(ctx.facts["target_version"]))
+    return catch_up.plan_lines(ctx.env, ctx.facts["idle"], bg.bare_version(ctx.facts["target_version"]))
 
 
 PROCEDURE = Procedure(

@@ -15,7 +15,7 @@ import httpx
 
 from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
-from runbook.env import Env
+from runbook.env import HOST_LOOPBACK, Env
 from runbook.errors import AdapterError
 from runbook.wait import wait_for
 
@@ -27,7 +27,8 @@ def other(colour: str) -> str:
 
 
 def upstream_address(env: Env, colour: str) -> str:
-    return f"127.0.0.1:{env.deployments.colour(colour).rpc_port}"
+    """The colour's address as Caddy dials it, on their host (host-side, never the runner's)."""
+    return f"{HOST_LOOPBACK}:{env.deployments.colour(colour).rpc_port}"
 
 
 def upstream_order_for(env: Env, live: str) -> list[str]:

@@ -25,10 +25,10 @@ from runbook.wait import wait_for
 LOCAL_POLL = 0.25  # the colour's own RPC, on the host: cheap, polled often
 
 
-def plan_lines(env: Any, rpc_port: int, want: str) -> list[str]:
+def plan_lines(env: Any, colour: str, want: str) -> list[str]:
     """What :func:`wait_caught_up` calls, for ``plan``."""
     refs = ", ".join(env.cluster_rpc)
-    return [f"poll GET http://127.0.0.1:{rpc_port}/health, getVersion and getSlot every {LOCAL_POLL:g}s until "
+    return [f"poll GET {env.rpc_url(colour)}/health, getVersion and getSlot every {LOCAL_POLL:g}s until "
             f"`ok`; getVersion solana-core must be {want} (another release fails at once)",
             f"poll JSON-RPC getSlot on {refs} every {env.reference_poll:g}s at most (one connection each, "
             f"back-off on 429/5xx honouring Retry-After up to 60s, next reference on failure); tip estimated "

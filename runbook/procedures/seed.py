@@ -30,6 +30,20 @@ def wait_http_200(ctx: Context) -> None:
 
 _ours = {s.name: s for s in up.PROCEDURE.steps}
 
+
+def _preflight_without_identity(ctx: Context) -> None:
+    up.require_ingress_retries(ctx, doing="start the upgrade")
+    up.preflight_storage_and_idle(ctx)
+
+
+# Ours with one check removed: the idle colour's own identity (design trap 9). For the negative test that shows
+# the trap is real on the testbed: a blue under green's key makes green, the colour serving, exit.
+IDENTITY_UNCHECKED = dataclasses.replace(
+    up.PROCEDURE, name="upgrade-identity-unchecked",
+    summary="our upgrade without the identity check (for negative tests only)",
+    steps=(dataclasses.replace(_ours["snapshot"], precondition=_preflight_without_identity),
+           *up.PROCEDURE.steps[1:]))
+
 PROCEDURE = Procedure(
     name="seed-upgrade",
     summary="the seed's blue-green upgrade (for negative tests only)",

@@ -100,7 +100,8 @@ def test_the_plan_names_the_per_run_snapshot() -> None:
     ctx = Context(adapters=plan_adapters(env), params={"target_version": "v2.2.1", "plan": True, "live": "green"})
     up.prepare(ctx)  # what `runbook plan` renders the snapshot and clone steps from
     rendered = "\n".join(line for step in up.PROCEDURE.steps[:2] for line in step.plan(ctx))
-    assert "zfs snapshot biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1-YYYYMMDDTHHMMSSZ-xxxx" in rendered, rendered
+    assert "zfs snapshot -r biscayne/DATA@pre-upgrade-v2.2.1-YYYYMMDDTHHMMSSZ-xxxx" in rendered, rendered  # recursive
+    assert "zfs clone biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1-YYYYMMDDTHHMMSSZ-xxxx" in rendered, rendered
 
 
 def test_the_idle_colours_kept_data_stops_the_upgrade_before_anything_changes(tmp_path: Path,

@@ -1,0 +1,52 @@
+"""Design trap 9 is real on the testbed, and the upgrade refuses it: a blue started under green's identity
+makes green (the colour serving) exit, as agave's gossip does, and the zero-drop scenario fails; our
+procedure refuses before anything changes. The env is production-shaped: blue's keypair file is its own path,
+but an operator copied green's key into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runbook.env import load_env
+from runbook.testbed import keypair
+from runbook.testbed.stack import Testbed
+from tests.integration.envfiles import make_env
+from tests.integration.run import pytest as run_pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCENARIO = "drops_no_request_and_never_serves"
+
+
+def _env_with_blue_under_greens_key(tmp_path: Path) -> Path:
+    env_file = make_env(tmp_path)
+    env = load_env(str(env_file))
+    assert env.testbed is not None
+    tb = Testbed(env)
+    green_key = keypair.colour_seed(bytes.fromhex(env.testbed.identity_seed), "green")
+    keypair.write_keypair(tb.host_path(str(env.deployments.blue.identity)), green_key)  # before `up` seeds it
+    return env_file
+
+
+def test_blue_under_greens_identity_kills_green_and_the_zero_drop_scenario_fails(tmp_path: Path) -> None:
+    env_file = _env_with_blue_under_greens_key(tmp_path)
+    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
+                     "agave-upgrade=upgrade-identity-unchecked", reports=tmp_path / "reports", timeout=300)
+    assert ran.rc == 1, ran.out
+    assert "1 failed" in ran.out
+    logs = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("agave-green-*"))
+    assert "duplicate running instances of the same validator node" in logs, "green exited by agave's rule"
+    assert "zero-drop verdict: FAIL" in ran.out or "failed" in ran.out, ran.out
+    assert Testbed(load_env(str(env_file))).leftovers() == []
+
+
+def test_our_upgrade_refuses_a_blue_under_greens_identity_before_anything_changes(tmp_path: Path) -> None:
+    env_file = _env_with_blue_under_greens_key(tmp_path)
+    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
+                     "--log-cli-level=INFO", reports=tmp_path / "reports", timeout=300)
+    assert ran.rc == 1, ran.out
+    assert "holds the same key as" in ran.out and "would make agave-green, the colour serving, exit" in ran.out
+    assert "[agave-upgrade] clone:" not in ran.out, "refused at the first step, before anything changed"
+    assert Testbed(load_env(str(env_file))).leftovers() == []
