@@ -12,4 +12,5 @@ pytest_plugins = [
     "steps.dz_upgrade",
     "steps.operator",
     "steps.derived",
+    "steps.dz_handover",
 ]

@@ -10,6 +10,7 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
   Scenario: The whole upgrade drops no request and never serves a node that is behind
     Given a prober sending JSON-RPC getSlot and GET /health through the ingress at 150 requests/s
     And the storage facts of the live colour's data
+    And a sampler of the doublezerod daemons, the BGP session's holder and doublezero0's routes
     When the agave upgrade runs to the target version, keeping or destroying the old data as the operator chose
     Then every step of the upgrade completed
     And the prober saw no failed request, none answered by a node that is behind
@@ -17,6 +18,7 @@ Feature: agave version upgrade, blue-green, with zero dropped requests (procedur
     And the new colour serves on its target version
     And the new colour's Deployment is the old colour's live object except for what blue-green changes
     And the old colour's data is untouched, unless the operator chose to destroy it with its snapshot
+    And one doublezerod held the identity at a time, its session reset only at the handover, doublezero0's routes stayed, and the new colour's sidecar holds the session
 
   @proof
   Scenario: A new version that never catches up is rolled back automatically, with nothing dropped

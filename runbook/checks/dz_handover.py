@@ -5,8 +5,12 @@ deployment's lock makes blue's wait while green's runs; without it, the second d
 BGP session (a flap) and the two fight over ``doublezero0``. :class:`HandoverSampler` records, through the
 ports only, for the whole upgrade:
 
-- the doublezerod daemons on the host (``Host.processes``; a shell or ``flock`` that waits for the lock is
-  not a daemon and is not counted: only processes whose program is the daemon itself);
+- the doublezerod daemons in the pods' network namespace, the host network (``Host.processes``, and
+  ``ip netns identify`` through ``Host.run`` as root: a daemon in another namespace is another "host", e.g.
+  another testbed's node, and is listed apart but not counted; a shell or ``flock`` that waits for the lock
+  is not a daemon and is never counted, only processes whose program is the daemon itself). One host holds
+  one DoubleZero identity, so every daemon there claims it: the identity file itself is a private key and
+  is never read;
 - each running sidecar's ``doublezero status`` (``Workloads.exec``): who holds the BGP session and its
   "Last Session Update" (a reset moves it);
 - the routes on the DoubleZero interface (``Host.routes``), unless the caller says why they cannot be read.
@@ -68,6 +72,7 @@ class Sample:
     sidecars: tuple[SidecarView, ...]
     routes: tuple[str, ...] | None  # None: not read (see the sampler's skip reason or ``error``)
     error: str = ""  # what could not be read in this sample
+    elsewhere: tuple[str, ...] = ()  # "pid netns cmdline" of daemons in other network namespaces (not judged)
 
     @property
     def holders(self) -> list[SidecarView]:
@@ -81,15 +86,18 @@ def sample_from_dict(d: Mapping[str, Any]) -> Sample:
     """The inverse of :meth:`Sample.as_dict` (recorded samples, for unit tests and replays)."""
     return Sample(at=float(d["at"]), took=float(d.get("took", 0.0)), daemons=tuple(d.get("daemons", ())),
                   sidecars=tuple(SidecarView(**s) for s in d.get("sidecars", ())),
-                  routes=None if d.get("routes") is None else tuple(d["routes"]), error=str(d.get("error", "")))
+                  routes=None if d.get("routes") is None else tuple(d["routes"]), error=str(d.get("error", "")),
+                  elsewhere=tuple(d.get("elsewhere", ())))
 
 
 @dataclass
 class HandoverSampler:
     """Samples daemons, session holder and routes every ``interval`` s between :meth:`start` and :meth:`stop`.
 
-    ``deployments``: colour -> Deployment name (both colours). Bounded: at most ``max_samples`` samples and
-    ``max_duration`` seconds, after which it stops sampling by itself (the verdict then sees where it ended)."""
+    ``deployments``: colour -> Deployment name (both colours). ``netns``: the named network namespace that is
+    the pods' host network (the testbed's node), None for the host's own (unnamed) one. Bounded: at most
+    ``max_samples`` samples and ``max_duration`` seconds, after which it stops sampling by itself (the verdict
+    then sees where it ended)."""
 
     host: Host
     workloads: Workloads
@@ -98,6 +106,7 @@ class HandoverSampler:
     daemon: str = "doublezerod"
     interface: str = "doublezero0"
     skip_routes_reason: str = ""  # non-empty: routes are not read here, and the verdict says why
+    netns: str | None = None
     interval: float = DEFAULT_INTERVAL
     max_samples: int = DEFAULT_MAX_SAMPLES
     max_duration: float = DEFAULT_MAX_DURATION
@@ -111,8 +120,9 @@ class HandoverSampler:
         t0, start = time.monotonic(), time.time()
         errors: list[str] = []
         found: tuple[str, ...] = ()
+        elsewhere: tuple[str, ...] = ()
         try:
-            found = tuple(f"{p.pid} {p.cmdline}" for p in daemons(self.host.processes(self.daemon)))
+            found, elsewhere = self._daemons()
         except RunbookError as exc:
             errors.append(f"process listing: {exc}")
         sidecars: list[SidecarView] = []
@@ -131,7 +141,32 @@ class HandoverSampler:
             except RunbookError as exc:
                 errors.append(f"routes on {self.interface}: {exc}")
         return Sample(at=start, took=time.monotonic() - t0, daemons=found, sidecars=tuple(sidecars), routes=routes,
-                      error="; ".join(errors))
+                      error="; ".join(errors), elsewhere=elsewhere)
+
+    def _daemons(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The daemons in the pods' network namespace, and those elsewhere (with their namespace's name)."""
+        procs = daemons(self.host.processes(self.daemon))
+        if not procs:
+            return (), ()
+        pids = " ".join(str(p.pid) for p in procs)
+        # a pid gone since the listing prints nothing and is dropped (it exited: not running any more)
+        r = self.host.run(f"for p in {pids}; do [ -d /proc/$p ] && echo \"$p $(ip netns identify $p | tr '\\n' ' ')\"; "
+                          "done; true", check=True, timeout=10.0, root=True)
+        if "Permission denied" in r.stderr:  # never guess a namespace: the sample is unreadable
+            raise RunbookError(f"cannot tell which network namespace the {self.daemon} processes are in: "
+                               f"{r.stderr.strip()}")
+        names = {int(line.split()[0]): line.split()[1:] for line in r.stdout.splitlines() if line.strip()}
+        want = self.netns or ""
+        here, there = [], []
+        for p in procs:
+            if p.pid not in names:
+                continue
+            ns = names[p.pid]
+            if (want in ns) if want else not ns:
+                here.append(f"{p.pid} {p.cmdline}")
+            else:
+                there.append(f"{p.pid} {' '.join(ns) or '(the host netns)'} {p.cmdline}")
+        return tuple(here), tuple(there)
 
     def _status(self, colour: str, name: str, pod: PodInfo) -> SidecarView:
         try:
@@ -263,6 +298,7 @@ def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: s
         "span s": round(samples[-1].at - samples[0].at, 2) if samples else 0.0,
         "max daemons at once": max((len(s.daemons) for s in samples), default=0),
         "second daemon": crowded[0].daemons if crowded else [],
+        "daemons in other network namespaces (not counted)": sorted({d for s in samples for d in s.elsewhere}),
         "session holders in order": holders_seen,
         "session resets": resets,
         "handover gap s (last sample of one holder to the first of the next)": gaps_held,

@@ -1,0 +1,67 @@
+"""DoubleZero across the blue-green handover (design trap 10) -> runbook.checks.dz_handover.
+
+A Given starts the sampler for the whole run (stopped by a finalizer if the scenario ends early); a Then
+stops it, judges the samples once and records expected/observed and the samples themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pytest_bdd import given, then
+
+from runbook.adapters.factory import Adapters
+from runbook.checks import dz_handover as ho
+from runbook.evidence.recorder import Recorder
+from runbook.procedures import bluegreen as bg
+from runbook.testbed import netns
+from runbook.testbed.stack import Testbed
+
+
+def skip_routes_reason(testbed: Testbed | None) -> str:
+    """Why doublezero0's routes cannot be read here ("" when they can): a local testbed without CAP_NET_ADMIN
+    has no node network namespace, so the stand-in daemon skips the kernel part."""
+    if testbed is not None and testbed.netns is None:
+        return (f"the local testbed has no network namespace ({netns.net_admin_reason()}): routes on the DoubleZero "
+                "interface are not observable here")
+    return ""
+
+
+def sampler_for(adapters: Adapters, testbed: Testbed | None, **kw: Any) -> ho.HandoverSampler:
+    env = adapters.env
+    return ho.HandoverSampler(host=adapters.host, workloads=adapters.workloads,
+                              deployments={c: env.deployments.colour(c).name for c in bg.COLOURS},
+                              sidecar=env.doublezero.sidecar, daemon=env.doublezero.host_service,
+                              interface=env.doublezero.interface, skip_routes_reason=skip_routes_reason(testbed),
+                              netns=testbed.netns if testbed is not None else None, **kw)
+
+
+def judge(sampler: ho.HandoverSampler, evidence: Recorder, *, new_colour: str) -> ho.Verdict:
+    """Stop the sampler, judge once, record the verdict's expected/observed and the samples (bundle)."""
+    samples = sampler.stop()
+    v = ho.verdict(samples, new_colour=new_colour, skip_routes_reason=sampler.skip_routes_reason)
+    evidence.attach(f"DoubleZero handover samples ({len(samples)}, every {sampler.interval} s)",
+                    [s.as_dict() for s in samples])
+    if v.routes_skipped:
+        evidence.note(f"doublezero0 routes not checked: {v.routes_skipped}")
+    evidence.compare("one doublezerod per identity, no flap, routes kept, the new colour holds the session",
+                     expected=v.expected, observed={**v.observed, "problems": v.problems}, ok=v.ok)
+    return v
+
+
+@given("a sampler of the doublezerod daemons, the BGP session's holder and doublezero0's routes",
+       target_fixture="dz_handover")
+def start_sampler(adapters: Adapters, testbed: Testbed | None, request: pytest.FixtureRequest,
+                  evidence: Recorder) -> ho.HandoverSampler:
+    sampler = sampler_for(adapters, testbed).start()
+    request.addfinalizer(sampler.stop)
+    evidence.call(f"DoubleZero handover sampler: every {sampler.interval} s (at most {sampler.max_samples} samples, "
+                  f"{sampler.max_duration:.0f} s): {sampler.daemon} processes, `doublezero status` in each "
+                  f"{sampler.sidecar} sidecar, routes on {sampler.interface}")
+    return sampler
+
+
+@then("one doublezerod held the identity at a time, its session reset only at the handover, doublezero0's routes "
+      "stayed, and the new colour's sidecar holds the session")
+def handover_verdict(dz_handover: ho.HandoverSampler, upgrade: Any, evidence: Recorder) -> None:
+    judge(dz_handover, evidence, new_colour=upgrade.facts["idle"]).raise_if_failed()
