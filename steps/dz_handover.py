@@ -40,8 +40,9 @@ def judge(sampler: ho.HandoverSampler, evidence: Recorder, *, new_colour: str) -
     """Stop the sampler, judge once, record the verdict's expected/observed and the samples (bundle)."""
     samples = sampler.stop()
     v = ho.verdict(samples, new_colour=new_colour, skip_routes_reason=sampler.skip_routes_reason)
-    evidence.attach(f"DoubleZero handover samples ({len(samples)}, every {sampler.interval} s)",
-                    [s.as_dict() for s in samples])
+    kept = ho.changes(samples)
+    evidence.attach(f"DoubleZero handover: the {len(kept)} samples where the state changed (of {len(samples)}, every "
+                    f"{sampler.interval} s)", [s.as_dict() for s in kept])
     if v.routes_skipped:
         evidence.note(f"doublezero0 routes not checked: {v.routes_skipped}")
     evidence.compare("one doublezerod per identity, no flap, routes kept, the new colour holds the session",
@@ -53,7 +54,10 @@ def judge(sampler: ho.HandoverSampler, evidence: Recorder, *, new_colour: str) -
        target_fixture="dz_handover")
 def start_sampler(adapters: Adapters, testbed: Testbed | None, request: pytest.FixtureRequest,
                   evidence: Recorder) -> ho.HandoverSampler:
-    sampler = sampler_for(adapters, testbed).start()
+    # as long as the prober may run (the upgrade's catch-up and more), and no longer
+    duration = adapters.env.timeouts.catch_up + 600
+    sampler = sampler_for(adapters, testbed, max_duration=duration,
+                          max_samples=int(duration / ho.DEFAULT_INTERVAL) + 100).start()
     request.addfinalizer(sampler.stop)
     evidence.call(f"DoubleZero handover sampler: every {sampler.interval} s (at most {sampler.max_samples} samples, "
                   f"{sampler.max_duration:.0f} s): {sampler.daemon} processes, `doublezero status` in each "

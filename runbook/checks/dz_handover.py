@@ -27,7 +27,7 @@ import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from runbook.adapters.base import Host, PodInfo, ProcessInfo, Workloads
@@ -41,6 +41,7 @@ DEFAULT_INTERVAL = 0.2
 DEFAULT_MAX_SAMPLES = 20_000
 DEFAULT_MAX_DURATION = 3600.0
 MIN_SAMPLES = 3
+MAX_GAP = 15.0  # seconds between two samples beyond which the sampler was blind (two exec timeouts and more)
 
 
 def daemons(processes: Sequence[ProcessInfo]) -> list[ProcessInfo]:
@@ -80,6 +81,17 @@ class Sample:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def state(self) -> tuple[Any, ...]:
+        """What the verdict judges, without the timing: equal states in a row are one state."""
+        return self.daemons, self.sidecars, self.routes, self.error, self.elsewhere
+
+
+def changes(samples: Sequence[Sample]) -> list[Sample]:
+    """The first sample, each sample whose state differs from the one before, and the last: the record a
+    report keeps of hours of sampling."""
+    return [s for i, s in enumerate(samples)
+            if i in (0, len(samples) - 1) or s.state() != samples[i - 1].state()]
 
 
 def sample_from_dict(d: Mapping[str, Any]) -> Sample:
@@ -189,6 +201,10 @@ class HandoverSampler:
         while not self._stop.is_set() and len(self.samples) < self.max_samples and time.monotonic() < deadline:
             s = self.sample_once()
             with self._lock:
+                if self.samples:  # an unchanged part shares the previous sample's objects (hours of samples)
+                    prev = self.samples[-1]
+                    s = replace(s, **{k: getattr(prev, k) for k in ("daemons", "sidecars", "routes", "elsewhere")
+                                      if getattr(s, k) == getattr(prev, k)})
                 self.samples.append(s)
             self._stop.wait(max(0.0, self.interval - s.took))
 
@@ -232,17 +248,23 @@ def _t(samples: Sequence[Sample], s: Sample) -> str:
 
 
 def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: str = "",
-            min_samples: int = MIN_SAMPLES) -> Verdict:
+            min_samples: int = MIN_SAMPLES, max_gap: float = MAX_GAP) -> Verdict:
     """Judge the recorded samples (see the module's docstring). Pure: call it once, after :meth:`stop`."""
     problems: list[str] = []
     expected = {"daemons at once": "at most 1", "session resets": "none (a new holder only at the handover)",
                 "holders at once": "at most 1", "routes": "present in every sample",
-                "holder at the end": f"{new_colour}'s sidecar", "samples": f">= {min_samples}"}
+                "holder at the end": f"{new_colour}'s sidecar", "samples": f">= {min_samples}",
+                "longest interval s": f"<= {max_gap:g}"}
     if skip_routes_reason:
         expected["routes"] = f"not checked: {skip_routes_reason}"
     if len(samples) < min_samples:
         problems.append(f"only {len(samples)} samples (need {min_samples}): too little data to judge, not a pass")
     blind = [s for s in samples if s.error]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
+    if gaps and max(gaps) > max_gap:
+        i = gaps.index(max(gaps))
+        problems.append(f"no sample for {max(gaps):.1f} s after {_t(samples, samples[i])} (the sampler was blind or "
+                        "stopped at its bound): what happened then is unobserved")
     if blind:
         problems.append(f"{len(blind)} samples could not be read, first at {_t(samples, blind[0])}: {blind[0].error}")
     crowded = [s for s in samples if len(s.daemons) > 1]
@@ -292,7 +314,6 @@ def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: s
                 gaps_held.append(round(s.at - last_held.at, 2))
             last_held = s
     tooks = [s.took for s in samples]
-    gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
     observed = {
         "samples": len(samples),
         "span s": round(samples[-1].at - samples[0].at, 2) if samples else 0.0,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from runbook.adapters.base import ProcessInfo
-from runbook.checks.dz_handover import Sample, SidecarView, daemons, sample_from_dict, verdict
+from runbook.checks.dz_handover import Sample, SidecarView, changes, daemons, sample_from_dict, verdict
 from runbook.errors import CheckFailed
 
 ROUTES = ("192.0.2.10 proto static scope link", "192.0.2.11 proto static scope link")
@@ -136,3 +136,17 @@ def test_the_lock_wrapper_is_not_a_daemon() -> None:
         ProcessInfo(21, 1, "python3", "python3 -m runbook.testbed.doublezerod --config-dir /srv/dz"),
     ]
     assert [p.pid for p in daemons(procs)] == [20, 21]
+
+
+def test_a_blind_stretch_fails() -> None:
+    samples = handover()
+    samples[-1] = s(30.0, (BLUE_D,), up("blue", "1001"))  # the sampler stopped at its bound, stop() read the end
+    v = verdict(samples, new_colour="blue")
+    assert any("no sample for 29.0 s after +1.0s" in p for p in v.problems), v.problems
+
+
+def test_the_record_keeps_each_change_and_the_ends() -> None:
+    kept = changes(handover())
+    assert [x.at for x in kept] == [0.0, 0.2, 0.6, 0.8, 1.0, 1.2]
+    assert verdict(kept, new_colour="blue").observed["session holders in order"] == ["agave-green-abc",
+                                                                                    "agave-blue-abc"]
