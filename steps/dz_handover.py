@@ -17,6 +17,8 @@ from runbook.procedures import bluegreen as bg
 from runbook.testbed import netns
 from runbook.testbed.stack import Testbed
 
+SCENARIO_INTERVAL = 1.0
+
 
 def skip_routes_reason(testbed: Testbed | None) -> str:
     """Why doublezero0's routes cannot be read here ("" when they can): a local testbed without CAP_NET_ADMIN
@@ -55,9 +57,11 @@ def judge(sampler: ho.HandoverSampler, evidence: Recorder, *, new_colour: str) -
 def start_sampler(adapters: Adapters, testbed: Testbed | None, request: pytest.FixtureRequest,
                   evidence: Recorder) -> ho.HandoverSampler:
     # as long as the prober may run (the upgrade's catch-up and more), and no longer
+    # every second: a flap stays visible in the holder's `Last Session Update` whenever it happened, and one
+    # exec per sidecar per second keeps the cost small on production (every 0.2 s took most of a core here)
     duration = adapters.env.timeouts.catch_up + 600
-    sampler = sampler_for(adapters, testbed, max_duration=duration,
-                          max_samples=int(duration / ho.DEFAULT_INTERVAL) + 100).start()
+    sampler = sampler_for(adapters, testbed, max_duration=duration, interval=SCENARIO_INTERVAL,
+                          max_samples=int(duration / SCENARIO_INTERVAL) + 100).start()
     request.addfinalizer(sampler.stop)
     evidence.call(f"DoubleZero handover sampler: every {sampler.interval} s (at most {sampler.max_samples} samples, "
                   f"{sampler.max_duration:.0f} s): {sampler.daemon} processes, `doublezero status` in each "
