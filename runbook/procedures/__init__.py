@@ -18,7 +18,7 @@ def registry() -> dict[str, Procedure]:
     from runbook.procedures import agave_rollback, agave_upgrade, dz_upgrade, seed
 
     procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, dz_upgrade.PROCEDURE, seed.PROCEDURE,
-             seed.IDENTITY_UNCHECKED]
+             seed.IDENTITY_UNCHECKED, seed.WRITES_OLD_DATA]
     return {p.name: p for p in procs}
 
 

@@ -9,6 +9,7 @@ Caddy's upstream order.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 
 from runbook.errors import AdapterError
 from runbook.procedures import agave_upgrade as up
@@ -43,6 +44,21 @@ IDENTITY_UNCHECKED = dataclasses.replace(
     summary="our upgrade without the identity check (for negative tests only)",
     steps=(dataclasses.replace(_ours["snapshot"], precondition=_preflight_without_identity),
            *up.PROCEDURE.steps[1:]))
+
+def _write_into_old_data(ctx: Context) -> None:
+    """What no step of ours may do: write into the old colour's data once it stopped (a copy pointed the wrong
+    way, a cleanup that 'tidies' the old ledger)."""
+    ledger = f"{ctx.adapters.storage.path(up._live(ctx).data).rstrip('/')}/ledger/runbook-was-here"
+    ctx.adapters.host.run(f"echo tidied > {shlex.quote(ledger)}", root=True)
+
+
+# Ours with one step added after the cleanup that writes into the old colour's data: the negative test of
+# "the old colour's data is untouched" (proven by the storage's facts, not a hash).
+WRITES_OLD_DATA = dataclasses.replace(
+    up.PROCEDURE, name="upgrade-writes-old-data",
+    summary="our upgrade plus a write into the old colour's data (for negative tests only)",
+    steps=(*up.PROCEDURE.steps,
+           Step("tidy-old", "write into the old colour's data", _write_into_old_data, lambda ctx: None)))
 
 PROCEDURE = Procedure(
     name="seed-upgrade",

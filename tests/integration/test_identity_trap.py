@@ -50,3 +50,15 @@ def test_our_upgrade_refuses_a_blue_under_greens_identity_before_anything_change
     assert "holds the same key as" in ran.out and "would make agave-green, the colour serving, exit" in ran.out
     assert "[agave-upgrade] clone:" not in ran.out, "refused at the first step, before anything changed"
     assert Testbed(load_env(str(env_file))).leftovers() == []
+
+
+def test_a_procedure_that_writes_into_the_old_colours_data_fails_untouched(tmp_path: Path) -> None:
+    """The storage's facts catch a write into green's data after the procedure stopped green (the operator
+    scenario's last check), where the old ledger hash could not (the stand-in only rewrote an excluded file)."""
+    env_file = make_env(tmp_path)
+    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
+                     "agave-upgrade=upgrade-writes-old-data", reports=tmp_path / "reports", timeout=300)
+    assert ran.rc == 1, ran.out
+    assert "1 failed" in ran.out
+    assert "green's data was rewritten" in ran.out and "since green stopped" in ran.out, ran.out
+    assert Testbed(load_env(str(env_file))).leftovers() == []
