@@ -241,6 +241,8 @@ def _restore_storage(adapters: Any, baseline: Baseline, extras: LocalExtras | No
         names = {d.name: d for d in storage.datasets()}
     extra = [d for d in names.values() if d.name not in baseline.datasets]
     for ds in sorted(extra, key=lambda d: d.origin is None):  # clones before what they may come from
+        if storage.mounted_at(ds.name) is not None:  # a volume left mounted (a failed run): no destroy under it
+            storage.unmount(ds.name)
         storage.destroy(ds.name, recursive=True)
         fixed.append(f"destroyed dataset {ds.name}" + (f" (a clone of {ds.origin})" if ds.origin else ""))
     for ds in storage.datasets():

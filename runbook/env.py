@@ -216,6 +216,16 @@ class TestbedConfig(_Model):
     accounts_mb: int = 16  # data seeded in green's accounts directory (copied, not cloned, by upgrades)
     identity_seed: str = Field(description="hex seed of the testbed's DZ id.json (a throwaway key)")
     storage_size: str = "1G"
+    volume_size: str = Field(default="512M", description="size of green's ledger volume, when the colours' data is a "
+                             "volume mounted at deployments.<colour>.mount (storage.backend zvol; XFS: 320M at least)")
+    ramdisk_size: str | None = Field(default=None, description="each colour's accounts directory's parent on its own "
+                                     "RAM-backed block device (a zram device with ext4) of this size; unset: plain "
+                                     "directories")
+    sshd: bool = Field(default=False, description="the env's host is this testbed's own sshd (runbook.testbed.sshd: "
+                       "a non-root user with passwordless sudo), started by up and removed by down; the host URL's "
+                       "ssh_config must be <state_dir>/sshd/ssh_config")
+    caddy_upstream_host: str = Field(default="127.0.0.1", description="how Caddy's site names the colours' upstreams "
+                                     "(the seed's site writes localhost:<port>)")
     images: dict[str, list[str]] = Field(description="image -> stand-in command (argv template)")
     host_paths: dict[str, str] = Field(default_factory=dict, description="hostPath prefix -> local path")
     cluster_rate_limit: float = Field(default=4.0, ge=0, description="requests/s per client address the cluster "

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runbook.adapters.caddy_config import upstream_key
 from runbook.errors import CheckFailed
 from runbook.probes.summary import Gap, ProbeSummary, failed_requests, lost_by_cause
 
@@ -162,7 +163,10 @@ def served_before_and_after(summary: ProbeSummary, *, cut_start: str, cut_end: s
 
 
 def check_served_only_by(counts: dict[str, int], upstream: str, *, when: str) -> None:
-    others = {u: n for u, n in counts.items() if u != upstream}
-    if not counts.get(upstream) or others:
+    """Every request of ``counts`` (X-Upstream value -> requests) served by ``upstream``; loopback spellings are one
+    host (Caddy's header names the upstream as its config writes it: ``localhost:8899`` in the seed's site)."""
+    mine = sum(n for u, n in counts.items() if upstream_key(u) == upstream_key(upstream))
+    others = {u: n for u, n in counts.items() if upstream_key(u) != upstream_key(upstream)}
+    if not mine or others:
         raise CheckFailed(f"{when}: expected every request served by {upstream}, saw {counts}",
                           expected={upstream: "all"}, observed=counts)

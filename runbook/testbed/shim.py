@@ -10,9 +10,9 @@ The shim (run by supervisord, which passes its own environment to it) starts the
 exactly ``env`` (the manifest's env plus the image's, as a kubelet does; nothing of the runner's) and:
 
 - ``netns``: joins that named network namespace first (a host-network pod shares the node's);
-- ``isolate``: a private mount namespace with its own ``/run`` (so a daemon's socket under
-  ``/var/run`` is private to its container, as on biscayne) and its own PID namespace, in which the
-  container's process is PID 1 with ``/proc`` mounted for that namespace. As root this uses the
+- ``isolate``: its own mount namespace (a slave of the host's: HostToContainer) with its own ``/run`` (so a
+  daemon's socket under ``/var/run`` is private to its container, as on biscayne) and its own PID namespace,
+  in which the container's process is PID 1 with ``/proc`` mounted for that namespace. As root this uses the
   namespaces directly; otherwise it first makes a user namespace (root inside maps to the caller).
 
 The shim stays as the parent (as containerd-shim does), forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to the
@@ -38,7 +38,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_REC, MS_PRIVATE = 16384, 1 << 18
+MS_REC, MS_SLAVE = 16384, 1 << 19
 PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -79,7 +79,10 @@ def isolate() -> None:
         Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
     else:
         _check(_libc.unshare(flags), "unshare(mount, pid)")
-    _mount("none", "/", None, MS_REC | MS_PRIVATE)
+    # slave, as a kubelet's HostToContainer propagation: our mounts stay ours, and an unmount on the host (of
+    # a shared mount: the testbed's volumes and ramdisks are) reaches this namespace too, so a container
+    # started while a volume was mounted does not keep its loop device busy after the host's umount
+    _mount("none", "/", None, MS_REC | MS_SLAVE)
     # /run only: /tmp stays shared, because the testbed's volumes are the host's directories seen through
     # the container's root (a state dir under /tmp must stay visible), not bind mounts of its own
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")

@@ -30,7 +30,7 @@ from runbook.baseline import Baseline, LocalExtras
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, PortInUse, TestbedError
 from runbook.manifests import render_deployment
-from runbook.testbed import caddy, chain, keypair, loopfs, netns
+from runbook.testbed import caddy, chain, keypair, loopfs, netns, prodshape
 from runbook.testbed.kubelet import LocalWorkloads
 from runbook.testbed.nodenet import NodeNetwork
 from runbook.testbed.supervisor import TESTBED_MARK, Supervisor
@@ -74,10 +74,12 @@ class HostPathStorage:
     """The testbed's storage, with copy_tree taking host paths (``/srv/solana/ramdisk/accounts``) as on
     biscayne and mapping them into the state directory like the local kubelet maps hostPath volumes."""
 
-    def __init__(self, inner: Storage, host_path: Callable[[str], Path]) -> None:
+    def __init__(self, inner: Storage, host_path: Callable[[str], Path],
+                 to_host: Callable[[str | None], str | None] = lambda p: p) -> None:
         self.inner = inner
         self.backend = inner.backend
         self._host_path = host_path
+        self._to_host = to_host  # a local path back to the host path mapped onto it (mounted_at answers those)
 
     def ensure_dataset(self, name: str) -> Dataset:
         return self.inner.ensure_dataset(name)
@@ -113,7 +115,7 @@ class HostPathStorage:
         self.inner.unmount(name)
 
     def mounted_at(self, name: str) -> str | None:
-        return self.inner.mounted_at(name)
+        return self._to_host(self.inner.mounted_at(name))
 
     def free_bytes(self, name: str) -> int:
         return self.inner.free_bytes(name)
@@ -169,7 +171,8 @@ class Testbed:
         s = self._state()
         if not s.get("backend"):
             raise TestbedError(f"the testbed in {self.state_dir} is not up", env=self.env.name)
-        return HostPathStorage(make_storage(s["backend"], Path(s["storage_root"])), self.host_path)
+        return HostPathStorage(make_storage(s["backend"], Path(s["storage_root"])), self.host_path,
+                               lambda p: prodshape.to_host(self, p))
 
     @property
     def workloads(self) -> LocalWorkloads:
@@ -195,8 +198,11 @@ class Testbed:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._save(env=self.env.name, up=False)
 
+        if self.tb.sshd:
+            prodshape.up_sshd(self, progress)
         backend, reason = self._up_storage(progress)
         progress(f"storage backend: {backend} ({reason})")
+        prodshape.up_ramdisks(self, progress)
         self._seed_green_data(progress)
         self._up_netns(progress)
 
@@ -221,7 +227,7 @@ class Testbed:
     def green_manifest(self) -> dict[str, Any]:
         """Green as the testbed deploys it: the baseline every mutating scenario starts from."""
         green = self.env.deployments.green
-        mount = Path(self.storage.path(green.data))
+        mount = Path(green.mount or self.storage.path(green.data))
         return render_deployment(self.env, "green", image=green.image,
                                  host_paths={"ledger": str(mount / "ledger"), "snapshots": str(mount / "snapshots")})
 
@@ -252,11 +258,16 @@ class Testbed:
         if backend == "btrfs":
             progress(f"creating a {self.tb.storage_size} btrfs loop image")
             loopfs.up(image=self.state_dir / "storage.img", mountpoint=root, size=self.tb.storage_size)
+        if backend == "zvol":
+            progress(f"creating a {self.tb.storage_size} zvol pool (reflink XFS on zram)")
+            root = prodshape.up_pool(self.state_dir, self.tb.storage_size)
         self._save(backend=backend, backend_reason=reason, storage_root=str(root))
         return backend, reason
 
     def _seed_green_data(self, progress: Progress) -> None:
         green = self.env.deployments.green
+        if green.mount and self.storage.backend == "zvol":  # a volume mounted at green's mount, as on biscayne
+            prodshape.ensure_green_volume(self, progress)
         ds = self.storage.ensure_dataset(green.data)
         ledger = Path(ds.path) / "ledger"
         if not (ledger / chain.PROGRESS_FILE).exists():
@@ -299,7 +310,7 @@ class Testbed:
     def _up_caddy(self, progress: Progress) -> None:
         template = PROJECT_ROOT / self.env.ingress.template
         conf = self.state_dir / "Caddyfile"
-        conf.write_text(caddy.render(template, self.env))
+        conf.write_text(caddy.render(template, self.env, **prodshape.caddy_overrides(self)))
         progress(f"starting Caddy from {template.relative_to(PROJECT_ROOT)}")
         self.supervisor.add("caddy", self.in_node(caddy.run_argv(conf)), env=caddy.run_env(self.state_dir))
         wait_for(lambda: httpx.get(self.env.ingress.admin + "/config/", timeout=1.0).status_code, lambda s: s == 200,
@@ -326,6 +337,7 @@ class Testbed:
         if state.get("backend") == "btrfs" or (self.state_dir / "storage.img").exists():
             progress("unmounting the storage image and detaching its loop device")
             loopfs.down(image=self.state_dir / "storage.img", mountpoint=self.state_dir / "storage")
+        prodshape.down(self, progress)  # volumes, pool, ramdisks, sshd (found without records)
         self._state_file.unlink(missing_ok=True)
         left = self.leftovers()
         if left:
@@ -373,4 +385,5 @@ class Testbed:
         out += [f"network namespace {n}" for n in netns.list_names() if n == prefix]
         out += NodeNetwork(prefix).leftovers()
         out += loopfs.leftovers(self.state_dir)
+        out += prodshape.leftovers(self)
         return out
