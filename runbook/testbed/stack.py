@@ -296,12 +296,15 @@ class Testbed:
             progress(f"no node network namespace: {why}; everything runs in this one, doublezero route checks skip")
             self._save(netns=None, netns_reason=why)
             return
-        name = f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
+        name = self._node_name()
         node = NodeNetwork(name)
         self._save(netns=name, netns_reason="")  # recorded first: down() cleans up a half-made node
         ports = [port for setting, port in self.env.port_settings() if setting != "testbed.supervisor_port"]
         progress(f"node network namespace {name}, ports {sorted(set(ports))} mapped from this loopback")
         node.up(ports)
+
+    def _node_name(self) -> str:
+        return f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
 
     def in_node(self, argv: list[str]) -> list[str]:
         """``argv`` run on the node: in its network namespace (when there is one)."""
@@ -330,10 +333,11 @@ class Testbed:
         progress("stopping every program under supervisord")
         self.supervisor.shutdown()
         self._kill_strays()
-        if state.get("netns"):
-            progress(f"deleting network namespace {state['netns']} and its port mappings")
-            NodeNetwork(state["netns"]).down()
-            netns.delete(state["netns"])
+        ns = state.get("netns") or self._node_name()  # the name is derived: found without testbed.json too
+        if ns in netns.list_names() or NodeNetwork(ns).leftovers():
+            progress(f"deleting network namespace {ns} and its port mappings")
+            NodeNetwork(ns).down()
+            netns.delete(ns)
         if state.get("backend") == "btrfs" or (self.state_dir / "storage.img").exists():
             progress("unmounting the storage image and detaching its loop device")
             loopfs.down(image=self.state_dir / "storage.img", mountpoint=self.state_dir / "storage")
@@ -381,7 +385,7 @@ class Testbed:
                 out.append(f"process {p.pid}: {' '.join(p.cmdline())[:100]}")
             except psutil.Error:
                 continue
-        prefix = f"rbtb-{self.env.name}-{self.tb.supervisor_port}"
+        prefix = self._node_name()
         out += [f"network namespace {n}" for n in netns.list_names() if n == prefix]
         out += NodeNetwork(prefix).leftovers()
         out += loopfs.leftovers(self.state_dir)
