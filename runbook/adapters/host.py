@@ -144,7 +144,8 @@ class TestinfraHost:
     def routes(self, interface: str, *, netns: str | None = None) -> list[str]:
         ns = netns or self.netns
         prefix = f"ip -n {shlex.quote(ns)} " if ns else "ip "
-        r = self.run(f"{prefix}route show dev {shlex.quote(interface)}", check=False)
+        # entering another network namespace (ip -n) needs root; the host's own routes do not
+        r = self.run(f"{prefix}route show dev {shlex.quote(interface)}", check=False, root=bool(ns))
         if not r.ok:
             if "Cannot find device" in r.stderr or "does not exist" in r.stderr:
                 return []

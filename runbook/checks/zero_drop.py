@@ -162,11 +162,15 @@ def served_before_and_after(summary: ProbeSummary, *, cut_start: str, cut_end: s
     return before, after
 
 
-def check_served_only_by(counts: dict[str, int], upstream: str, *, when: str) -> None:
-    """Every request of ``counts`` (X-Upstream value -> requests) served by ``upstream``; loopback spellings are one
-    host (Caddy's header names the upstream as its config writes it: ``localhost:8899`` in the seed's site)."""
+def served_only_by(counts: dict[str, int], upstream: str) -> bool:
+    """Every request of ``counts`` (X-Upstream value -> requests) served by ``upstream``, at least one; loopback
+    spellings are one host (Caddy's header names the upstream as its config writes it: ``localhost:8899``)."""
     mine = sum(n for u, n in counts.items() if upstream_key(u) == upstream_key(upstream))
-    others = {u: n for u, n in counts.items() if upstream_key(u) != upstream_key(upstream)}
-    if not mine or others:
+    return bool(mine) and all(upstream_key(u) == upstream_key(upstream) for u in counts)
+
+
+def check_served_only_by(counts: dict[str, int], upstream: str, *, when: str) -> None:
+    """:func:`served_only_by`, or CheckFailed naming what served."""
+    if not served_only_by(counts, upstream):
         raise CheckFailed(f"{when}: expected every request served by {upstream}, saw {counts}",
                           expected={upstream: "all"}, observed=counts)

@@ -47,6 +47,7 @@ def restore_data(ctx: Context) -> None:
     if live.mount and st.mounted_at(live.data) is not None:
         st.unmount(live.data)
     st.rollback(up._snapshot(ctx))
+    check_at_snapshot(ctx)  # before the mount: mounting XFS writes its log
     if live.mount:
         st.mount(live.data, live.mount)
     ctx.facts["data_restored"] = True
@@ -54,8 +55,16 @@ def restore_data(ctx: Context) -> None:
 
 
 def verify_restored(ctx: Context) -> None:
+    """The old colour's data is back where its Deployment reads it (a volume: mounted at its mount)."""
+    live = up._live(ctx)
+    if live.mount and ctx.adapters.storage.mounted_at(live.data) != live.mount:
+        raise PreconditionFailed(f"{live.data} is not mounted at {live.mount} after the rollback")
+
+
+def check_at_snapshot(ctx: Context) -> None:
     """The storage says the old colour's data is its snapshot again: nothing written since (ZFS's
-    ``written@<snap>``, the volume model's ``written``). A backend without such a fact says so in the evidence."""
+    ``written@<snap>``, the volume model's ``written``), read right after the rollback and before any mount. A
+    backend without such a fact says so in the evidence."""
     facts = ctx.adapters.storage.identity(up._live(ctx).data)
     written = {k: v for k, v in facts.items() if k == "written" or k.startswith("written@")}
     ctx.record(f"storage facts of {up._live(ctx).data} after the rollback to {up._snapshot(ctx)}", facts)

@@ -109,11 +109,6 @@ def test_rolling_back_before_cleanup_passes_with_no_failed_request(run: Run) -> 
     assert run.verdicts(test) and all(lost == 0 for _, lost, _ in run.verdicts(test)), run.ran.out
 
 
-@pytest.mark.xfail(strict=True, reason="two bugs for the procedures' owner, found by this env: (1) the upgrade's "
-                   "'old colour's data is untouched' compares a volume's `written` (since its LATEST snapshot, as "
-                   "ZFS's `written`) across the procedure's own pre-upgrade snapshot, which resets it; (2) "
-                   "agave-rollback verifies `written` == 0 after mounting the restored XFS volume, and an XFS mount "
-                   "writes its log (2 MiB here; on a real zvol too)")
 def test_every_scenario_passes(run: Run) -> None:
     outcomes = {name: run.outcome(test) for name, test in SCENARIOS.items()}
     assert set(outcomes.values()) == {"PASSED"}, (outcomes, run.ran.out[-6000:])
