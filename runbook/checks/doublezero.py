@@ -114,24 +114,3 @@ def check_host_service_off(state: ServiceState) -> None:
             expected={"active": False, "enabled": False},
             observed={"active": state.active, "enabled": state.enabled}, obj=state.name,
         )
-
-
-def check_session_held(before: DzStatus, after: DzStatus, *, routes_before: list[str], routes_after: list[str],
-                       who: str) -> None:
-    """The session holder was not disturbed (design trap 10): still up, its session never reset (the same
-    "Last Session Update"), the tunnel's routes the same set. Fails with what changed."""
-    problems = []
-    if after.session != "BGP Session Up":
-        problems.append(f"session {after.session or '(none)'!r}")
-    if not before.last_update or after.last_update != before.last_update:
-        problems.append(f"session reset: last update {before.last_update!r} -> {after.last_update!r}")
-    if not routes_before:
-        problems.append("no routes before: their survival proves nothing")
-    elif set(routes_after) != set(routes_before):
-        problems.append(f"routes changed: {sorted(routes_before)} -> {sorted(routes_after)}")
-    if problems:
-        raise CheckFailed(f"{who}'s DoubleZero session was disturbed: " + "; ".join(problems),
-                          expected={"session": "BGP Session Up", "last update": before.last_update,
-                                    "routes": sorted(routes_before)},
-                          observed={"session": after.session, "last update": after.last_update,
-                                    "routes": sorted(routes_after)}, obj=who)

@@ -14,24 +14,16 @@ Against the session's testbed:
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runbook.adapters.base import Host
-from runbook.adapters.factory import Adapters
-from runbook.checks import doublezero as dzc
 from runbook.checks import isolation as iso
 from runbook.env import Env
-from runbook.errors import CheckFailed
 from runbook.images import same_image
-from runbook.manifests import render_deployment
 from runbook.testbed.stack import Testbed
-from runbook.wait import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -115,71 +107,5 @@ def test_isolation_accepts_a_cri_named_new_image_and_rejects_another_tag(green: 
     assert [p.what for p in wrong] == ["doublezerod running image", "doublezerod image in the pod spec"]
 
 
-# --------------------------------------------------------------------------- one doublezerod per identity
-
-
-def _blue(env: Env, testbed: Testbed, *, lock: bool) -> dict[str, Any]:
-    """Blue as the upgrade deploys it beside green (same identity, its own port and data)."""
-    dep = render_deployment(env, "blue", host_paths={"ledger": str(testbed.state_dir / "scratch-blue-ledger")})
-    pod = dep["spec"]["template"]["spec"]
-    if not lock:
-        for c in pod["initContainers"]:
-            c.pop("command", None)  # the daemon started directly: no identity lock
-    return copy.deepcopy(dep)
-
-
-def _holder_state(adapters: Adapters, host: Host, env: Env, pod: str) -> tuple[dzc.DzStatus, list[str]]:
-    status = dzc.sidecar_status(adapters.workloads, pod, env.doublezero.sidecar)
-    return status, host.routes(env.doublezero.interface)
-
-
-@pytest.fixture
-def dz_node(testbed: Testbed, env: Env) -> Iterator[None]:
-    if testbed.netns is None:
-        pytest.skip("no node network namespace on this machine (no CAP_NET_ADMIN): no tunnel to hand over")
-    testbed.reset_to_baseline()
-    yield
-    testbed.reset_to_baseline()
-
-
-@pytest.mark.netadmin
-@pytest.mark.doublezero
-def test_blue_sidecar_beside_green_leaves_greens_session_and_takes_over_when_green_stops(
-    dz_node: None, testbed: Testbed, env: Env, adapters: Adapters, green: Any
-) -> None:
-    wl, host, sidecar = adapters.workloads, adapters.host, env.doublezero.sidecar
-    before, routes_before = _holder_state(adapters, host, env, green.name)
-    wl.apply_deployment(_blue(env, testbed, lock=True))
-    blue = wl.wait_rollout(env.deployments.blue.name, timeout=env.timeouts.rollout)
-    assert blue.container(sidecar).state == "running"  # started, waiting on the identity's lock
-    after, routes_after = _holder_state(adapters, host, env, green.name)
-    dzc.check_session_held(before, after, routes_before=routes_before, routes_after=routes_after, who="green")
-    wl.delete_deployment(env.deployments.green.name)
-    assert host.routes(env.doublezero.interface) == routes_before  # nobody holds it: the kernel keeps them
-
-    def blue_status() -> dzc.DzStatus:
-        return dzc.sidecar_status(wl, blue.name, sidecar)
-
-    taken = wait_for(blue_status, lambda s: s.session == "BGP Session Up", timeout=20, interval=0.2,
-                     what="blue's doublezerod to take the session over", tolerate=(Exception,))
-    dzc.check_session(taken, device=env.doublezero.expected_device)
-    assert set(host.routes(env.doublezero.interface)) == set(routes_before)
-
-
-@pytest.mark.netadmin
-@pytest.mark.doublezero
-def test_a_blue_sidecar_without_the_identity_lock_resets_greens_session_and_the_check_fails(
-    dz_node: None, testbed: Testbed, env: Env, adapters: Adapters, green: Any
-) -> None:
-    wl, host = adapters.workloads, adapters.host
-    before, routes_before = _holder_state(adapters, host, env, green.name)
-    wl.apply_deployment(_blue(env, testbed, lock=False))
-
-    def reset_seen() -> str:
-        return dzc.sidecar_status(wl, green.name, env.doublezero.sidecar).last_update
-
-    wait_for(reset_seen, lambda last: last != before.last_update, timeout=20, interval=0.2,
-             what="green's session to be reset by blue's daemon")
-    after, routes_after = _holder_state(adapters, host, env, green.name)
-    with pytest.raises(CheckFailed, match="session reset"):
-        dzc.check_session_held(before, after, routes_before=routes_before, routes_after=routes_after, who="green")
+# One doublezerod per identity (design trap 10) during a handover: tests/integration/test_dz_handover.py, with
+# the check the upgrade scenario uses (runbook/checks/dz_handover.py).
