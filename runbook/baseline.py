@@ -264,7 +264,7 @@ def _remove_blue_accounts(adapters: Any) -> list[str]:
     green, blue = env.deployments.green.accounts, env.deployments.blue.accounts
     copy = AccountsCopy(adapters.host, adapters.host_path(green), adapters.host_path(blue))
     left = copy.measure(copy.dst)
-    if left is None or left.files + left.symlinks + left.dirs - 1 == 0:
+    if left is None or left.entries == 0:
         return []
     copy.remove()
     return [f"removed {left.files} files left in {blue}"]

@@ -79,6 +79,11 @@ class TreeFigures:
     dirs: int
     symlinks: int
 
+    @property
+    def entries(self) -> int:
+        """What the tree holds below its top directory (find counts the directory itself)."""
+        return self.files + self.symlinks + self.dirs - 1
+
     def differences(self, copy: TreeFigures) -> dict[str, tuple[int, int]]:
         keys = ("data_bytes", "files", "inodes", "dirs", "symlinks")
         return {k: (getattr(self, k), getattr(copy, k)) for k in keys if getattr(self, k) != getattr(copy, k)}

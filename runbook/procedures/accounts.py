@@ -76,7 +76,7 @@ def copy_present(ctx: Context) -> bool:
     """Anything left in the idle colour's accounts directory (the copy, or part of it)."""
     c = _copier(ctx)
     f = c.measure(c.dst)
-    return f is not None and f.files + (f.dirs - 1) + f.symlinks > 0  # find counts the directory itself
+    return f is not None and f.entries > 0
 
 
 def remove(ctx: Context) -> None:
