@@ -62,3 +62,12 @@ def test_a_disposable_env_runs_the_proofs(tmp_path: Path) -> None:
     ran = run_pytest("features/", "--env=local", "--collect-only", "-q", "-m", "proof", reports=tmp_path)
     assert len(_collected(ran.out)) == len(_proof_scenarios()), ran.out
     assert "refused" not in ran.out
+
+
+@pytest.mark.parametrize("other", ["seed-upgrade", "upgrade-identity-unchecked", "upgrade-writes-old-data"])
+def test_a_negative_test_procedure_cannot_replace_the_operators_on_a_non_disposable_env(tmp_path: Path,
+                                                                                       other: str) -> None:
+    ran = run_pytest("features/", "--env=biscayne", "--collect-only", "-q", "--procedure-override",
+                     f"agave-upgrade={other}", reports=tmp_path)
+    assert ran.rc != 0, ran.out
+    assert "is not disposable: --procedure-override" in ran.out and "refused" in ran.out, ran.out
