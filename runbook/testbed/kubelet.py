@@ -7,7 +7,9 @@ kubelet semantics the procedures depend on:
   app containers, and stopped after them;
 - patching a running pod's container image restarts only that container (restartCount + 1);
 - changing the Deployment template replaces the pod (strategy Recreate: old pod gone, new pod created);
-- an image with no stand-in is ``ImagePullBackOff``; a container that keeps exiting is ``CrashLoopBackOff``.
+- an image with no stand-in is ``ImagePullBackOff``; a container that keeps exiting is ``CrashLoopBackOff``;
+- a DaemonSet (:meth:`LocalWorkloads.apply_daemonset`) is stored and listed as the API server lists it; pods of
+  a DaemonSet are not started here.
 
 A container gets exactly what a kubelet gives it (its manifest's command/args and env, its image's env,
 HOME), runs under :mod:`runbook.testbed.shim` in a PID namespace and a private ``/run`` of its own, and a
@@ -85,6 +87,7 @@ class LocalWorkloads:
         self.kube = self.state_dir / "kube"
         (self.kube / "deployments").mkdir(parents=True, exist_ok=True)
         (self.kube / "pods").mkdir(parents=True, exist_ok=True)
+        (self.kube / "daemonsets").mkdir(parents=True, exist_ok=True)
 
     # -- images ----------------------------------------------------------------------------
     def resolve_image(self, image: str) -> tuple[list[str], str]:
@@ -136,10 +139,36 @@ class LocalWorkloads:
         return self._read("deployments", name)
 
     def daemonsets(self) -> list[str]:
-        """The local kubelet runs Deployments only: a DaemonSet can never be running here."""
-        return []
+        """The DaemonSets applied here (:meth:`apply_daemonset`), listed as the API server lists them: by name,
+        whether or not a pod of theirs runs (none does here)."""
+        return sorted(p.stem for p in (self.kube / "daemonsets").glob("*.json"))
+
+    def daemonset(self, name: str) -> dict[str, Any] | None:
+        """The DaemonSet as applied, or None."""
+        return self._read("daemonsets", name)
+
+    def apply_daemonset(self, manifest: dict[str, Any]) -> None:
+        """Create or replace a DaemonSet in this kubelet's store (what ``kubectl apply`` of one does to the API
+        server): stored and listed as the API server lists it; pods of a DaemonSet are not started here.
+        Testbed-only, not a port verb: the runner's Role on a real cluster may only list DaemonSets."""
+        if manifest.get("kind") != "DaemonSet":
+            raise AdapterError(f"apply_daemonset takes a DaemonSet, got {manifest.get('kind')!r}", env=self.env.name)
+        name = (manifest.get("metadata") or {}).get("name")
+        spec = manifest.get("spec") or {}
+        missing = [f for f, v in (("metadata.name", name), ("spec.selector", spec.get("selector")),
+                                  ("spec.template", spec.get("template"))) if not v]
+        if missing:  # what the API server requires of a DaemonSet (its validation's Required value)
+            raise AdapterError(f"DaemonSet {name or '?'} is invalid: {', '.join(missing)}: Required value",
+                               env=self.env.name, obj=name or "")
+        self._write("daemonsets", str(name), manifest)
+
+    def delete_daemonset(self, name: str) -> None:
+        """Remove a DaemonSet from the store; deleting one that is not there converges."""
+        (self.kube / "daemonsets" / f"{name}.json").unlink(missing_ok=True)
 
     def apply_deployment(self, manifest: dict[str, Any]) -> None:
+        if manifest.get("kind") == "DaemonSet":
+            raise AdapterError("apply_deployment got a DaemonSet: use apply_daemonset", env=self.env.name)
         if manifest.get("kind") != "Deployment":
             raise AdapterError(f"the local kubelet applies Deployments only, got {manifest.get('kind')!r}")
         name = manifest["metadata"]["name"]
