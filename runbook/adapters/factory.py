@@ -42,17 +42,18 @@ class Adapters:
         """One colour's JSON-RPC URL as the runner reaches it (its host-side URL through ``reach``)."""
         return self.reach.url(self.env.rpc_url(colour))
 
-    def rpc(self, colour: str) -> RpcClient:
+    def rpc(self, colour: str, *, timeout: float = 5.0) -> RpcClient:
         """JSON-RPC straight to one colour's validator (not through the ingress)."""
-        return RpcClient(url=self.rpc_url(colour))
+        return RpcClient(url=self.rpc_url(colour), timeout=timeout)
 
     def close(self) -> None:
         """Close what the adapters opened to the host (tunnels; also closed at exit)."""
         self.reach.close()
 
-    def public_rpc(self) -> RpcClient:
-        """JSON-RPC through the public ingress, as clients see it."""
-        return RpcClient(url=self.env.ingress.url)
+    def public_rpc(self, *, timeout: float = 5.0) -> RpcClient:
+        """JSON-RPC through the public ingress, as clients see it (``health().header(upstream_header)``: which
+        upstream served it)."""
+        return RpcClient(url=self.env.ingress.url, timeout=timeout)
 
     def reference(self) -> ReferenceTip:
         """The cluster tip from the env's reference RPCs (``cluster_rpc``), polled every ``reference_poll``."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 import email.utils
 import itertools
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
@@ -37,6 +38,12 @@ class HealthResponse:
     url: str
     status_code: int
     body: str
+    # the answer's headers, names in lower case (an ingress's X-Upstream: which upstream served it)
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def header(self, name: str) -> str | None:
+        """One header of the answer (case-insensitive), None when absent."""
+        return self.headers.get(name.lower())
 
     @property
     def verdict(self) -> Verdict:
@@ -149,7 +156,8 @@ class RpcClient:
             r = self._client.get(f"{self.url}/health")
         except httpx.HTTPError as exc:
             raise self._fail("GET /health", f"{type(exc).__name__}: {exc}") from exc
-        return HealthResponse(url=self.url, status_code=r.status_code, body=r.text)
+        return HealthResponse(url=self.url, status_code=r.status_code, body=r.text,
+                              headers={k.lower(): v for k, v in r.headers.items()})
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None) -> Any:
         """One JSON-RPC call; returns ``result`` or raises (:class:`RpcError` for an error object)."""

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from runbook.adapters.caddy_config import same_upstreams
 from runbook.errors import PreconditionFailed, RunbookError
@@ -50,8 +51,48 @@ def restore_data(ctx: Context) -> None:
     check_at_snapshot(ctx)  # before the mount: mounting XFS writes its log
     if live.mount:
         st.mount(live.data, live.mount)
-    ctx.facts["data_restored"] = True
     ctx.record("data rolled back", up._snapshot(ctx))
+
+
+# Facts a rollback to the snapshot changes, in the order they are trusted: ZFS's and the volume model's
+# ``written`` (bytes since the latest snapshot: it only grows, until a rollback to it), btrfs's subvolume
+# ``uuid`` (a rollback puts a new snapshot of the snapshot in place), the directory backends' ``inode`` (a
+# rollback renames a fresh copy into place; a subvolume's root inode is always 256, hence uuid first).
+_SAME = ("guid", "id", "createtxg")  # the same dataset, not one destroyed and re-created under its name
+
+
+def rolled_back_since_stop(stopped: dict[str, Any], now: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the storage facts ``now`` of a dataset show a rollback since ``stopped`` (its facts when its
+    colour stopped), and how that was read. Not rolled back when the facts cannot say."""
+    moved = [k for k in _SAME if k in stopped and k in now and stopped[k] != now[k]]
+    if moved:
+        return False, f"another dataset than the one stopped ({', '.join(moved)} differ)"
+    if "written" in stopped and "written" in now:
+        ok = int(now["written"]) < int(stopped["written"])
+        return ok, f"written {now['written']} {'<' if ok else '>='} {stopped['written']} when it stopped"
+    for key in ("uuid", "inode"):
+        if key in stopped and key in now:
+            ok = now[key] != stopped[key]
+            return ok, f"{key} {'changed' if ok else 'unchanged'} since it stopped"
+    return False, "no storage fact that a rollback changes"
+
+
+def data_restored(ctx: Context) -> bool:
+    """Already done, observed: the old colour runs its old image (a later step redeployed it on its data,
+    which cannot be rolled back under it), or the storage shows its data rolled back since it stopped
+    (:func:`rolled_back_since_stop` against the facts the upgrade recorded then, ``stopped_data``) and,
+    for a volume, mounted where its Deployment reads it. When the storage cannot say, it is not done: the
+    step acts again, and a second rollback to the same snapshot of a stopped colour's data is harmless."""
+    if old_deployed(ctx):
+        return True
+    live, st = up._live(ctx), ctx.adapters.storage
+    stopped = ctx.facts.get("stopped_data") or {}
+    if stopped.get("colour") != ctx.facts["live"] or up._dataset(ctx, live.data) is None:
+        return False
+    ok, how = rolled_back_since_stop(stopped.get("facts") or {}, st.identity(live.data))
+    mounted = not live.mount or st.mounted_at(live.data) == live.mount
+    ctx.progress(f"{live.data}: {how}; {'mounted' if mounted else 'not mounted'} at {live.mount or 'its path'}")
+    return ok and mounted
 
 
 def verify_restored(ctx: Context) -> None:
@@ -100,8 +141,9 @@ def shift_back(ctx: Context) -> None:
 
 def served_by_old(ctx: Context) -> None:
     old = ctx.facts["live"]
-    wait_for(lambda: bg.served_by(ctx.env), lambda c: c == old, timeout=ctx.env.timeouts.healthy, interval=0.1,
-             what=f"the ingress to serve from {old} again", env=ctx.env.name, step="shift-back")
+    wait_for(lambda: bg.served_by(ctx.env, adapters=ctx.adapters), lambda c: c == old,
+             timeout=ctx.env.timeouts.healthy, interval=0.1, what=f"the ingress to serve from {old} again",
+             env=ctx.env.name, step="shift-back")
 
 
 def _require_old_ok(ctx: Context) -> None:
@@ -142,7 +184,7 @@ AFTER_CLEANUP = Procedure(
     summary="roll the agave upgrade back after its cleanup: old data, old version, old colour serving",
     steps=(
         Step("restore-data", "roll the old colour's data back to the pre-upgrade snapshot", restore_data,
-             verify_restored, is_done=lambda ctx: bool(ctx.facts.get("data_restored")), precondition=_preflight,
+             verify_restored, is_done=data_restored, precondition=_preflight,
              plan_check=lambda c: [*pl.plan_old_gone(c), pl.audit_retries(c)], plan=pl.plan_restore_data),
         Step("redeploy-old", "redeploy the old colour with its old version; wait until caught up", redeploy_old,
              old_caught_up, is_done=old_deployed, plan=pl.plan_redeploy_old, plan_verify=pl.plan_redeploy_verify),

@@ -169,6 +169,21 @@ def wait_caught_up(ctx: Context) -> None:
     ctx.mark(f"{colour} healthy", f"slot {st.slot}, {st.behind} behind")
 
 
+def idle_caught_up(ctx: Context) -> bool:
+    """Already done: the idle colour is observed caught up now (health ok, the target release, within
+    ``catch_up_distance`` of the reference: catch_up.caught_up_now), whatever the journal remembers.
+    ``catch_up_seen`` is evidence of the wait (the "was behind" check), not a marker of it."""
+    return catch_up.caught_up_now(ctx, ctx.facts["idle"], bg.bare_version(ctx.facts["target_version"]))
+
+
+def accounts_copied(ctx: Context) -> bool:
+    """Already done: the idle colour's accounts match the source (observed: accounts.copied), or the idle
+    colour runs on the target image (observed: idle_deployed), its accounts then its own: it writes them as
+    it catches up, so they differ from the source, and a copy (rsync --delete) would overwrite a running
+    validator's accounts with another's."""
+    return idle_deployed(ctx) or accounts.copied(ctx)
+
+
 # ------------------------------------------------------------------------------------------- shift
 def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour",
                             settings: tuple[str, ...] = (*RETRY_SETTINGS, "order_switch")) -> None:
@@ -236,7 +251,7 @@ def preflight_storage_and_idle(ctx: Context) -> None:
 def require_retrying_ingress(ctx: Context) -> None:
     env = ctx.env
     require_ingress_retries(ctx)
-    st = bg.observe_colour(env, ctx.facts["idle"], url=ctx.adapters.rpc_url(ctx.facts["idle"]))
+    st = bg.observe_colour(env, ctx.facts["idle"], adapters=ctx.adapters)
     if st.health != "ok":
         raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
                                  env=env.name)
@@ -249,7 +264,8 @@ def require_retrying_ingress(ctx: Context) -> None:
 
 
 def shifted(ctx: Context) -> bool:
-    return not ctx.adapters.workloads.pods(_live(ctx).name) and bg.served_by(ctx.env) == ctx.facts["idle"]
+    return not ctx.adapters.workloads.pods(_live(ctx).name) \
+        and bg.served_by(ctx.env, adapters=ctx.adapters) == ctx.facts["idle"]
 
 
 def stop_live(ctx: Context) -> None:
@@ -264,9 +280,10 @@ def stop_live(ctx: Context) -> None:
 
 def verify_served_by_idle(ctx: Context) -> None:
     idle = ctx.facts["idle"]
-    wait_for(lambda: bg.served_by(ctx.env), lambda c: c == idle, timeout=ctx.env.timeouts.healthy, interval=0.1,
+    wait_for(lambda: bg.served_by(ctx.env, adapters=ctx.adapters), lambda c: c == idle,
+             timeout=ctx.env.timeouts.healthy, interval=0.1,
              what=f"the ingress to serve from {idle}", env=ctx.env.name, step="shift")
-    seen = [bg.served_by(ctx.env) for _ in range(20)]
+    seen = [bg.served_by(ctx.env, adapters=ctx.adapters) for _ in range(20)]
     ctx.record("20 requests through the ingress served by", seen)
     if any(c != idle for c in seen):
         raise CheckFailed(f"requests still reach {ctx.facts['live']} after the shift", expected=idle, observed=seen)
@@ -279,8 +296,7 @@ def restart_live(ctx: Context) -> None:
         restore_live_object(ctx)
     ctx.facts.pop("stopped_data", None)  # it runs (and writes) again
     ctx.adapters.workloads.wait_rollout(_live(ctx).name, timeout=ctx.env.timeouts.rollout)
-    url = ctx.adapters.rpc_url(live)
-    wait_for(lambda: bg.observe_colour(ctx.env, live, url=url).health, lambda h: h == "ok",
+    wait_for(lambda: bg.observe_colour(ctx.env, live, adapters=ctx.adapters).health, lambda h: h == "ok",
              timeout=ctx.env.timeouts.catch_up, interval=0.25, what=f"{live} to answer ok again", env=ctx.env.name,
              step="shift rollback")
 
@@ -350,14 +366,14 @@ PROCEDURE = Procedure(
              plan_check=lambda c: pl.free_space(c), plan=pl.plan_clone, plan_verify=pl.plan_verify_clone,
              plan_rollback=lambda c: pl.unmount_destroy(c, "idle")),
         Step("copy-accounts", "copy the accounts (not on the dataset): hard links kept, space and RAM checked first",
-             accounts.copy, accounts.verify, is_done=accounts.copied, rollback=accounts.remove,
+             accounts.copy, accounts.verify, is_done=accounts_copied, rollback=accounts.remove,
              plan=accounts.plan_copy, plan_verify=accounts.plan_verify, plan_rollback=accounts.plan_remove),
         Step("deploy-idle", "deploy the idle colour from the clone with the target version", deploy_idle,
              verify_idle_rolled_out, is_done=idle_deployed, rollback=delete_idle, plan=pl.plan_deploy,
              plan_verify=lambda c: [pl.rollout(c, "idle")],
              plan_rollback=lambda c: [pl.delete_deployment(c, "idle", "and its pod")]),
         Step("catch-up", "wait until the idle colour is caught up and healthy", lambda ctx: None, wait_caught_up,
-             is_done=lambda ctx: bool(ctx.facts.get("catch_up_seen")),
+             is_done=idle_caught_up,
              plan=lambda c: ["# nothing: the idle colour replays from the snapshot toward the cluster's tip"],
              plan_verify=_plan_catch_up),
         Step("shift", "stop the live colour gracefully; the ingress retries onto the idle colour", stop_live,

@@ -2,6 +2,10 @@
 
 Which colour is live is read from real state (the ingress's X-Upstream header), never assumed; the
 facts derived at the start of a run are kept in its journal so a resumed run sees the same colours.
+
+HTTP goes through the RPC adapter (:class:`~runbook.adapters.rpc.RpcClient`): given ``adapters``
+(:class:`~runbook.adapters.factory.Adapters`), the ingress through ``adapters.public_rpc()`` and a colour
+through ``adapters.rpc(colour)``; without, a client of the env's URLs (the callers that predate it).
 """
 
 from __future__ import annotations
@@ -10,8 +14,6 @@ import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
-
-import httpx
 
 from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
@@ -47,19 +49,20 @@ def colour_of_upstream(env: Env, upstream: str | None) -> str | None:
     return None
 
 
-def served_by(env: Env, *, timeout: float = 3.0) -> str | None:
-    """The colour that served one ``GET /health`` through the public ingress (from X-Upstream)."""
-    try:
-        r = httpx.get(env.ingress.url + "/health", timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise AdapterError(f"GET {env.ingress.url}/health failed: {exc}", env=env.name) from exc
-    return colour_of_upstream(env, r.headers.get(env.ingress.upstream_header))
+def served_by(env: Env, *, timeout: float = 3.0, adapters: Any = None) -> str | None:
+    """The colour that served one ``GET /health`` through the public ingress (from X-Upstream), through
+    ``adapters.public_rpc()`` when given. No answer raises :class:`AdapterError`."""
+    client = adapters.public_rpc(timeout=timeout) if adapters is not None else RpcClient(url=env.ingress.url,
+                                                                                          timeout=timeout)
+    with client as ingress:
+        answer = ingress.health()
+    return colour_of_upstream(env, answer.header(env.ingress.upstream_header))
 
 
-def live_colour(env: Env, workloads: Any) -> tuple[str | None, str]:
+def live_colour(env: Env, workloads: Any, *, adapters: Any = None) -> tuple[str | None, str]:
     """The live colour and how it was known: from X-Upstream, else the only colour with pods (an ingress
     without the header, like the seed's, cannot say which upstream served)."""
-    served = served_by(env)
+    served = served_by(env, adapters=adapters)
     if served is not None:
         return served, f"{env.ingress.upstream_header} header"
     running = [c for c in COLOURS if workloads.pods(env.deployments.colour(c).name)]
@@ -149,13 +152,19 @@ class NodeState:
                 "tip age (s)": None if self.tip_age is None else round(self.tip_age, 2)}
 
 
-def observe_colour(env: Env, colour: str, *, url: str | None = None) -> NodeState:
+def _colour_client(env: Env, colour: str, url: str | None, adapters: Any) -> RpcClient:
+    if url is None and adapters is not None:
+        return adapters.rpc(colour, timeout=3.0)
+    return RpcClient(url=url or env.rpc_url(colour), timeout=3.0)
+
+
+def observe_colour(env: Env, colour: str, *, url: str | None = None, adapters: Any = None) -> NodeState:
     """Health body, slot, version of a colour (direct, not through the ingress); no cluster tip, so no call
-    to the rate-limited reference (for waits on health alone). ``url``: the colour's RPC as the runner
-    reaches it (``Adapters.rpc_url``: through a tunnel when the runner is not on the host); default the
-    env's host-side URL."""
+    to the rate-limited reference (for waits on health alone). ``adapters``: through ``adapters.rpc(colour)``
+    (the runner's way to the host: a tunnel when it is not on it); else ``url``, the colour's RPC as the
+    runner reaches it; default the env's host-side URL."""
     health, slot, version = "down", None, None
-    with RpcClient(url=url or env.rpc_url(colour), timeout=3.0) as node:
+    with _colour_client(env, colour, url, adapters) as node:
         try:
             h = node.health()
             health = h.verdict
@@ -167,12 +176,13 @@ def observe_colour(env: Env, colour: str, *, url: str | None = None) -> NodeStat
 
 
 def observe_node(env: Env, colour: str, reference: ReferenceTip | None = None, *,
-                 url: str | None = None) -> NodeState:
+                 url: str | None = None, adapters: Any = None) -> NodeState:
     """:func:`observe_colour` and the cluster tip: from ``reference`` (polled at its own pace, estimated
-    between answers), or without one from a single call to the env's references (one-off looks only)."""
-    st = observe_colour(env, colour, url=url)
+    between answers), or without one from a single call to the env's references (``adapters.reference()``
+    when given; one-off looks only)."""
+    st = observe_colour(env, colour, url=url, adapters=adapters)
     if reference is None:
-        with ReferenceTip.for_env(env) as once:
+        with adapters.reference() if adapters is not None else ReferenceTip.for_env(env) as once:
             reading = once.read()
     else:
         reading = reference.read()

@@ -36,6 +36,27 @@ def plan_lines(env: Any, colour: str, want: str) -> list[str]:
             f"{env.catch_up_distance} slots"]
 
 
+def caught_up_now(ctx: Context, colour: str, want: str) -> bool:
+    """One observation, for "already done": ``colour`` answers health ``ok`` with release ``want`` (its own
+    RPC, through ``ctx.adapters``) and is within ``catch_up_distance`` slots of what one reference answers
+    now (an answer, not an estimate). The reference is asked only when the colour's own answers qualify."""
+    env = ctx.env
+    st = bg.observe_colour(env, colour, adapters=ctx.adapters)
+    if st.health != "ok" or st.version != want or st.slot is None:
+        ctx.progress(f"{colour}: not caught up (health {st.health}, version {st.version}, want {want})")
+        return False
+    with ctx.adapters.reference() as reference:
+        reading = reference.read()
+    if reading is None:
+        ctx.progress(f"{colour}: no reference answered ({reference.summary()}): not taken as caught up")
+        return False
+    behind = max(0, reading.answered - st.slot)
+    ok = behind <= env.catch_up_distance
+    ctx.progress(f"{colour}: health ok, version {want}, {behind} slots behind {reading.url} "
+                 f"({'within' if ok else 'beyond'} {env.catch_up_distance})")
+    return ok
+
+
 def wait_caught_up(ctx: Context, colour: str, want: str, *, step: str,
                    procedure: str) -> tuple[bg.NodeState, dict[str, Any]]:
     """Wait until ``colour`` is healthy, caught up and runs release ``want``; record what it cost the

@@ -77,7 +77,7 @@ def prepare(ctx: Context) -> None:
                           "index": inits.index(sidecar) if sidecar in inits else None, "old_image": old,
                           "target_image": bg.image_with_tag(old, target), "already_at_target": False, "before": {}})
         return
-    colour = str(ctx.params.get("colour") or bg.served_by(env) or "")
+    colour = str(ctx.params.get("colour") or bg.served_by(env, adapters=ctx.adapters) or "")
     if colour not in bg.COLOURS:
         raise PreconditionFailed(f"the ingress {env.ingress.url} is not served by green or blue: refusing to guess "
                                  "which pod to upgrade (pass colour)", env=env.name, procedure=NAME)
