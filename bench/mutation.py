@@ -62,6 +62,7 @@ class Run:
     output: str = ""
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # setup, collection or usage errors: not a catch
+    reasons: list[str] = field(default_factory=list)  # each failure's message, first line
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Outcome:
     seconds: float
     note: str = ""
     catchers: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- the copy
@@ -237,6 +239,15 @@ def junit_ids(junit: Path, *kinds: str) -> list[str]:
     return out
 
 
+def failure_messages(junit: Path) -> list[str]:
+    """The first line of each failure's message (what the catching test said), for the JSON report."""
+    try:
+        tree = ET.parse(junit)
+    except (OSError, ET.ParseError):
+        return []
+    return [(f.get("message") or "").splitlines()[0][:300] if f.get("message") else "" for f in tree.iter("failure")]
+
+
 def run_pytest(copy: Path, nodeids: Sequence[str], *, timeout: float, stop_first: bool = True, testbed: bool = False,
                python: Path = PYTHON) -> Run:
     """The node ids in the copy; without ``testbed``, a mutating test is deselected (pytest then exits 5: an
@@ -258,6 +269,7 @@ def run_pytest(copy: Path, nodeids: Sequence[str], *, timeout: float, stop_first
         output, _ = proc.communicate()
     seconds = time.monotonic() - start
     failed = junit_ids(junit, "failure")
+    reasons = failure_messages(junit)
     errors = junit_ids(junit, "error")
     skipped = junit_ids(junit, "skipped")
     junit.unlink(missing_ok=True)
@@ -267,7 +279,7 @@ def run_pytest(copy: Path, nodeids: Sequence[str], *, timeout: float, stop_first
         failed = []
     if not passed and not failed and not errors and not timed_out and not skipped:
         errors = [f"(pytest exit {proc.returncode}, no test failed: collection or usage error)"]
-    return Run(passed, failed, seconds, timed_out, output, skipped, errors)
+    return Run(passed, failed, seconds, timed_out, output, skipped, errors, reasons)
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -324,7 +336,7 @@ def run_all(mutations: Sequence[Mutation], *, timeout: float,
             note = f"timed out after {timeout:.0f} s" if r.timed_out else (
                 "ERROR, not a catch: " + ", ".join(r.errors) if r.errors and not r.failed else "")
             o = Outcome(m.name, m.breaks, caught=bool(r.failed) and not r.timed_out, by=r.failed,
-                        seconds=r.seconds, note=note, catchers=list(m.catchers))
+                        seconds=r.seconds, note=note, catchers=list(m.catchers), reasons=r.reasons)
             outcomes.append(o)
             progress(f"  {m.name}: {'caught by ' + ', '.join(r.failed) if o.caught else 'SURVIVED ' + note} "
                      f"({r.seconds:.1f} s)")

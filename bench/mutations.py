@@ -52,6 +52,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    if False:  # MUTANT\n        raise PreconditionFailed(f\"refusing to {doing}",
         ("tests/procedures/test_ingress_retry_preflight.py::test_an_ingress_without_retries_is_refused",)),
     Mutation(
+        "shift-verify-ignores-stragglers", "the shift's verification accepts requests still served by the old colour",
+        UP,
+        "    if any(c != idle for c in seen):",
+        "    if False:  # MUTANT",
+        ("tests/procedures/test_shift_verify.py::test_a_request_still_reaching_the_old_colour_fails",)),
+    Mutation(
+        "redeploy-old-unverified", "the rollback shifts back without waiting for the old colour to catch up",
+        "runbook/procedures/agave_rollback.py",
+        "old_caught_up, is_done=old_deployed",
+        "lambda ctx: None, is_done=old_deployed",
+        (f"{CATCH}::test_the_rollbacks_redeploy_waits_for_the_old_colour",)),
+    Mutation(
         "catch-up-wrong-version-waits", "a wrong release answering getVersion is waited for, not failed at once",
         "runbook/procedures/catch_up.py",
         "if st.version is not None and st.version != want:",
@@ -136,6 +148,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    lost = lost_by_cause(verdicts)",
         "    lost = {k: n for k, n in lost_by_cause(verdicts).items() if k != \"late\"}  # MUTANT",
         ("tests/probes/test_zero_drop_verdict.py::test_one_lost_request_fails_its_phase_by_cause[late]",)),
+    Mutation(
+        "dz-handover-ignores-second-daemon", "the DZ handover verdict ignores a second doublezerod on the same "
+        "identity",
+        "runbook/checks/dz_handover.py",
+        "    crowded = [s for s in samples if len(s.daemons) > 1]",
+        "    crowded = [s for s in samples if len(s.daemons) > 99]  # MUTANT",
+        ("tests/procedures/test_dz_handover_verdict.py::test_a_second_daemon_and_its_flap_fail_naming_both",)),
     Mutation(
         "untouched-ignores-writes", "'the old colour's data is untouched' accepts a write after the colour stopped",
         "runbook/checks/untouched.py",

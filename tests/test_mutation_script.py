@@ -14,6 +14,7 @@ from bench.mutation import (
     Outcome,
     applied,
     check_definitions,
+    failure_messages,
     format_table,
     junit_ids,
     mutated,
@@ -76,11 +77,13 @@ def test_the_table_shows_each_outcome_and_the_total() -> None:
 def test_failed_and_skipped_tests_are_read_from_the_junit_report(tmp_path: Path) -> None:
     junit = tmp_path / "j.xml"
     junit.write_text('<testsuites><testsuite><testcase classname="tests.procedures.test_a" name="test_x[1]">'
-                     '<failure/></testcase><testcase classname="tests.test_b" name="test_y"><skipped/></testcase>'
+                     '<failure message="AssertionError: DID NOT RAISE&#10;more"/></testcase>'
+                     '<testcase classname="tests.test_b" name="test_y"><skipped/></testcase>'
                      '<testcase classname="tests.test_b" name="test_z"/></testsuite></testsuites>')
     assert junit_ids(junit, "failure", "error") == ["tests/procedures/test_a.py::test_x[1]"]
     assert junit_ids(junit, "skipped") == ["tests/test_b.py::test_y"]
     assert junit_ids(tmp_path / "none.xml", "failure") == []
+    assert failure_messages(junit) == ["AssertionError: DID NOT RAISE"]
 
 
 def test_a_mutant_that_does_not_compile_is_a_definition_error(tmp_path: Path) -> None:

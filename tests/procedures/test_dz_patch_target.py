@@ -5,15 +5,30 @@ real pod is tests/procedures/test_dz_upgrade.py's (on the testbed)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+
+import pytest
 
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import dz_upgrade as dz
 from runbook.procedures.framework import Context
-from tests.baseline_fakes import make_adapters
+from tests.baseline_fakes import FakeWorkloads, make_adapters
 
 
-def test_the_patch_goes_to_the_running_pod_not_the_template(tmp_path: Path) -> None:
+def _patch_template(self: FakeWorkloads, deployment: str, container: str, image: str) -> None:
+    """As the API server: a template change is a new template, so the controller replaces the pod (the fake's own
+    method edits the stored object in place, and its apply then sees no change)."""
+    obj = copy.deepcopy(self.objects[deployment])
+    spec = obj["spec"]["template"]["spec"]
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        if c["name"] == container:
+            c["image"] = image
+    self.apply_deployment(obj)
+
+
+def test_the_patch_goes_to_the_running_pod_not_the_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FakeWorkloads, "patch_template_container_image", _patch_template)
     a = make_adapters(tmp_path)
     env, sidecar = a.env, a.env.doublezero.sidecar
     deployment = env.deployments.green.name
