@@ -248,6 +248,19 @@ def failure_messages(junit: Path) -> list[str]:
     return [(f.get("message") or "").splitlines()[0][:300] if f.get("message") else "" for f in tree.iter("failure")]
 
 
+def stop(proc: subprocess.Popen[str], *, graceful: float) -> str:
+    """Stop a pytest run that outlived its timeout: SIGINT first when ``graceful`` (pytest then tears its session
+    down, a testbed included), SIGKILL to the run's own process group (start_new_session) after that."""
+    if graceful:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            return proc.communicate(timeout=graceful)[0]
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()[0]
+
+
 def run_pytest(copy: Path, nodeids: Sequence[str], *, timeout: float, stop_first: bool = True, testbed: bool = False,
                python: Path = PYTHON) -> Run:
     """The node ids in the copy; without ``testbed``, a mutating test is deselected (pytest then exits 5: an
@@ -265,8 +278,10 @@ def run_pytest(copy: Path, nodeids: Sequence[str], *, timeout: float, stop_first
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)  # the run's own process group (start_new_session)
-        output, _ = proc.communicate()
+        output = stop(proc, graceful=60.0 if testbed else 0.0)
+        if testbed:  # the session's teardown may not have run: the copy's testbed goes before the copy does
+            subprocess.run([str(python), "-m", "runbook.cli", "testbed", "down", "--env", "local"], cwd=copy,
+                           env=child_env(copy), capture_output=True, timeout=300)
     seconds = time.monotonic() - start
     failed = junit_ids(junit, "failure")
     reasons = failure_messages(junit)

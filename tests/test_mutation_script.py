@@ -19,6 +19,7 @@ from bench.mutation import (
     junit_ids,
     mutated,
     run_pytest,
+    use_testbed_state,
 )
 from bench.mutations import MUTATIONS, Mutation
 
@@ -109,3 +110,16 @@ def test_only_a_failed_test_is_a_catch_not_an_import_error(tmp_path: Path) -> No
     assert good.passed and good.failed == [] == good.errors
     skipped = run_pytest(tmp_path, ["test_c.py"], timeout=60)
     assert not skipped.passed and skipped.skipped == ["test_c.py::test_s"]
+
+
+def test_the_copys_testbed_state_is_its_own_only_for_testbed_runs(tmp_path: Path) -> None:
+    (tmp_path / "envs").mkdir()
+    env = tmp_path / "envs" / "local.yaml"
+    env.write_text("testbed:\n  state_dir: .testbed/local\n  supervisor_port: 19001\n")
+    use_testbed_state(tmp_path, own=False, src=Path("/src"))
+    assert env.read_text() == "testbed:\n  state_dir: /src/.testbed/local\n  supervisor_port: 19001\n"
+    use_testbed_state(tmp_path, own=True, src=Path("/src"))
+    assert env.read_text() == "testbed:\n  state_dir: .testbed/local\n  supervisor_port: 19001\n"
+    env.write_text("testbed:\n  state_dir: elsewhere\n")
+    with pytest.raises(MutationError, match="names no testbed state_dir"):
+        use_testbed_state(tmp_path, own=True, src=Path("/src"))
