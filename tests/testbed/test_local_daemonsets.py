@@ -1,6 +1,7 @@
 """The local kubelet's store lists DaemonSets as its API server would (issue 11), so the required-changes audit
-(`check_no_daemonset`, through the Workloads port's `daemonsets()`) finds a doublezero DaemonSet when one is
-there. The kubelet is used on a scratch state directory: the store needs no running testbed."""
+(`runbook.checks.required.no_daemonset`, through the Workloads port's `daemonsets()`) finds a doublezero
+DaemonSet when one is there. The kubelet is used on a scratch state directory: the store needs no running
+testbed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from runbook.adapters.base import Workloads
-from runbook.checks.required import check_no_daemonset
+from runbook.checks.core import judge
+from runbook.checks.required import no_daemonset
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed
 from runbook.testbed.kubelet import LocalWorkloads
@@ -68,10 +70,10 @@ def test_a_daemonset_is_not_a_deployment_and_an_invalid_one_is_refused(kubelet: 
 
 def test_the_required_changes_audit_fails_on_a_doublezero_daemonset(kubelet: LocalWorkloads) -> None:
     kubelet.apply_daemonset(daemonset("node-exporter"))  # another DaemonSet is none of the audit's business
-    assert check_no_daemonset(kubelet) == []
+    assert judge(None, no_daemonset(kubelet)).ok
     kubelet.apply_daemonset(daemonset("doublezero-daemon"))
-    with pytest.raises(CheckFailed, match="doublezero-daemon") as failed:
-        check_no_daemonset(kubelet)
-    assert "doublezero-daemon" in str(failed.value.observed) and "node-exporter" not in str(failed.value)
+    with pytest.raises(CheckFailed, match="a doublezero DaemonSet remains: doublezero-daemon") as failed:
+        judge(None, no_daemonset(kubelet))
+    assert "node-exporter" not in str(failed.value)
     kubelet.delete_daemonset("doublezero-daemon")
-    assert check_no_daemonset(kubelet) == []
+    assert judge(None, no_daemonset(kubelet)).ok
