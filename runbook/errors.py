@@ -60,6 +60,11 @@ class PreconditionFailed(RunbookError):
     """A step's precondition does not hold; nothing was changed."""
 
 
+class StepRefused(ConfigError):
+    """A Gherkin step was given a value it does not handle (a parameter the verdict would ignore), or is used
+    where its preconditions in the scenario are missing: refused, never mapped to a default."""
+
+
 class CheckFailed(RunbookError):
     """A verification compared real state with an expectation and they differ."""
 

@@ -10,6 +10,7 @@ import pytest
 
 from runbook import baseline as bl
 from runbook.baseline import Baseline
+from runbook.checks import left_behind
 from runbook.env import Env
 from runbook.evidence.recorder import Recorder
 
@@ -101,8 +102,7 @@ def _testbed_baseline(request: pytest.FixtureRequest, env: Env) -> Iterator[None
         evidence.note("baseline reset before the test repaired what an earlier one left: " + "; ".join(before))
     yield
     after = bl.restore(adapters, captured, extras=extras, progress=log.info)
-    strict = _is_scenario(request.node)
-    evidence.compare("left behind (what the baseline reset after the test had to fix)", expected=[],
-                     observed=after, ok=not after or not strict)
-    if strict:
+    verdict = left_behind.left_nothing(after, scenario=request.node.name, strict=_is_scenario(request.node))
+    evidence.verdict(verdict)
+    if verdict.problems:
         bl.check_left_nothing(after, env=env.name, scenario=request.node.name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pytest_bdd import given, parsers, then
 
 from runbook.adapters.factory import Adapters
-from runbook.checks.caddy_audit import AuditReport, audit
+from runbook.checks.caddy_audit import AuditReport, audit, setting
+from runbook.checks.core import judge_all
 from runbook.evidence.recorder import Recorder
 from runbook.procedures import bluegreen as bg
 
@@ -28,6 +29,4 @@ def live_config(adapters: Adapters, evidence: Recorder) -> AuditReport:
 @then(parsers.parse("the audit passes {settings}"))
 def audit_passes(caddy_audit: AuditReport, settings: str, evidence: Recorder) -> None:
     names = [s.strip() for s in settings.split(",") if s.strip()]
-    for f in caddy_audit.select(*names):
-        evidence.compare(f"{f.setting}: {f.why}", expected=f.expected, observed=f.observed, ok=f.ok)
-    caddy_audit.require(*names, obj="caddy reverse_proxy")
+    judge_all(evidence, [setting(caddy_audit, n) for n in names])

@@ -7,6 +7,7 @@ from pytest_bdd import parsers, then, when
 from runbook.adapters.base import PodInfo
 from runbook.adapters.factory import Adapters
 from runbook.checks import doublezero as dz
+from runbook.checks.core import judge
 from runbook.evidence.recorder import Recorder
 
 
@@ -19,9 +20,7 @@ def ask_address(adapters: Adapters, pod: PodInfo, evidence: Recorder) -> str:
 
 @then("the address is the expected DoubleZero identity")
 def address_is_expected(adapters: Adapters, dz_address: str, evidence: Recorder) -> None:
-    expected = adapters.env.doublezero.expected_identity
-    evidence.compare("doublezero address", expected=expected, observed=dz_address, ok=dz_address == expected)
-    dz.check_identity(observed=dz_address, expected=expected)
+    judge(evidence, dz.identity(observed=dz_address, expected=adapters.env.doublezero.expected_identity))
 
 
 @when("the doublezerod sidecar is asked for its status", target_fixture="dz_status")
@@ -33,27 +32,16 @@ def ask_status(adapters: Adapters, pod: PodInfo, evidence: Recorder) -> dz.DzSta
 
 @then(parsers.parse('the status shows "{session}" on the expected device'))
 def status_up(adapters: Adapters, dz_status: dz.DzStatus, session: str, evidence: Recorder) -> None:
-    device = adapters.env.doublezero.expected_device
-    ok = dz_status.session == session and dz_status.device == device
-    evidence.compare("session and device", expected={"session": session, "device": device},
-                     observed={"session": dz_status.session, "device": dz_status.device}, ok=ok)
-    dz.check_session(dz_status, device=device)
+    judge(evidence, dz.session(dz_status, device=adapters.env.doublezero.expected_device, expected=session))
 
 
 @then("no doublezerod runs on the host outside the pod")
 def no_stray(adapters: Adapters, evidence: Recorder) -> None:
     name = adapters.env.doublezero.host_service
     every = adapters.host.processes(name)
-    strays = dz.stray_daemons(adapters.host, adapters.workloads, name)
-    evidence.call(f"host processes named {name}", [f"{p.pid} {p.cmdline}" for p in every])
-    evidence.compare(f"{name} outside any pod", expected=[], observed=[p.pid for p in strays], ok=not strays)
-    dz.check_no_stray_daemons(strays, name=name, seen=every)
+    judge(evidence, dz.no_stray_daemons(every, dz.strays_among(every, adapters.workloads), name=name))
 
 
 @then("the host's doublezerod service is stopped and disabled")
 def host_service_off(adapters: Adapters, evidence: Recorder) -> None:
-    state = adapters.host.service(adapters.env.doublezero.host_service)
-    evidence.compare(f"host service {state.name}", expected={"active": False, "enabled": False},
-                     observed={"active": state.active, "enabled": state.enabled, "detail": state.detail},
-                     ok=not (state.active or state.enabled))
-    dz.check_host_service_off(state)
+    judge(evidence, dz.host_service_off(adapters.host.service(adapters.env.doublezero.host_service)))

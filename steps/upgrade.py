@@ -13,9 +13,10 @@ from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters
 from runbook.baseline import is_testbed
-from runbook.checks import untouched, zero_drop
-from runbook.checks.failure_cause import ExpectedFailure, failure_cause_problems, never_caught_up
-from runbook.errors import CheckFailed, RunbookError
+from runbook.checks import colours, outcome, untouched, zero_drop
+from runbook.checks.core import judge, judge_all
+from runbook.checks.failure_cause import ExpectedFailure, never_caught_up
+from runbook.errors import CheckFailed, RunbookError, StepRefused
 from runbook.evidence.artifacts import slug
 from runbook.evidence.recorder import Recorder
 from runbook.probes.prober import Prober
@@ -181,27 +182,20 @@ def run_upgrade_destroy_old(adapters: Adapters, evidence: Recorder, probe: Probe
 @then("the old colour's data and the pre-upgrade snapshot are gone")
 def old_data_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
     live = adapters.env.deployments.colour(upgrade.facts["live"])
-    datasets = {d.name: d for d in adapters.storage.datasets()}
-    snaps = [s for d in datasets.values() for s in d.snapshots if s.endswith("@" + upgrade.facts["snapshot"])]
-    ok = live.data not in datasets and not snaps
-    evidence.compare("old dataset and snapshot", expected="none", observed={"datasets": sorted(datasets),
-                     "snapshots": snaps}, ok=ok)
-    if not ok:
-        raise CheckFailed(f"{live.data} or its snapshot remains", observed={"datasets": sorted(datasets),
-                          "snapshots": snaps})
+    found = adapters.storage.datasets()
+    judge(evidence, colours.old_data_gone(live.data, upgrade.facts["snapshot"], datasets=[d.name for d in found],
+                                          snapshots=[s for d in found for s in d.snapshots]))
 
 
 @then("rolling back is refused because the old data is gone")
 def rollback_refused(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
     env = adapters.env
+    error: RunbookError | None = None
     try:
         agave_rollback.rollback(upgrade.ctx, journal_for(env, "agave-upgrade"), journal_for(env, "agave-rollback"))
     except RunbookError as exc:
-        evidence.compare("rollback", expected="refused", observed=str(exc), ok="cannot roll back" in str(exc))
-        if "cannot roll back" not in str(exc):
-            raise
-        return
-    raise CheckFailed("a rollback to destroyed data was attempted", expected="refused", observed="ran")
+        error = exc
+    judge(evidence, outcome.refused(error, what="rollback", because="cannot roll back"))
 
 
 @when(parsers.parse('the agave upgrade runs to the target version and stops after "{step}"'),
@@ -237,38 +231,20 @@ def roll_back(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> No
 
 # ------------------------------------------------------------------------------------------- then
 @then("every step of the upgrade completed")
-def all_steps_done(upgrade: UpgradeRun, evidence: Recorder) -> None:
-    r = upgrade.result
-    ok = r is not None and r.ok
-    evidence.compare("procedure result", expected="every step done",
-                     observed=[f"{s.name}: {s.status}" for s in r.steps] if r else upgrade.interrupted, ok=ok)
-    if not ok:
-        raise CheckFailed(f"the upgrade did not complete: {r.error if r else upgrade.interrupted}", observed=r)
+def all_steps_done(upgrade: UpgradeRun, evidence: Recorder, request: pytest.FixtureRequest) -> None:
+    proc = procedure_for(request.config, "agave-upgrade")
+    judge(evidence, outcome.completed(upgrade.result, procedure=proc.name, steps=[s.name for s in proc.steps],
+                                      interrupted=upgrade.interrupted))
 
 
 @then("the upgrade failed and was rolled back automatically")
 def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Recorder) -> None:
-    r = upgrade.result
-    state = journal_for(adapters.env, "agave-upgrade").load()
-    ok = r is not None and not r.ok and r.rolled_back and state.get("status") == "rolled back"
-    evidence.compare("procedure result", expected="failed, then rolled back",
-                     observed={"ok": r.ok if r else None, "rolled_back": r.rolled_back if r else None,
-                               "error": r.error if r else upgrade.interrupted, "journal": state.get("status")}, ok=ok)
-    if not ok:
-        raise CheckFailed("expected a failed upgrade with an automatic rollback", observed=r)
-    want = upgrade.expected_failure
-    if want is None:
-        return
-    problems = failure_cause_problems(r, want)
-    named = f"{want.step}, at its {want.deadline:g}s deadline" + (f", {want.last_state_means}" if want.last_state_means
-                                                                   else "")
-    evidence.compare("what failed", expected=named,
-                     observed=problems or [f"{s.name}: {s.status} ({s.seconds:.1f}s) {s.error}".strip()
-                                           for s in (r.steps if r else [])], ok=not problems)
-    if problems:
-        raise CheckFailed(f"the upgrade was rolled back, but not for the reason the scenario names "
-                          f"({want.step} past its {want.deadline:g}s deadline): {'; '.join(problems)}",
-                          expected=want.step, observed=problems)
+    """Only after a When that names the failure it provokes (a rollback after any failure proves nothing)."""
+    if upgrade.expected_failure is None:
+        raise StepRefused("'the upgrade failed and was rolled back automatically' needs a When step that names "
+                          "the failure it provokes (e.g. a build that never catches up)")
+    judge(evidence, outcome.failed_and_rolled_back(upgrade.result, journal_for(adapters.env, "agave-upgrade").load(),
+                                                   upgrade.expected_failure))
 
 
 @then("the prober saw no failed request")
@@ -281,10 +257,8 @@ def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -
     verdict = zero_drop.verdict(summary, max_gap=adapters.env.probe.max_gap)
     verdict.write(probe.prober.out_dir)  # beside the records, into the bundle with them
     probe.attach(evidence, adapters.env)
-    for title, expected, observed, ok in verdict.rows():
-        evidence.compare(title, expected=expected, observed=observed, ok=ok)
     evidence.attach("zero-drop verdict", verdict.describe())
-    zero_drop.check(verdict)
+    judge_all(evidence, zero_drop.no_request_lost(verdict))
 
 
 @then("the live colour served until the shift and the new colour after it")
@@ -293,12 +267,10 @@ def served_in_phases(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, e
     live, idle = upgrade.facts["live"], upgrade.facts["idle"]
     before, after = zero_drop.served_before_and_after(summary, cut_start="shift", cut_end=f"{live} stopped")
     evidence.attach("upstream per phase", {p.name: dict(p.upstreams) for p in summary.phases})
-    for phase, counts, colour in (("before the shift", before, live), (f"after {live} stopped", after, idle)):
-        want = bg.upstream_address(adapters.env, colour)
-        evidence.compare(f"served {phase}", expected=want, observed=counts,
-                         ok=zero_drop.served_only_by(counts, want))
-    zero_drop.check_served_only_by(before, bg.upstream_address(adapters.env, live), when="before the shift")
-    zero_drop.check_served_only_by(after, bg.upstream_address(adapters.env, idle), when=f"after {live} stopped")
+    judge_all(evidence, [
+        zero_drop.served_only(before, bg.upstream_address(adapters.env, live), when="before the shift", colour=live),
+        zero_drop.served_only(after, bg.upstream_address(adapters.env, idle), when=f"after {live} stopped",
+                              colour=idle)])
 
 
 @then(parsers.parse("the {which} colour's data is untouched"))
@@ -306,95 +278,70 @@ def data_untouched(adapters: Adapters, upgrade: UpgradeRun, data_before: dict[st
                    which: str) -> None:
     """Proven by the storage's facts: the same dataset, never rolled back; and when the procedure stopped the
     colour, not one write since (the facts read right after it stopped, :func:`agave_upgrade.stop_live`)."""
-    colour = {"live": upgrade.facts["live"], "old": upgrade.facts["live"]}.get(which)
+    colour = _colour(upgrade, which, allowed=("live", "old"))
     if colour != data_before["colour"]:
-        raise CheckFailed(f"the {which} colour is {colour}, but the facts were read for {data_before['colour']}")
-    now = adapters.storage.identity(data_before["dataset"]) if any(
-        d.name == data_before["dataset"] for d in adapters.storage.datasets()) else None
+        raise StepRefused(f"the {which} colour is {colour}, but the facts were read for {data_before['colour']}")
+    dataset = data_before["dataset"]
+    now = adapters.storage.identity(dataset) if any(d.name == dataset for d in adapters.storage.datasets()) else None
     stopped = upgrade.facts.get("stopped_data") or {}
-    found = untouched.problems(data_before["facts"], now, owner_running=True)
-    if stopped.get("colour") == colour:
-        found += [f"since {colour} stopped: {p}" for p in untouched.problems(stopped["facts"], now,
-                                                                           owner_running=False)]
-    evidence.compare(f"{colour}'s data ({data_before['dataset']}): storage facts",
-                     expected={"before": data_before["facts"], **({"when it stopped": stopped["facts"]}
-                                                                 if stopped.get("colour") == colour else {})},
-                     observed={"now": now, "problems": found}, ok=not found)
-    if found:
-        raise CheckFailed(f"{colour}'s data was rewritten: {'; '.join(found)}", observed=now)
+    judge(evidence, untouched.data_untouched(colour, dataset, data_before["facts"], now,
+                                             stopped=stopped["facts"] if stopped.get("colour") == colour else None))
 
 
 @then("the idle colour's deployment, clone and accounts copy are gone")
 def idle_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
     idle = adapters.env.deployments.colour(upgrade.facts["idle"])
-    pods = adapters.workloads.pods(idle.name)
-    datasets = [d.name for d in adapters.storage.datasets()]
-    copy_left = accounts.copy_present(upgrade.ctx)
-    observed = {"pods": [p.name for p in pods], "datasets": datasets, f"anything in {idle.accounts}": copy_left}
-    ok = not pods and idle.data not in datasets and not copy_left
-    evidence.compare(f"{idle.name} pods, {idle.data} and {idle.accounts}", expected="none", observed=observed, ok=ok)
-    if not ok:
-        raise CheckFailed(f"{idle.name}, its clone {idle.data} or its accounts copy still exists", observed=observed)
+    judge(evidence, colours.gone(idle.name, pods=[p.name for p in adapters.workloads.pods(idle.name)],
+                                 dataset=idle.data, datasets=[d.name for d in adapters.storage.datasets()],
+                                 accounts=str(idle.accounts), accounts_left=accounts.copy_present(upgrade.ctx)))
 
 
 @then(parsers.parse("the {which} colour serves on its {version} version"))
 def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, which: str, version: str) -> None:
-    colour = upgrade.facts["live"] if which in ("live", "old") else upgrade.facts["idle"]
-    image = upgrade.facts["live_image"] if version == "old" else upgrade.facts["target_image"]
-    served = bg.served_by(adapters.env)
+    colour = _colour(upgrade, which, allowed=("live", "old", "new", "idle"))
+    images = {"old": upgrade.facts["live_image"], "target": upgrade.facts["target_image"]}
+    if version not in images:
+        raise StepRefused(f"unknown version {version!r} in the step: say 'old' or 'target'")
     st = bg.observe_node(adapters.env, colour, url=adapters.rpc_url(colour))
-    want = bg.bare_version(image.rsplit(":", 1)[-1])
-    ok = served == colour and st.health == "ok" and st.version == want
-    evidence.compare(f"{which} colour serving", expected={"served_by": colour, "health": "ok", "version": want},
-                     observed={"served_by": served, **st.as_dict()}, ok=ok)
-    if not ok:
-        raise CheckFailed(f"{colour} should serve on {want}", expected=colour, observed=st.as_dict())
+    judge(evidence, colours.serves(colour, served_by=bg.served_by(adapters.env), state=st.as_dict(),
+                                   version=bg.bare_version(images[version].rsplit(":", 1)[-1])))
 
 
 @then("the idle colour runs from a copy-on-write clone of the live colour's snapshot")
 def idle_from_clone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
     idle = adapters.env.deployments.colour(upgrade.facts["idle"])
-    live = adapters.env.deployments.colour(upgrade.facts["live"])
-    snapshot = f"{live.data}@{upgrade.facts['snapshot']}"
+    snapshot = f"{adapters.env.deployments.colour(upgrade.facts['live']).data}@{upgrade.facts['snapshot']}"
     ds = next((d for d in adapters.storage.datasets() if d.name == idle.data), None)
-    origin = ds.origin if ds else None
-    evidence.compare(f"origin of {idle.data} ({adapters.storage.backend})", expected=snapshot, observed=origin,
-                     ok=origin == snapshot)
-    if origin != snapshot:
-        raise CheckFailed(f"{idle.data} is not a clone of {snapshot}", expected=snapshot, observed=origin)
-    if adapters.storage.backend == "copy":
-        evidence.note("storage backend `copy`: the clone is a full copy, not copy-on-write (not root here)")
+    judge(evidence, colours.clone_of(idle.data, snapshot, origin=ds.origin if ds else None,
+                                     backend=adapters.storage.backend))
 
 
 @then("the idle colour was behind the cluster before it caught up")
 def was_behind(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    seen = upgrade.facts.get("catch_up_seen") or {}
-    ok = "behind" in seen.get("healths", []) and seen.get("max_behind", 0) > adapters.env.catch_up_distance
-    evidence.compare("health answers and the largest distance seen while catching up",
-                     expected=f"`behind`, more than {adapters.env.catch_up_distance} slots", observed=seen, ok=ok)
-    if not ok:
-        raise CheckFailed("the clone was never seen behind: the catch-up was not exercised", observed=seen)
+    judge(evidence, colours.was_behind(upgrade.facts.get("catch_up_seen") or {},
+                                       distance=adapters.env.catch_up_distance))
 
 
 @then('the idle colour answers "ok" on the target version beside the live colour')
 def both_ok(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
     idle = bg.observe_node(adapters.env, upgrade.facts["idle"], url=adapters.rpc_url(upgrade.facts["idle"]))
     live = bg.observe_node(adapters.env, upgrade.facts["live"], url=adapters.rpc_url(upgrade.facts["live"]))
-    want = bg.bare_version(upgrade.facts["target_version"])
-    ok = idle.health == "ok" and idle.version == want and live.health == "ok"
-    evidence.compare("both colours", expected={"idle": {"health": "ok", "version": want}, "live": "ok"},
-                     observed={"idle": idle.as_dict(), "live": live.as_dict()}, ok=ok)
-    if not ok:
-        raise CheckFailed("both colours should answer ok, the idle one on the target version",
-                          observed={"idle": idle.as_dict(), "live": live.as_dict()})
+    judge(evidence, colours.both_answer(idle.as_dict(), live.as_dict(),
+                                        version=bg.bare_version(upgrade.facts["target_version"])))
 
 
 @then("every request was served by the live colour")
 def all_served_by_live(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, evidence: Recorder) -> None:
     summary = probe.finish()
-    live = bg.upstream_address(adapters.env, upgrade.facts["live"])
-    counts = {k: v for k, v in summary.upstreams.items()}
-    evidence.compare("requests per upstream", expected={live: summary.total}, observed=counts,
-                     ok=counts == {live: summary.total})
-    zero_drop.check_served_only_by(counts, live, when="with both colours healthy under lb_policy first")
+    live = upgrade.facts["live"]
+    judge(evidence, zero_drop.served_only(dict(summary.upstreams), bg.upstream_address(adapters.env, live),
+                                          when="with both colours healthy under lb_policy first",
+                                          colour=live))
 
+
+def _colour(upgrade: UpgradeRun, which: str, *, allowed: tuple[str, ...]) -> str:
+    """The colour a step's {which} names: live/old is the colour that was live before the upgrade, new/idle the
+    one it deployed; any other word is refused (never mapped silently)."""
+    if which not in allowed:
+        raise StepRefused(f"unknown colour {which!r} in the step: say one of {', '.join(allowed)}")
+    return str(upgrade.facts["live"] if which in ("live", "old") else upgrade.facts["idle"])

@@ -39,6 +39,7 @@ from runbook.adapters.caddy_config import (
     site_proxy_of,
     upstream_key,
 )
+from runbook.checks.core import Verdict, check, verdict
 from runbook.errors import CheckFailed
 
 UPSTREAM_PLACEHOLDER = "{http.reverse_proxy.upstream.hostport}"
@@ -428,3 +429,16 @@ def require_audit(
     )
     report.raise_for_failures(**ctx)
     return report
+
+
+@check(negative=("tests/caddy/test_caddy_audit.py::test_seed_config_fails_naming_each_trap",
+                 "tests/caddy/test_caddy_audit.py::test_removing_one_setting_fails_exactly_that_setting",
+                 "tests/caddy/test_caddy_audit.py::test_a_setting_the_audit_does_not_know_is_refused"))
+def setting(report: AuditReport, name: str) -> Verdict:
+    """One required Caddy setting, as the audit of the live config found it (the finding is the verdict; a
+    setting the audit does not know is refused, not passed)."""
+    chosen = report.select(name)
+    problems = [f"{f.setting}: expected {f.expected}; observed {f.observed}" for f in chosen if not f.ok]
+    f = chosen[0]
+    return verdict(f"{f.setting}: {f.why}", expected=f.expected, observed=f.observed, problems=problems,
+                   obj=report.handler_path or "caddy reverse_proxy")

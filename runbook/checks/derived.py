@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from runbook.adapters.kube import COLOUR_LABEL
+from runbook.checks.core import Verdict, check, verdict
 from runbook.manifests import APP_CONTAINER
-from runbook.procedures.derive import PORT_FLAGS, differences, restorable
+from runbook.procedures.derive import CHANGED, PORT_FLAGS, differences, restorable
 
-__all__ = ["allowed", "restore_differences", "unexpected_differences"]
+__all__ = ["allowed", "derived_from_live", "restore_differences", "restored_exactly", "unexpected_differences"]
 
 _ARG = re.compile(r"^spec\.template\.spec\.containers\[(\d+)\]\.args\[(\d+)\]$")
 _IMAGE = re.compile(r"^spec\.template\.spec\.(containers|initContainers)\[(\d+)\]\.image$")
@@ -59,3 +60,24 @@ def restore_differences(saved: Mapping[str, Any], now: Mapping[str, Any] | None)
     if now is None:
         return ["(missing)"]
     return differences(restorable(saved), restorable(now))
+
+
+@check(negative=("tests/procedures/test_derive.py::test_the_derived_check_fails_on_a_template_rendered_blue",))
+def derived_from_live(live: Mapping[str, Any], idle: Mapping[str, Any] | None, *, name: str, live_name: str,
+                      sidecar: str) -> Verdict:
+    """The new colour's Deployment is the old colour's saved live object except what blue-green changes."""
+    other = unexpected_differences(live, idle, sidecar=sidecar) if idle is not None else ["(missing)"]
+    return verdict(f"{name} against the saved {live_name}",
+                   expected={"differences allowed": list(CHANGED), "other differences": []},
+                   observed={"other differences": other}, obj=name,
+                   problems=[f"{name} differs from the live object it was derived from beyond what blue-green "
+                             f"changes: {p}" for p in other])
+
+
+@check(negative=("tests/procedures/test_derive.py::test_the_restored_check_fails_on_the_template",))
+def restored_exactly(saved: Mapping[str, Any], now: Mapping[str, Any] | None, *, name: str) -> Verdict:
+    """The old colour's Deployment is the object saved before the upgrade, exactly (the server's fields aside)."""
+    diff = restore_differences(saved, now)
+    return verdict(f"{name} against the object saved before the upgrade", expected={"differences": []},
+                   observed={"differences": diff}, obj=name,
+                   problems=[f"{name} is not the object saved before the upgrade: {p}" for p in diff])

@@ -1,7 +1,7 @@
 """DoubleZero checks (spec step 1): identity, BGP session and device, no host daemon outside the pod.
 
 Every check reads real state: the sidecar's own CLI run inside its container, the host's process table
-and service manager. Failures raise :class:`~runbook.errors.CheckFailed` with expected and observed.
+and service manager. Each check returns a :class:`~runbook.checks.core.Verdict`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runbook.adapters.base import CommandResult, Host, ProcessInfo, ServiceState, Workloads
-from runbook.errors import AdapterError, CheckFailed
+from runbook.checks.core import Verdict, check, skipped, verdict
+from runbook.errors import AdapterError
 
 
 @dataclass(frozen=True)
@@ -69,48 +70,67 @@ def sidecar_status(workloads: Workloads, pod: str, container: str) -> DzStatus:
     return parse_status(_exec(workloads, pod, container, ["doublezero", "status"]).stdout)
 
 
-def check_identity(*, observed: str, expected: str) -> None:
-    if observed != expected:
-        raise CheckFailed(
-            f"DoubleZero identity mismatch: the sidecar runs {observed!r} but the env expects {expected!r}",
-            expected=expected, observed=observed, obj="doublezero address",
-        )
+SESSION_UP = "BGP Session Up"
 
 
-def check_session(status: DzStatus, *, device: str) -> None:
-    if status.session != "BGP Session Up" or status.device != device:
-        raise CheckFailed(
-            f"DoubleZero session not up on the expected device: expected 'BGP Session Up' on {device!r}, "
-            f"observed {status.session or '(no session)'!r} on {status.device or '(no device)'!r}\n{status.raw}",
-            expected={"session": "BGP Session Up", "device": device},
-            observed={"session": status.session, "device": status.device}, obj="doublezero status",
-        )
+@check(negative="tests/integration/test_dz_checks.py::test_a_wrong_identity_fails")
+def identity(*, observed: str, expected: str) -> Verdict:
+    """The sidecar's ``doublezero address`` is the identity the env registered."""
+    return verdict("doublezero address", expected=expected, observed=observed, obj="doublezero address",
+                   problems=[] if observed == expected else [
+                       f"DoubleZero identity mismatch: the sidecar runs {observed!r} but the env expects {expected!r}"])
+
+
+@check(negative=("tests/integration/test_dz_checks.py::test_wrong_device_fails_with_expected_and_observed",
+                 "tests/integration/test_dz_checks.py::test_the_session_word_reaches_the_verdict"))
+def session(status: DzStatus, *, device: str, expected: str = SESSION_UP) -> Verdict:
+    """``doublezero status`` shows ``expected`` (the Gherkin's word: "BGP Session Up") on the expected device."""
+    problems = [] if status.session == expected and status.device == device else [
+        f"DoubleZero session not as expected: expected {expected!r} on {device!r}, observed "
+        f"{status.session or '(no session)'!r} on {status.device or '(no device)'!r}"]
+    return verdict("session and device", expected={"session": expected, "device": device},
+                   observed={"session": status.session, "device": status.device}, problems=problems,
+                   obj="doublezero status")
 
 
 def stray_daemons(host: Host, workloads: Workloads, name: str) -> list[ProcessInfo]:
     """``name`` processes on the host that no pod owns (a host systemd doublezerod, a leftover DaemonSet...)."""
-    return [p for p in host.processes(name) if not workloads.owns_process(p)]
+    return strays_among(host.processes(name), workloads)
 
 
-def check_no_stray_daemons(strays: list[ProcessInfo], *, name: str, seen: list[ProcessInfo] | None = None) -> None:
-    """No ``name`` process outside a pod. ``seen`` (every ``name`` process listed) must include the pod's
-    own daemon; an empty listing means the host's process table cannot be read and the check is refused
-    rather than passed vacuously."""
-    if seen is not None and not seen:
-        raise CheckFailed(f"no {name} process is visible on the host at all, not even the pod's: the process "
-                          "listing is blind, so absence outside the pod proves nothing", expected="the pod's daemon",
-                          observed=[], obj=name)
+def strays_among(seen: list[ProcessInfo], workloads: Workloads) -> list[ProcessInfo]:
+    """The processes of ``seen`` that no pod owns."""
+    return [p for p in seen if not workloads.owns_process(p)]
+
+
+@check(negative=("tests/integration/test_dz_checks.py::test_a_doublezerod_outside_the_pod_is_caught",
+                 "tests/integration/test_dz_checks.py::test_a_blind_process_listing_is_refused"))
+def no_stray_daemons(seen: list[ProcessInfo], strays: list[ProcessInfo], *, name: str) -> Verdict:
+    """No ``name`` process outside a pod. ``seen`` (every ``name`` process listed) must include the pod's own
+    daemon: an empty listing means the host's process table cannot be read, and the check fails rather than
+    passing vacuously."""
+    problems = []
+    if not seen:
+        problems.append(f"no {name} process is visible on the host at all, not even the pod's: the process listing "
+                        "is blind, so absence outside the pod proves nothing")
     if strays:
-        listing = "; ".join(f"pid {p.pid}: {p.cmdline}" for p in strays)
-        raise CheckFailed(f"{name} runs on the host outside the pod: {listing}",
-                          expected=[], observed=[p.pid for p in strays], obj=name)
+        problems.append(f"{name} runs on the host outside the pod: "
+                        + "; ".join(f"pid {p.pid}: {p.cmdline}" for p in strays))
+    return verdict(f"{name} outside any pod", expected={"outside a pod": [], "listed": "at least the pod's daemon"},
+                   observed={"outside a pod": [p.pid for p in strays],
+                             "listed": [f"{p.pid} {p.cmdline}" for p in seen]}, problems=problems, obj=name)
 
 
-def check_host_service_off(state: ServiceState) -> None:
-    """The host's systemd unit must be stopped and disabled (absent counts as off)."""
-    if state.active or state.enabled:
-        raise CheckFailed(
-            f"host service {state.name} must be stopped and disabled: {state.detail}",
-            expected={"active": False, "enabled": False},
-            observed={"active": state.active, "enabled": state.enabled}, obj=state.name,
-        )
+@check(negative=("tests/integration/test_dz_checks.py::test_host_service_running_or_enabled_fails",
+                 "tests/testbed/test_host_units.py"))
+def host_service_off(state: ServiceState) -> Verdict:
+    """The host's systemd unit is stopped and disabled (a unit that does not exist is off). A host without a
+    service manager cannot say: the check is skipped with that reason, never passed."""
+    title = f"host service {state.name}"
+    expected = {"active": False, "enabled": False}
+    if state.active is None and state.enabled is None:
+        return skipped(title, f"the host cannot say ({state.detail or 'no service manager'})", expected=expected)
+    problems = [f"host service {state.name} must be stopped and disabled: {state.detail}"] if (
+        state.active or state.enabled) else []
+    return verdict(title, expected=expected, observed={"active": state.active, "enabled": state.enabled,
+                                                       "detail": state.detail}, problems=problems, obj=state.name)

@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from runbook.adapters.base import Host, PodInfo, ProcessInfo, Workloads
+from runbook.checks.core import Verdict, check
+from runbook.checks.core import verdict as make_verdict
 from runbook.checks.doublezero import parse_status
-from runbook.errors import CheckFailed, RunbookError
+from runbook.errors import RunbookError
 
 SESSION_UP = "BGP Session Up"
 # What waits for the identity's lock (the deployment's wrapper) or starts the daemon: never the daemon itself.
@@ -229,27 +231,21 @@ class HandoverSampler:
             return list(self.samples)
 
 
-@dataclass
-class Verdict:
-    ok: bool
-    problems: list[str]
-    observed: dict[str, Any]
-    expected: dict[str, Any]
-    routes_skipped: str = ""
-
-    def raise_if_failed(self) -> None:
-        if not self.ok:
-            raise CheckFailed("DoubleZero handover: " + "; ".join(self.problems), expected=self.expected,
-                              observed=self.observed, obj="doublezerod")
-
-
 def _t(samples: Sequence[Sample], s: Sample) -> str:
     return f"+{s.at - samples[0].at:.1f}s"
 
 
+TITLE = ("DoubleZero handover: one doublezerod per identity, no flap, routes kept, the new colour holds the "
+         "session")
+
+
+@check(negative=("tests/procedures/test_dz_handover_verdict.py::test_a_second_daemon_and_its_flap_fail_naming_both",
+                 "tests/integration/test_dz_handover.py::test_two_doublezerods_at_once_fail_the_check"))
 def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: str = "",
             min_samples: int = MIN_SAMPLES, max_gap: float = MAX_GAP) -> Verdict:
-    """Judge the recorded samples (see the module's docstring). Pure: call it once, after :meth:`stop`."""
+    """Never two doublezerods at once, no session reset but the handover, routes in every sample, the new
+    colour's sidecar holding the session at the end, enough samples with no long gap (pure: judged once,
+    after the sampler stopped)."""
     problems: list[str] = []
     expected = {"daemons at once": "at most 1", "session resets": "none (a new holder only at the handover)",
                 "holders at once": "at most 1", "routes": "present in every sample",
@@ -330,5 +326,4 @@ def verdict(samples: Sequence[Sample], *, new_colour: str, skip_routes_reason: s
         "sample read s (mean/max)": [round(sum(tooks) / len(tooks), 3), round(max(tooks), 3)] if tooks else [],
         "interval s (mean/max)": [round(sum(gaps) / len(gaps), 3), round(max(gaps), 3)] if gaps else [],
     }
-    return Verdict(ok=not problems, problems=problems, observed=observed, expected=expected,
-                   routes_skipped=skip_routes_reason)
+    return make_verdict(TITLE, expected=expected, observed=observed, problems=problems, obj="doublezerod")

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from runbook.adapters.base import ContainerStatus, Host, PodInfo, Workloads
-from runbook.errors import CheckFailed, PreconditionFailed
+from runbook.checks.core import Verdict, check, skipped, verdict
+from runbook.errors import CheckFailed
 from runbook.images import same_image
 
 
@@ -203,36 +204,146 @@ def raise_problems(problems: list[Problem], *, title: str, obj: str) -> None:
                           observed={p.what: p.observed for p in problems}, obj=obj)
 
 
-def check_isolation(before: Observation, after: Observation, *, image: str, interface: str | None) -> None:
+_NEG = "tests/procedures/test_dz_upgrade.py::"
+
+
+def _verdict(title: str, problems: list[Problem], *, expected: Any, observed: Any, obj: str) -> Verdict:
+    return verdict(title, expected=expected, observed=observed, problems=[str(p) for p in problems], obj=obj)
+
+
+def _container(view: ContainerView | None) -> dict[str, Any] | None:
+    return None if view is None else {"image": view.image, "imageID": view.image_id, "state": view.state,
+                                      "startedAt": view.started_at, "restartCount": view.restart_count}
+
+
+@check(negative=(f"{_NEG}test_isolation_does_not_pass_vacuously",
+                 f"{_NEG}test_isolation_names_each_way_agave_was_disturbed"))
+def isolation(before: Observation, after: Observation, *, image: str, interface: str | None) -> Verdict:
     """Everything at once: agave untouched, the sidecar restarted once on ``image``, routes kept
     (``interface`` None: routes not checked, the caller states why)."""
     problems = app_problems(before, after) + sidecar_problems(before, after, image=image)
     if interface is not None:
         problems += route_problems(before, after, interface=interface)
-    raise_problems(problems, title=f"sidecar restart isolation failed in pod {before.pod}", obj=before.pod)
+    return _verdict(f"sidecar restart isolation in pod {before.pod}", problems, obj=before.pod,
+                    expected={"agave": _container(before.app), "sidecar image": image},
+                    observed={"pods": list(after.pods), "agave": _container(after.app),
+                              "sidecar": _container(after.sidecar)})
+
+
+@check(negative=(f"{_NEG}test_isolation_does_not_pass_vacuously",
+                 f"{_NEG}test_a_patch_that_restarts_nothing_fails_isolation"))
+def sidecar_restarted(before: Observation, after: Observation, *, image: str, which: str) -> Verdict:
+    """The sidecar restarted exactly once, is running ``image`` (the ``which`` image: new or previous) with a
+    new imageID, in the same pod."""
+    b = before.sidecar
+    expected = b and {"restartCount": b.restart_count + 1, "state": "running", "image": image,
+                      "imageID": f"not {b.image_id}"}
+    return _verdict(f"the sidecar restarted once, on the {which} image", sidecar_problems(before, after, image=image),
+                    expected=expected, observed=_container(after.sidecar), obj=before.pod)
+
+
+@check(negative=(f"{_NEG}test_isolation_names_each_way_agave_was_disturbed",
+                 f"{_NEG}test_patching_the_template_instead_fails_isolation_agave_restarted"))
+def app_untouched(before: Observation, now: Observation) -> Verdict:
+    """agave was not restarted: the same pod, startedAt and restartCount, and the Deployment template
+    untouched (a template change makes the controller replace the whole pod)."""
+    return _verdict("agave not restarted (same pod, startedAt, restartCount)", app_problems(before, now),
+                    expected={"pod": before.pod, "template": before.template_image, **(_container(before.app) or {})},
+                    observed={"pods": list(now.pods), "template": now.template_image, **(_container(now.app) or {})},
+                    obj=before.pod)
+
+
+def route_problems_throughout(start: Observation, samples: list[Observation], end: Observation,
+                              interface: str) -> list[Problem]:
+    """Routes equal before and after, and none missing from any sample taken during the restart."""
+    problems = route_problems(start, end, interface=interface)
+    if not problems and start.routes:
+        gaps = [sorted(set(start.routes) - set(s.routes)) for s in samples if s.routes is not None
+                and not set(start.routes) <= set(s.routes)]
+        if gaps:
+            problems.append(Problem(f"routes on {interface} went missing during the restart ({len(gaps)} of "
+                                    f"{len(samples)} samples)", "always present", gaps[0]))
+    return problems
+
+
+@check(negative=(f"{_NEG}test_isolation_names_each_way_agave_was_disturbed",
+                 "tests/checks/test_isolation_checks.py::test_routes_missing_in_one_sample_fail"))
+def routes_kept(start: Observation, samples: list[Observation], end: Observation, *, interface: str,
+                skip_reason: str = "") -> Verdict:
+    """The routes on the DoubleZero interface are the same after the restart and present in every sample
+    taken during it. Without CAP_NET_ADMIN the testbed has no node network namespace: skipped with that
+    reason, and the rest of the scenario runs."""
+    title = f"routes on {interface} (before vs after, and in {len(samples)} samples during the restart)"
+    if skip_reason:
+        return skipped(title, skip_reason, expected="the same routes throughout")
+    return _verdict(title, route_problems_throughout(start, samples, end, interface),
+                    expected=list(start.routes or []), observed=list(end.routes or []), obj=interface)
+
+
+@check(negative="tests/checks/test_isolation_checks.py::test_another_pod_or_agave_restarted_fails_in_place")
+def upgraded_in_place(before: Observation, now: Observation, *, image: str, pod: str, upgraded: str) -> Verdict:
+    """After the procedure: the scenario's pod (the one the procedure patched) runs ``image`` in its sidecar,
+    restarted once, and agave was not restarted."""
+    problems = app_problems(before, now) + sidecar_problems(before, now, image=image)
+    if upgraded != pod:
+        problems.append(Problem("the procedure upgraded another pod than the scenario's", pod, upgraded))
+    return _verdict(f"sidecar on {image} in pod {pod}, agave not restarted", problems,
+                    expected={"pod": pod, "sidecar image": image, "agave": _container(before.app)},
+                    observed={"pods": list(now.pods), "sidecar": _container(now.sidecar), "agave": _container(now.app)},
+                    obj=pod)
+
+
+@check(negative="tests/checks/test_isolation_checks.py::test_a_rollback_that_left_the_new_image_fails")
+def restored_in_place(before: Observation, now: Observation, *, restarts: int) -> Verdict:
+    """After an upgrade and its rollback: the previous sidecar image (and imageID) runs again in the same pod,
+    after exactly ``restarts`` restarts, and agave was not restarted."""
+    want = {**(_container(before.sidecar) or {}), "restartCount": f"before + {restarts}"}
+    return _verdict("the sidecar back on its previous image, agave not restarted",
+                    app_problems(before, now) + sidecar_back_problems(before, now, restarts=restarts),
+                    expected={"sidecar": want, "agave": _container(before.app)},
+                    observed={"sidecar": _container(now.sidecar), "agave": _container(now.app)}, obj=before.pod)
+
+
+@check(negative="tests/checks/test_isolation_checks.py::test_a_rollback_that_left_the_new_image_fails")
+def back_on(before: Observation, now: Observation, *, image: str) -> Verdict:
+    """Steady state after a rollback: the same pod, agave untouched, the sidecar running ``image`` (the old)."""
+    problems = app_problems(before, now)
+    if now.sidecar is None or not same_image(now.sidecar.image, image) or now.sidecar.state != "running":
+        problems.append(Problem("sidecar after the rollback", image,
+                                now.sidecar and f"{now.sidecar.image} ({now.sidecar.state})"))
+    return _verdict("as before the upgrade", problems, expected={"sidecar": image, "agave": _container(before.app)},
+                    observed={"sidecar": _container(now.sidecar), "agave": _container(now.app)}, obj=before.pod)
+
+
+@check(negative="tests/checks/test_isolation_checks.py::test_a_wrong_version_fails")
+def sidecar_version(observed: str, *, expected: str) -> Verdict:
+    """``doublezero --version`` in the sidecar reports ``expected`` (its last word, without a leading v)."""
+    words = observed.split()
+    ok = bool(words) and words[-1].lstrip("v") == expected.lstrip("v")
+    return verdict("doublezero --version in the sidecar", expected=expected, observed=observed,
+                   problems=[] if ok else [f"expected {expected!r}, observed {observed!r}"])
+
+
+@check(negative="tests/checks/test_isolation_checks.py::test_drift_checks_fail_on_the_trap")
+def drift(*, pod: str, template: str, running: str, want_template: str, want_running: str) -> Verdict:
+    """After an in-place patch the pod drifts from its Deployment: the template keeps the old image (it was
+    not patched: that would restart agave) and the pod runs the new one."""
+    problems = [] if same_image(template, want_template) and same_image(running, want_running) else [
+        f"drift of {pod}: expected the template to keep {want_template!r} and the pod to run {want_running!r}, "
+        f"observed template {template!r}, pod {running!r}"]
+    return verdict("drift from the Deployment template", expected={"template": want_template, "pod": want_running},
+                   observed={"template": template, "pod": running}, problems=problems, obj=pod)
+
+
+@check(negative="tests/checks/test_isolation_checks.py::test_drift_checks_fail_on_the_trap")
+def no_drift(pod: str, drift: dict[str, list[str]]) -> Verdict:
+    """The pod runs what its Deployment template says (after the rollback patched the old image back)."""
+    return verdict("drift from the Deployment template", expected={}, observed=drift, obj=pod,
+                   problems=[f"pod {pod} still drifts from its template: {drift}"] if drift else [])
 
 
 # ----------------------------------------------------------------------------------- native sidecar
-def check_native_sidecar(pod: PodInfo, sidecar: str) -> None:
-    """``sidecar`` must be a native sidecar (an initContainer with ``restartPolicy: Always``, status in
-    ``initContainerStatuses``) and running; a regular container is refused, as is a missing one."""
-    kinds = {c.name: c.kind for c in pod.containers}
-    if sidecar not in kinds:
-        raise PreconditionFailed(
-            f"pod {pod.name} has no {sidecar} container: expected a native sidecar (initContainer with "
-            f"restartPolicy: Always), observed containers {kinds}", obj=pod.name)
-    c = pod.container(sidecar)
-    if c.kind != "sidecar":
-        raise PreconditionFailed(
-            f"{sidecar} in pod {pod.name} is a regular container (status.containerStatuses), not a native sidecar: "
-            f"expected kind 'sidecar' (an initContainer with restartPolicy: Always), observed kind {c.kind!r}; "
-            "without that it does not start before agave and outlive it, so an in-place image patch is not the "
-            "supported, isolated restart this procedure relies on", obj=pod.name)
-    if c.state != "running":
-        raise PreconditionFailed(f"{sidecar} in pod {pod.name} is not running: expected 'running', observed "
-                                 f"{c.state!r} ({c.reason})", obj=pod.name)
-
-
+# (the check itself: runbook.checks.required.native_sidecar, one for the audit and the DZ procedure)
 def sidecar_index(pod: PodInfo, sidecar: str) -> int | None:
     """Position of ``sidecar`` in ``spec.initContainers`` (native sidecars are listed in spec order;
     run-to-completion init containers, which the adapters do not report, would shift it)."""

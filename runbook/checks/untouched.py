@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["GROWING", "problems"]
+from runbook.checks.core import Verdict, check, verdict
+
+__all__ = ["GROWING", "data_untouched", "problems"]
 
 GROWING = ("written", "newest_ctime")  # prefixes of facts a running owner's writes make grow
 
@@ -57,3 +59,18 @@ def problems(before: Mapping[str, Any], after: Mapping[str, Any] | None, *, owne
         else:
             out.append(f"{key}: {a} -> {b}")
     return out
+
+
+@check(negative=("tests/procedures/test_untouched.py::test_the_check_fails_on_a_rollback_or_a_write_after_the_stop",))
+def data_untouched(colour: str, dataset: str, before: Mapping[str, Any], now: Mapping[str, Any] | None, *,
+                   stopped: Mapping[str, Any] | None = None) -> Verdict:
+    """``colour``'s data (``dataset``) was not rewritten: the same dataset, never rolled back, only grown by its
+    owner while it ran (``before``: read before the run); and, when the procedure stopped the colour, not one
+    write since (``stopped``: the facts read right after it stopped)."""
+    found = problems(before, now, owner_running=True)
+    if stopped is not None:
+        found += [f"since {colour} stopped: {p}" for p in problems(stopped, now, owner_running=False)]
+    return verdict(f"{colour}'s data ({dataset}): storage facts",
+                   expected={"before": dict(before), **({"when it stopped": dict(stopped)} if stopped else {})},
+                   observed={"now": dict(now) if now is not None else None}, obj=dataset,
+                   problems=[f"{colour}'s data was rewritten: {p}" for p in found])

@@ -6,7 +6,7 @@ records). Rendered into the pytest-html report (:mod:`runbook.evidence.render`) 
 (:mod:`runbook.evidence.bundle`).
 
     evidence.call("GET /health", response.text)
-    evidence.compare("health body", expected="ok", observed=body, ok=body == "ok")
+    evidence.verdict(checks.health_body(...))          # a Verdict from runbook.checks (via judge())
     evidence.attach("caddy config", config)              # JSON-like or text, kept inline
     evidence.attach_file(tmp_path / "pod.yaml")          # copied into the bundle (text redacted)
     evidence.attach_probe(probe_dir, cutover_events=["blue healthy", "shift", "green stopped"])
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runbook.checks.core import Verdict
 from runbook.errors import RunbookError
 from runbook.evidence.artifacts import Artifact, ArtifactStore, is_text, media_type
 from runbook.evidence.diagnostics import Diagnostic
@@ -141,11 +142,13 @@ class Recorder:
         """A command or API call made, with its output."""
         self.current.entries.append(Entry("call", redact(title), redact_obj(output)))
 
-    def compare(self, title: str, *, expected: Any, observed: Any, ok: bool) -> bool:
-        """The values an assertion compares; returns ``ok`` so a step can ``assert evidence.compare(...)``."""
-        data = {"expected": redact_obj(expected), "observed": redact_obj(observed), "ok": bool(ok)}
-        self.current.entries.append(Entry("compare", redact(title), data))
-        return bool(ok)
+    def verdict(self, v: Verdict) -> None:
+        """A check's verdict, exactly as the check computed it (:mod:`runbook.checks.core`): there is no way
+        to record an outcome by hand. Skipped checks are shown as skipped, with the reason."""
+        data = {"expected": redact_obj(v.expected), "observed": redact_obj(v.observed), "ok": v.ok,
+                "status": v.status, "check": v.check, "problems": redact_obj(list(v.problems)),
+                "skipped": redact(v.skipped)}
+        self.current.entries.append(Entry("compare", redact(v.title), data))
 
     def note(self, text: str) -> None:
         self.current.entries.append(Entry("note", redact(text), None))

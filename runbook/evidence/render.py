@@ -76,10 +76,16 @@ def _compares(entries: Sequence[Entry]) -> str:
     rows = []
     for e in entries:
         d = e.data if isinstance(e.data, Mapping) else {}
-        ok = bool(d.get("ok"))
-        rows.append(f'<tr class="{"ok" if ok else "bad"}"><td>{_e(e.title)}</td><td>{_value(d.get("expected"))}</td>'
-                    f'<td>{_value(d.get("observed"))}</td>'
-                    f'<td class="rb-ok {"rb-good" if ok else "rb-bad"}">{OK if ok else BAD}</td></tr>')
+        status = str(d.get("status") or ("passed" if d.get("ok") else "failed"))
+        cls, mark = {"passed": ("rb-good", OK), "skipped": ("rb-skip", SKIP)}.get(status, ("rb-bad", BAD))
+        observed = _value(d.get("observed"))
+        if d.get("problems"):
+            observed += _value({"problems": d["problems"]})
+        if status == "skipped":
+            observed = f'<span class="rb-dim">not checked here: {_e(str(d.get("skipped")))}</span>'
+        name = f'<br><span class="rb-dim">{_e(str(d["check"]))}</span>' if d.get("check") else ""
+        rows.append(f'<tr class="{status}"><td>{_e(e.title)}{name}</td><td>{_value(d.get("expected"))}</td>'
+                    f'<td>{observed}</td><td class="rb-ok {cls}">{mark}</td></tr>')
     return ('<table class="rb-cmp"><colgroup><col class="rb-c-title"><col><col><col class="rb-c-ok"></colgroup>'
             "<tr><th>check</th><th>expected</th><th>observed</th><th></th></tr>" + "".join(rows) + "</table>")
 

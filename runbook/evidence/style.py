@@ -48,6 +48,7 @@ table.rb-cmp tr.bad td { background: #fff5f5; }
 table.rb-cmp td.rb-ok { text-align: center; font-weight: 700; }
 .rb-bad { color: #cf222e; font-weight: 600; }
 .rb-good { color: #1a7f37; font-weight: 600; }
+.rb-skip { color: #9a6700; font-weight: 600; }
 .rb-warn { color: #9a6700; }
 .rb-small { color: #57606a; font-size: 11px; }
 .rb-diag { margin: 6px 0 2px; border: 1px solid #ff8182; border-radius: 4px; background: #fff; padding: 4px 8px; }

@@ -29,6 +29,8 @@ from typing import Any
 from runbook.adapters.base import PodInfo
 from runbook.checks import doublezero as dzc
 from runbook.checks import isolation as iso
+from runbook.checks import required
+from runbook.checks.core import Verdict
 from runbook.checks.workloads import running_pod
 from runbook.errors import AdapterError, CheckFailed, PreconditionFailed, WaitTimeout
 from runbook.images import same_image
@@ -39,19 +41,20 @@ from runbook.procedures.framework import Context, Procedure, Step
 from runbook.wait import wait_for
 
 NAME = "dz-upgrade"
-SESSION_UP = "BGP Session Up"
+SESSION_UP = dzc.SESSION_UP
 
 
 # ------------------------------------------------------------------------------------------- facts
 def context(adapters: Any, *, target_version: str, colour: str | None = None, skip_routes_reason: str = "",
-            progress: Callable[[str], None] = print, record: Callable[[str, Any], None] = lambda t, d: None) -> Context:
+            progress: Callable[[str], None] = print, record: Callable[[str, Any], None] = lambda t, d: None,
+            verdicts: Callable[[Verdict], None] = lambda v: None) -> Context:
     """A Context for this procedure (what steps and tests build)."""
     params: dict[str, Any] = {"target_version": target_version}
     if colour:
         params["colour"] = colour
     if skip_routes_reason:
         params["skip_routes_reason"] = skip_routes_reason
-    return Context(adapters=adapters, params=params, progress=progress, record=record)
+    return Context(adapters=adapters, params=params, progress=progress, record=record, verdicts=verdicts)
 
 
 def colour_of(env: Any, deployment: str) -> str:
@@ -126,18 +129,14 @@ def check_version(ctx: Context, version: str) -> str:
         r = ctx.adapters.workloads.exec(f["pod"], sidecar, ["doublezero", "--version"])
         return r.stdout.strip() if r.ok else f"exit {r.rc}: {(r.stderr or r.stdout).strip()}"
 
-    def matches(out: str) -> bool:
-        return bool(out.split()) and bg.bare_version(out.split()[-1]) == want
-
     try:
-        out = wait_for(observe, matches, timeout=ctx.env.timeouts.sidecar_restart, interval=0.2,
-                       tolerate=(AdapterError,), what=f"`doublezero --version` to report {want}",
-                       **_where(ctx, "verify"))
+        out = wait_for(observe, lambda o: iso.sidecar_version(o, expected=want).ok,
+                       timeout=ctx.env.timeouts.sidecar_restart, interval=0.2, tolerate=(AdapterError,),
+                       what=f"`doublezero --version` to report {want}", **_where(ctx, "verify"))
     except WaitTimeout as exc:
-        raise CheckFailed(f"`doublezero --version` in {f['pod']}/{sidecar}: expected {want!r}, observed "
-                          f"{exc.last_state!r}", expected=want, observed=str(exc.last_state),
-                          **_where(ctx, "verify")) from None
+        out = str(exc.last_state)
     ctx.record(f"exec {f['pod']}/{sidecar}: doublezero --version", out)
+    ctx.judge(iso.sidecar_version(out, expected=want))
     return out
 
 
@@ -146,17 +145,18 @@ def check_session_up(ctx: Context) -> dzc.DzStatus:
     f, sidecar, device = ctx.facts, ctx.env.doublezero.sidecar, ctx.env.doublezero.expected_device
     try:
         st = wait_for(lambda: dzc.sidecar_status(ctx.adapters.workloads, f["pod"], sidecar),
-                      lambda s: s.session == SESSION_UP and s.device == device,
+                      lambda s: dzc.session(s, device=device).ok,
                       timeout=ctx.env.timeouts.sidecar_restart, interval=0.2, tolerate=(AdapterError,),
                       what=f"{SESSION_UP} on {device}", **_where(ctx, "verify"))
     except WaitTimeout as exc:
         last = exc.last_state
         if isinstance(last, dzc.DzStatus):
-            dzc.check_session(last, device=device)
+            ctx.judge(dzc.session(last, device=device))
         raise CheckFailed(f"`doublezero status` in {f['pod']}/{sidecar}: expected {SESSION_UP!r} on {device!r}, "
                           f"observed {last!r}", expected=SESSION_UP, observed=str(last),
                           **_where(ctx, "verify")) from None
     ctx.record(f"exec {f['pod']}/{sidecar}: doublezero status", st.raw)
+    ctx.judge(dzc.session(st, device=device))
     return st
 
 
@@ -179,34 +179,21 @@ def wait_restart(ctx: Context, start: iso.Observation, *, image: str) -> tuple[i
     return last, samples
 
 
-def route_problems_throughout(start: iso.Observation, samples: list[iso.Observation], end: iso.Observation,
-                              interface: str) -> list[iso.Problem]:
-    """Routes equal before and after, and none missing from any sample taken during the restart."""
-    problems = iso.route_problems(start, end, interface=interface)
-    if not problems and start.routes:
-        gaps = [sorted(set(start.routes) - set(s.routes)) for s in samples if s.routes is not None
-                and not set(start.routes) <= set(s.routes)]
-        if gaps:
-            problems.append(iso.Problem(f"routes on {interface} went missing during the restart ({len(gaps)} of "
-                                        f"{len(samples)} samples)", "always present", gaps[0]))
-    return problems
+route_problems_throughout = iso.route_problems_throughout  # the check's (runbook.checks.isolation)
 
 
 def verify_restart(ctx: Context, start: iso.Observation, *, image: str, version: str, title: str) -> iso.Observation:
-    """The whole isolation proof after a patch to ``image``: raises CheckFailed with expected vs observed."""
-    interface = _interface(ctx)
+    """The whole isolation proof after a patch to ``image``, one check at a time (each verdict recorded):
+    the sidecar restarted once on it, agave untouched, its version and session, routes kept throughout."""
     after, samples = wait_restart(ctx, start, image=image)
-    iso.raise_problems(iso.app_problems(start, after) + iso.sidecar_problems(start, after, image=image),
-                       title=f"{title}: sidecar restart isolation failed in pod {start.pod}", obj=start.pod)
+    ctx.judge(iso.app_untouched(start, after))  # first: agave disturbed is the failure that matters most
+    ctx.judge(iso.sidecar_restarted(start, after, image=image, which=title))
     check_version(ctx, version)
     check_session_up(ctx)
     end = observe_now(ctx)
-    problems = iso.app_problems(start, end)
-    if interface is None:
-        ctx.progress(f"[{NAME}] routes not checked: {ctx.params.get('skip_routes_reason')}")
-    else:
-        problems += route_problems_throughout(start, samples, end, interface)
-    iso.raise_problems(problems, title=f"{title}: after the sidecar restart", obj=start.pod)
+    ctx.judge(iso.app_untouched(start, end))
+    ctx.judge(iso.routes_kept(start, samples, end, interface=str(ctx.env.doublezero.interface),
+                              skip_reason=str(ctx.params.get("skip_routes_reason") or "")))
     ctx.record(f"{title}: restart isolation", {"before": start.as_dict(), "after": end.as_dict(),
                                                 "route samples": len(samples)})
     return end
@@ -226,7 +213,7 @@ def sidecar_at_target(ctx: Context) -> bool:
 def require_ready(ctx: Context) -> None:
     """The pod runs, doublezerod is a native sidecar in it; before patching: session up, routes present."""
     pod = _pod(ctx)
-    iso.check_native_sidecar(pod, ctx.env.doublezero.sidecar)
+    required.native_sidecar(pod, ctx.env.doublezero.sidecar).require(precondition=True)
     if sidecar_at_target(ctx):
         return  # converged already (a resumed run): the verification checks the rest
     st = dzc.sidecar_status(ctx.adapters.workloads, pod.name, ctx.env.doublezero.sidecar)
@@ -286,13 +273,7 @@ def roll_back_patch(ctx: Context) -> None:
 
 def sidecar_restored(ctx: Context) -> None:
     """Steady state after a rollback: the same pod, agave untouched, the sidecar on its old image, session up."""
-    end = observe_now(ctx)
-    problems = iso.app_problems(before(ctx), end)
-    old = ctx.facts["old_image"]
-    if end.sidecar is None or not same_image(end.sidecar.image, old) or end.sidecar.state != "running":
-        problems.append(iso.Problem("sidecar after the rollback", ctx.facts["old_image"],
-                                    end.sidecar and f"{end.sidecar.image} ({end.sidecar.state})"))
-    iso.raise_problems(problems, title="not as before the upgrade", obj=ctx.facts["pod"])
+    ctx.judge(iso.back_on(before(ctx), observe_now(ctx), image=ctx.facts["old_image"]))
     check_session_up(ctx)
 
 
@@ -309,13 +290,8 @@ def record_drift(ctx: Context) -> dict[str, tuple[str, str]]:
     pod = _pod(ctx)
     drift = pod.drift
     template, running = pod.template_images.get(sidecar, ""), pod.spec_images.get(sidecar, "")
-    want_template = before(ctx).template_image
-    if not same_image(template, want_template) or not same_image(running, f["target_image"]):
-        raise CheckFailed(f"drift of {pod.name} from {f['deployment']}: expected the template to keep "
-                          f"{want_template!r} and the pod to run {f['target_image']!r}, observed template "
-                          f"{template!r}, pod {running!r}",
-                          expected={"template": want_template, "pod": f["target_image"]},
-                          observed={"template": template, "pod": running}, **_where(ctx, "record-drift"))
+    ctx.judge(iso.drift(pod=pod.name, template=template, running=running, want_template=before(ctx).template_image,
+                        want_running=f["target_image"]))
     if sidecar in drift:
         msg = drift_message(pod.name, f["deployment"], sidecar, template, running)
         ctx.progress(f"[{NAME}] WARNING {msg}")

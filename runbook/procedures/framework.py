@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from runbook.checks.core import Verdict
 from runbook.errors import RunbookError
 from runbook.procedures.journal import Journal, JournalCorrupt, Locked
 
@@ -112,10 +113,19 @@ class Context:
     record: Callable[[str, Any], None] = lambda title, data: None
     mark: Callable[[str, str], None] = lambda name, detail: None  # a timeline event (the prober's)
     facts: dict[str, Any] = field(default_factory=dict)  # derived at start, persisted in the journal
+    verdicts: Callable[[Verdict], None] = lambda v: None  # where a verification's verdicts are recorded
 
     @property
     def env(self) -> Any:
         return self.adapters.env
+
+    def judge(self, v: Verdict, *, precondition: bool = False) -> Verdict:
+        """A verification's verdict (a check from runbook.checks): recorded as computed, raised if it failed
+        (:class:`PreconditionFailed` for a precondition: nothing was changed)."""
+        if not v.check:
+            raise TypeError(f"verdict {v.title!r} did not come from a registered check")
+        self.verdicts(v)
+        return v.require(precondition=precondition)
 
 
 @dataclass(frozen=True)

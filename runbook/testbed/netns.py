@@ -330,3 +330,12 @@ def ensure_routes(
         _run(argv, what=f"add route {prefix} via {iface} in netns {ns}", ok_if="File exists")
         added.append(prefix)
     return added
+
+
+def routes_unobservable(has_netns: bool, *, testbed: bool) -> str:
+    """Why the DoubleZero interface's routes cannot be read here ("" when they can): a local testbed without
+    CAP_NET_ADMIN has no node network namespace, so the stand-in daemon skips the kernel part."""
+    if testbed and not has_netns:
+        return (f"the local testbed has no network namespace ({net_admin_reason()}): routes on the DoubleZero "
+                "interface are not observable here")
+    return ""

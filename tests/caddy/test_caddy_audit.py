@@ -283,3 +283,15 @@ def test_binary_argv_and_state_dir(env: Env, tmp_path: Path) -> None:
     for value in program.environment.values():
         assert Path(value).is_dir() and Path(value).is_relative_to(tmp_path.resolve())
     assert set(program.environment) == {"XDG_DATA_HOME", "XDG_CONFIG_HOME"}
+
+
+def test_a_setting_the_audit_does_not_know_is_refused(ours: dict[str, Any], seed: dict[str, Any]) -> None:
+    """The step's setting names reach the verdict: each failed seed setting fails its check; a name the audit
+    does not know is an error, never a pass."""
+    from runbook.checks.caddy_audit import setting
+
+    assert setting(_audit(ours), "lb_try_duration").ok
+    v = setting(_audit(seed), "lb_try_duration")
+    assert v.status == "failed" and v.check == "caddy_audit.setting", v
+    with pytest.raises(KeyError, match="no finding for 'lb_try_durations'"):
+        setting(_audit(ours), "lb_try_durations")

@@ -79,6 +79,8 @@ from pathlib import Path
 
 from pytest_bdd import given, parsers, then, when
 
+from runbook.checks.core import check, equal, judge, verdict
+
 SECRETS = json.loads(Path(os.environ["RB_SAMPLE_SECRETS"]).read_text())
 TOKEN = SECRETS["token"]
 log = logging.getLogger("sample")
@@ -103,7 +105,7 @@ def identity(evidence):
     evidence.attach_file(path, title="id.json (copied)")
     evidence.call(f"curl -H 'Authorization: Bearer {TOKEN}' https://rpc/getIdentity",
                   {"result": {"identity": SECRETS["pubkey"]}, "token": TOKEN, "keypair": SECRETS["base58"]})
-    evidence.compare("public key of id.json", expected=SECRETS["pubkey"], observed=SECRETS["pubkey"], ok=True)
+    judge(evidence, equal("public key of id.json", expected=SECRETS["pubkey"], observed=SECRETS["pubkey"]))
     log_file = path.parent / "validator.log"
     log_file.write_text("".join(f"slot {100 + i}: replayed\\n" for i in range(40)) + f"auth token={TOKEN}\\n")
     evidence.attach_file(log_file)
@@ -111,7 +113,7 @@ def identity(evidence):
 
 @then(parsers.parse('the health body is "{expected}"'))
 def health_is(health, expected, evidence):
-    evidence.compare("GET /health body", expected=expected, observed=health, ok=health == expected)
+    evidence.verdict(equal("GET /health body", expected=expected, observed=health))
     assert health == expected, f"/health said {health!r}, not {expected!r} (Authorization: Bearer {TOKEN})"
 
 
@@ -132,11 +134,15 @@ def prober(evidence):
                                  upstream_names={SECRETS["green"]: "green", SECRETS["blue"]: "blue"})
 
 
+@check(negative="tests/evidence/test_bundle_run.py")
+def at_most(title, bound, observed):
+    return verdict(title, expected=f"<= {bound}", observed=observed,
+                   problems=[] if observed <= bound else [f"{observed} > {bound}"])
+
+
 @then(parsers.parse("no more than {n:d} requests failed"))
 def few_failed(probe, n, evidence):
-    evidence.compare("failed requests", expected=f"<= {n}", observed=probe.failures_total,
-                     ok=probe.failures_total <= n)
-    assert probe.failures_total <= n
+    judge(evidence, at_most("failed requests", n, probe.failures_total))
 '''
 
 CONFTEST = '''\

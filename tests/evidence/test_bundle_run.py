@@ -63,7 +63,9 @@ def test_every_scenario_with_its_outcome(sample_run: SampleRun) -> None:
     assert (given["status"], then["status"], and_["status"]) == ("passed", "failed", "skipped")
     assert and_["error"] == "not run"
     compare = next(e for e in then["entries"] if e["kind"] == "compare")
-    assert compare["data"] == {"expected": "ok", "observed": "behind", "ok": False}
+    assert compare["data"] == {"expected": "ok", "observed": "behind", "ok": False, "status": "failed",
+                               "check": "core.equal", "problems": ["expected 'ok', observed 'behind'"],
+                               "skipped": ""}
     diags = {d["title"]: d for d in then["diagnostics"]}
     assert {"pod agave-green-7d9f (status)", "events (agave namespace)", "process log (agave, last lines)",
             "caddy upstreams", "kube events"} <= set(diags)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from runbook.checks.core import equal
 from runbook.evidence.artifacts import ArtifactStore
 from runbook.evidence.diagnostics import DiagnosticsRegistry, FailureContext
 from runbook.evidence.recorder import Recorder, ScenarioInfo
@@ -22,10 +23,10 @@ def test_steps_entries_and_not_run_steps() -> None:
     rec.note("before any step")  # a fixture's evidence lands outside steps
     rec.begin_step("Given blue is healthy")
     rec.call("GET /health", "ok")
-    assert rec.compare("body", expected="ok", observed="ok", ok=True) is True
+    rec.verdict(equal("body", expected="ok", observed="ok"))
     rec.end_step()
     rec.begin_step("When traffic shifts")
-    assert rec.compare("upstream order", expected=["blue", "green"], observed=["green", "blue"], ok=False) is False
+    rec.verdict(equal("upstream order", expected=["blue", "green"], observed=["green", "blue"]))
     rec.end_step(error=AssertionError("order unchanged"))
     rec.finish("failed", "AssertionError: order unchanged")
     d = rec.to_dict()

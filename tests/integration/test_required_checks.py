@@ -11,6 +11,7 @@ import pytest
 from runbook.adapters.base import ContainerStatus, PodInfo
 from runbook.adapters.factory import Adapters
 from runbook.checks import required
+from runbook.checks.core import judge
 from runbook.checks.workloads import running_pod
 from runbook.env import load_env
 from runbook.errors import CheckFailed
@@ -26,14 +27,14 @@ def _pod(kind: str) -> PodInfo:
 
 
 def test_a_regular_doublezerod_container_fails_the_audit() -> None:
-    required.check_native_sidecar(_pod("sidecar"), "doublezerod")
+    assert required.native_sidecar(_pod("sidecar"), "doublezerod").ok
     with pytest.raises(CheckFailed, match=r"must be a running native sidecar.*a regular \(app\) container"):
-        required.check_native_sidecar(_pod("app"), "doublezerod")
+        judge(None, required.native_sidecar(_pod("app"), "doublezerod"))
 
 
 def test_colours_that_differ_beyond_name_port_paths_and_image_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     env = load_env("local")
-    assert required.check_parameterized(env)  # the shipped overlays pass
+    assert required.parameterized(env).ok  # the shipped overlays pass
 
     def diverging(e: Any, colour: str, **kw: Any) -> dict[str, Any]:
         m = copy.deepcopy(render_deployment(e, colour, **kw))
@@ -43,7 +44,7 @@ def test_colours_that_differ_beyond_name_port_paths_and_image_fail(monkeypatch: 
 
     monkeypatch.setattr(required, "render_deployment", diverging)
     with pytest.raises(CheckFailed, match=r"spec\.strategy\.type"):
-        required.check_parameterized(env)
+        judge(None, required.parameterized(env))
 
 
 class _Workloads:
@@ -55,28 +56,28 @@ class _Workloads:
 
 
 def test_a_doublezero_daemonset_fails_the_audit() -> None:
-    assert required.check_no_daemonset(_Workloads(["kube-proxy"])) == []  # type: ignore[arg-type]
+    assert required.no_daemonset(_Workloads(["kube-proxy"])).ok  # type: ignore[arg-type]
     with pytest.raises(CheckFailed, match="doublezero-daemonset"):
-        required.check_no_daemonset(_Workloads(["doublezero-daemonset"]))  # type: ignore[arg-type]
+        judge(None, required.no_daemonset(_Workloads(["doublezero-daemonset"])))  # type: ignore[arg-type]
 
 
 def test_a_missing_identity_file_fails_the_audit(adapters: Adapters) -> None:
     env = adapters.env
     pod = running_pod(adapters.workloads, env.deployments.green.name)
-    assert required.check_identity_file(adapters.workloads, pod.name, env.doublezero.sidecar) == "600"
+    assert required.identity_file(adapters.workloads, pod.name, env.doublezero.sidecar).observed["mode"] == "600"
     home = adapters.workloads.exec(pod.name, env.doublezero.sidecar, ["sh", "-c", 'echo "$HOME"']).stdout.strip()
     key = Path(home) / ".config" / "doublezero" / "id.json"
     hidden = key.with_name("id.json.hidden")
     key.rename(hidden)
     try:
         with pytest.raises(CheckFailed, match="identity file must be in doublezerod's config volume"):
-            required.check_identity_file(adapters.workloads, pod.name, env.doublezero.sidecar)
+            judge(None, required.identity_file(adapters.workloads, pod.name, env.doublezero.sidecar))
     finally:
         hidden.rename(key)
     mode = key.stat().st_mode
     key.chmod(0o644)
     try:
         with pytest.raises(CheckFailed, match="mode 600"):
-            required.check_identity_file(adapters.workloads, pod.name, env.doublezero.sidecar)
+            judge(None, required.identity_file(adapters.workloads, pod.name, env.doublezero.sidecar))
     finally:
         key.chmod(mode)

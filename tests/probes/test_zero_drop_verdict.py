@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from runbook.checks import zero_drop
+from runbook.checks.core import judge_all
 from runbook.errors import CheckFailed
 from runbook.probes.summary import summarize
 
@@ -37,7 +38,7 @@ def _steady(n: int = 100, step: float = 0.01) -> list[dict[str, Any]]:
 def test_a_clean_run_passes_with_its_figures_per_phase(tmp_path: Path) -> None:
     v = _run(tmp_path, _steady(), ((0.5, "shift"),))
     assert v.ok and v.lost == 0 and [p.name for p in v.phases] == ["before shift", "after shift"]
-    zero_drop.check(v)
+    assert all(r.ok for r in judge_all(None, zero_drop.no_request_lost(v)))
     rows = v.rows()
     assert [r[0].split(" (")[0] for r in rows] == ["zero-drop, phase 'before shift'", "zero-drop, phase 'after shift'",
                                                    "zero-drop, phase 'whole run'"]
@@ -52,9 +53,13 @@ def test_one_lost_request_fails_its_phase_by_cause(tmp_path: Path, cause: str) -
     v = _run(tmp_path, recs, ((0.5, "caddy config change"),))
     before, after = v.phases
     assert before.ok and not after.ok and after.lost == {cause: 1} and not v.ok
-    with pytest.raises(CheckFailed, match=rf"1 of 100 requests lost(.|\n)*{cause} 1(.|\n)*"
-                                          rf"\n    #70 t=0.700s GET /health {cause} upstream=a status=200: {cause}"):
-        zero_drop.check(v)
+    rows = zero_drop.no_request_lost(v)
+    assert [r.status for r in rows] == ["passed", "failed", "failed"]
+    lost = f"    #70 t=0.700s GET /health {cause} upstream=a status=200: {cause}"
+    assert rows[-1].observed["lost requests"] == [lost]
+    with pytest.raises(CheckFailed, match=rf"phase 'after caddy config change'.*1 request\(s\) lost: {cause} 1"):
+        judge_all(None, rows)
+    assert "1 of 100 requests lost" in v.describe()
     assert v.lost_requests == (f"    #70 t=0.700s GET /health {cause} upstream=a status=200: {cause}",)
 
 
@@ -79,7 +84,7 @@ def test_a_stall_answered_within_the_client_timeout_fails_on_the_gap(tmp_path: P
     assert v.lost == 0 and not v.ok
     assert all(not p.ok and p.longest_gap.seconds > 0.5 for p in v.phases)  # the gap spans the event: both
     with pytest.raises(CheckFailed, match=r"ms without a successful answer .* longer than the 0.5 s bound"):
-        zero_drop.check(v)
+        judge_all(None, zero_drop.no_request_lost(v))
     ok = _run(tmp_path, _steady(), ((0.5, "shift"),))  # the same run without the stall passes
     assert ok.ok
 
@@ -95,4 +100,4 @@ def test_no_request_is_no_verdict(tmp_path: Path) -> None:
     v = _run(tmp_path, [])
     assert not v.ok
     with pytest.raises(CheckFailed, match="nothing proves nothing"):
-        zero_drop.check(v)
+        judge_all(None, zero_drop.no_request_lost(v))

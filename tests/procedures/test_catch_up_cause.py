@@ -17,7 +17,7 @@ import pytest
 
 from runbook.adapters.factory import Adapters
 from runbook.checks.failure_cause import ExpectedFailure, failure_cause_problems, never_caught_up
-from runbook.errors import CheckFailed
+from runbook.errors import CheckFailed, StepRefused
 from runbook.evidence.recorder import Recorder
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import journal_for
@@ -93,16 +93,18 @@ def _then(tmp_path: Path, run: RunResult, expected: ExpectedFailure | None) -> R
 
 def test_the_then_step_refuses_a_rollback_caused_by_an_image_pull_failure(tmp_path: Path) -> None:
     wrong = result(*BEFORE[:3], IMAGE_PULL_AT_DEPLOY, ROLLED_BACK)
-    _then(tmp_path, wrong, None)  # the old step: any automatic rollback passed
-    with pytest.raises(CheckFailed, match=r"rolled back, but not for the reason the scenario names \(catch-up past "
-                                          r"its 12s deadline\): failed at deploy-idle, not at catch-up"):
+    with pytest.raises(StepRefused, match="needs a When step that names the failure it provokes"):
+        _then(tmp_path, wrong, None)  # the old step: any automatic rollback passed
+    with pytest.raises(CheckFailed, match=r"what failed, and the rollback: failed at deploy-idle, not at catch-up"):
         _then(tmp_path, wrong, CATCH_UP)
     evidence = _then(tmp_path, result(*BEFORE, TIMEOUT_AT_CATCH_UP, ROLLED_BACK), CATCH_UP)
     compares = [e.data for e in evidence.current.entries if e.kind == "compare"]
-    assert compares[-1] == {"expected": "catch-up, at its 12s deadline, the idle colour still not healthy",
-                            "observed": [
+    assert compares[-1]["expected"] == ("catch-up failed at its 12s deadline, the idle colour still not healthy; "
+                                        "then rolled back")
+    assert compares[-1]["observed"]["steps"] == [
         "snapshot: done (0.2s)", "clone: done (0.2s)", "copy-accounts: done (0.2s)", "deploy-idle: done (0.2s)",
-        f"catch-up: failed (12.3s) {TIMEOUT_AT_CATCH_UP.error}", "(rollback): rolled back (0.0s)"], "ok": True}
+        f"catch-up: failed (12.3s) {TIMEOUT_AT_CATCH_UP.error}", "(rollback): rolled back (0.0s)"]
+    assert (compares[-1]["ok"], compares[-1]["check"]) == (True, "outcome.failed_and_rolled_back")
 
 
 @pytest.mark.mutating

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runbook.checks.derived import restore_differences, unexpected_differences
+from runbook.checks.derived import derived_from_live, restore_differences, restored_exactly, unexpected_differences
 from runbook.env import load_env
 from runbook.errors import ConfigError
 from runbook.manifests import render_deployment
@@ -138,3 +138,18 @@ def test_env_refuses_shared_identity_or_overlapping_ports() -> None:
     overlap["deployments"]["blue"]["dynamic_port_range"] = "8010-8030"
     with pytest.raises(ValueError, match="one host network"):
         Env.model_validate(overlap)
+
+
+def test_the_derived_check_fails_on_a_template_rendered_blue(env: Any, live: dict[str, Any]) -> None:
+    blue = derive_blue(env, live, sidecar=(SIDECAR, "laconicnetwork/doublezero:v0.6.1"))
+    assert derived_from_live(live, blue, name="agave-blue", live_name="agave-green", sidecar=SIDECAR).ok
+    bad = derived_from_live(live, render_deployment(env, "blue", image=TARGET), name="agave-blue",
+                            live_name="agave-green", sidecar=SIDECAR)
+    assert bad.status == "failed" and any("args" in p for p in bad.problems)
+    assert not derived_from_live(live, None, name="agave-blue", live_name="agave-green", sidecar=SIDECAR).ok
+
+
+def test_the_restored_check_fails_on_the_template(env: Any, live: dict[str, Any]) -> None:
+    assert restored_exactly(live, copy.deepcopy(restorable(live)), name="agave-green").ok
+    assert restored_exactly(live, render_deployment(env, "green"), name="agave-green").status == "failed"
+    assert restored_exactly(live, None, name="agave-green").problems

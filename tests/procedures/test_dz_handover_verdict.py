@@ -52,7 +52,7 @@ def test_a_clean_handover_passes_with_its_figures() -> None:
     assert v.observed["session holders in order"] == ["agave-green-abc", "agave-blue-abc"]
     assert v.observed["interval s (mean/max)"] == [0.2, 0.2]
     assert v.observed["handover gap s (last sample of one holder to the first of the next)"] == [0.6]
-    v.raise_if_failed()
+    v.require()
 
 
 def test_a_second_daemon_and_its_flap_fail_naming_both() -> None:
@@ -70,7 +70,7 @@ def test_a_second_daemon_and_its_flap_fail_naming_both() -> None:
     assert "202 python3 -m runbook.testbed.doublezerod" in text
     assert "reset (a flap) while its holder kept running: agave-green-abc at +0.9s ('1000' -> '1003')" in text
     with pytest.raises(CheckFailed, match="second doublezerod") as exc:
-        v.raise_if_failed()
+        v.require()
     assert exc.value.observed["max daemons at once"] == 2
 
 

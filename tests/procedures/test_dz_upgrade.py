@@ -23,6 +23,8 @@ import pytest
 from runbook.adapters.base import ContainerStatus, PodInfo
 from runbook.adapters.factory import Adapters
 from runbook.checks import isolation as iso
+from runbook.checks import required
+from runbook.checks.core import judge
 from runbook.checks.workloads import running_pod
 from runbook.env import Env
 from runbook.errors import AdapterError, CheckFailed, PreconditionFailed
@@ -251,36 +253,36 @@ def _obs(sidecar_image: str, sidecar_restarts: int, *, app_started: str = T0,
 def test_isolation_does_not_pass_vacuously() -> None:
     before = _obs("dz:v0.6.0", 0)
     with pytest.raises(CheckFailed, match=r"the sidecar did not restart.*expected 1, observed 0"):
-        iso.check_isolation(before, before, image="dz:v0.6.0", interface="doublezero0")
+        judge(None, iso.isolation(before, before, image="dz:v0.6.0", interface="doublezero0"))
     with pytest.raises(CheckFailed, match="survival proves nothing"):
-        iso.check_isolation(_obs("dz:v0.6.0", 0, routes=()), _obs("dz:v0.6.1", 1, routes=()), image="dz:v0.6.1",
-                            interface="doublezero0")
-    iso.check_isolation(before, _obs("dz:v0.6.1", 1), image="dz:v0.6.1", interface="doublezero0")
+        judge(None, iso.isolation(_obs("dz:v0.6.0", 0, routes=()), _obs("dz:v0.6.1", 1, routes=()), image="dz:v0.6.1",
+                            interface="doublezero0"))
+    judge(None, iso.isolation(before, _obs("dz:v0.6.1", 1), image="dz:v0.6.1", interface="doublezero0"))
 
 
 def test_isolation_names_each_way_agave_was_disturbed() -> None:
     before = _obs("dz:v0.6.0", 0)
     with pytest.raises(CheckFailed, match=r"agave restarted: agave-validator startedAt: expected .*00:00:00.*, "
                                           r"observed .*00:00:09"):
-        iso.check_isolation(before, _obs("dz:v0.6.1", 1, app_started="2026-01-01T00:00:09+00:00"), image="dz:v0.6.1",
-                            interface=None)
+        judge(None, iso.isolation(before, _obs("dz:v0.6.1", 1, app_started="2026-01-01T00:00:09+00:00"),
+                                  image="dz:v0.6.1", interface=None))
     with pytest.raises(CheckFailed, match=r"pod p1 was replaced.*expected \['p1'\], observed \['p2'\]"):
-        iso.check_isolation(before, _obs("dz:v0.6.1", 0, pod="p2", template="dz:v0.6.1"), image="dz:v0.6.1",
-                            interface=None)
+        judge(None, iso.isolation(before, _obs("dz:v0.6.1", 0, pod="p2", template="dz:v0.6.1"), image="dz:v0.6.1",
+                            interface=None))
     with pytest.raises(CheckFailed, match=r"routes on doublezero0 changed"):
-        iso.check_isolation(before, _obs("dz:v0.6.1", 1, routes=()), image="dz:v0.6.1", interface="doublezero0")
+        judge(None, iso.isolation(before, _obs("dz:v0.6.1", 1, routes=()), image="dz:v0.6.1", interface="doublezero0"))
 
 
-def test_native_sidecar_precondition_on_pod_info() -> None:
+def test_native_sidecar_required() -> None:
     def pod(kind: str) -> PodInfo:
         return PodInfo("p1", "agave-green", "Running", (_status("doublezerod", kind, "dz:v0.6.0", 0),
                                                         _status(APP_CONTAINER, "app", "agave:v2.1.0", 0)))
 
-    iso.check_native_sidecar(pod("sidecar"), "doublezerod")
-    with pytest.raises(PreconditionFailed, match="regular container"):
-        iso.check_native_sidecar(pod("app"), "doublezerod")
+    assert required.native_sidecar(pod("sidecar"), "doublezerod").require(precondition=True).ok
+    with pytest.raises(PreconditionFailed, match="regular"):
+        required.native_sidecar(pod("app"), "doublezerod").require(precondition=True)
     with pytest.raises(PreconditionFailed, match="has no dz container"):
-        iso.check_native_sidecar(pod("sidecar"), "dz")
+        required.native_sidecar(pod("sidecar"), "dz").require(precondition=True)
 
 
 def test_plan_reads_nothing_and_names_the_pod_patch(env: Env) -> None:

@@ -72,3 +72,21 @@ def test_growing_facts_may_not_go_back() -> None:
     # a bare `written` counts from the latest snapshot: the upgrade's own snapshot resets it while green runs
     assert problems({**before, "written": "11046912"}, {**before, "written": "53248"}, owner_running=True) == []
     assert problems({**before, "written": "53248"}, {**before, "written": "57344"}, owner_running=False)
+
+
+def test_the_check_fails_on_a_rollback_or_a_write_after_the_stop(storage) -> None:  # type: ignore[no-untyped-def]
+    """The check the scenarios use (data_untouched): its verdict, from the storage's facts."""
+    from runbook.checks.untouched import data_untouched
+
+    storage.snapshot("volumes/solana", "s1")
+    before = storage.identity("volumes/solana")
+    _write(storage, "owner-progress")
+    at_stop = storage.identity("volumes/solana")
+    assert data_untouched("green", "volumes/solana", before, storage.identity("volumes/solana"), stopped=at_stop).ok
+    _write(storage, "written-after-the-stop")
+    v = data_untouched("green", "volumes/solana", before, storage.identity("volumes/solana"), stopped=at_stop)
+    assert v.status == "failed" and any("since green stopped" in p for p in v.problems), v
+    storage.rollback("volumes/solana@s1", destroy_newer=False)
+    assert not data_untouched("green", "volumes/solana", before, storage.identity("volumes/solana")).ok
+    assert data_untouched("green", "volumes/solana", before, None).problems == (
+        "green's data was rewritten: the dataset is gone",)
