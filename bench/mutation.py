@@ -11,13 +11,19 @@ the repository, each run against the fast tests that claim to catch it. Every mu
 - A mutation is (name, what it breaks, file, exact old snippet, new snippet, the catching tests as pytest node
   ids). A snippet found other than exactly once is an ERROR of this script (the runbook changed: update the
   mutation), never skipped.
-- Baseline first: every catcher passes on the unmutated copy (a catcher that fails without the mutation proves
-  nothing). Then each mutant: its catchers with ``-x``; caught = at least one failed.
+  The mutations are defined in :mod:`bench.mutations`.
+- Baseline first: every catcher passes on the unmutated copy (a catcher that fails or is skipped without the
+  mutation proves nothing). Then each mutant: its catchers (``-x -q -p no:cacheprovider``, the repository's
+  report options left out, a timeout per run); caught = at least one test failed (pytest exit 1). A mutant
+  that stops a module importing, or a run that times out, is not a catch.
 - Exit status: 0 when the baseline passes and every mutation is caught; 1 otherwise (a survivor, a baseline
-  failure, a timeout); 2 on a mutation definition error.
+  failure, a timeout); 2 on a definition error (or a copy whose modules are not the ones imported).
 - A mutation whose catchers need the local testbed (``testbed=True``) runs under ``flock
-  /tmp/runbook-testbed.lock``; the copy's testbed state is its own (envs/local.yaml's state_dir is relative to
-  the checkout). The mutations below need none: each is caught by unit, golden-plan or fake-adapter tests.
+  /tmp/runbook-testbed.lock`` with the copy's own testbed state dir (envs/local.yaml's state_dir is relative to
+  the checkout). Other runs deselect mutating tests, must set up no testbed (checked with ``--setup-plan``), and
+  name the source checkout's state dir, so a testbed someone else holds up does not fail their port check. The
+  shipped mutations need no testbed: each is caught by unit, golden-plan or fake-adapter tests (the testbed
+  lock is contended, and CI has little time).
 """
 
 from __future__ import annotations
@@ -366,10 +372,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=TIMEOUT, help=f"seconds per mutant run (default {TIMEOUT:g})")
     args = p.parse_args(argv)
 
-    errors = check_definitions(ROOT, MUTATIONS)
-    if errors:
-        print("mutation definitions are wrong (ERROR, nothing ran):\n  " + "\n  ".join(errors), file=sys.stderr)
-        return 2
     chosen = list(MUTATIONS)
     if args.only:
         unknown = sorted(set(args.only) - {m.name for m in MUTATIONS})
@@ -377,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unknown mutation(s) {unknown}; known: {[m.name for m in MUTATIONS]}", file=sys.stderr)
             return 2
         chosen = [m for m in MUTATIONS if m.name in args.only]
+    errors = check_definitions(ROOT, chosen)
+    if errors:
+        print("mutation definitions are wrong (ERROR, nothing ran):\n  " + "\n  ".join(errors), file=sys.stderr)
+        return 2
     if args.list:
         for m in chosen:
             print(f"{m.name}: {m.breaks}\n    {m.file}{' (testbed)' if m.testbed else ''}\n    caught by: "
@@ -384,7 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     start = time.monotonic()
-    ok, outcomes, baseline = run_all(chosen, timeout=args.timeout)
+    try:
+        ok, outcomes, baseline = run_all(chosen, timeout=args.timeout)
+    except MutationError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     total = time.monotonic() - start
     print()
     if outcomes:

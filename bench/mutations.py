@@ -123,10 +123,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "dz-patches-template", "dz-upgrade patches the Deployment template's sidecar image (the pod is replaced, "
         "agave restarts) instead of the running pod's",
         "runbook/procedures/dz_upgrade.py",
-        "    ctx.adapters.workloads.patch_pod_container_image(f[\"pod\"], ctx.env.doublezero.sidecar, "
-        "f[\"target_image\"])",
-        "    ctx.adapters.workloads.patch_template_container_image(f[\"deployment\"], ctx.env.doublezero.sidecar,  "
-        "# MUTANT\n                                                          f[\"target_image\"])",
+        "patch_pod_container_image(f.pod, ctx.env.doublezero.sidecar, f.target_image)",
+        "patch_template_container_image(f.deployment, ctx.env.doublezero.sidecar, f.target_image)  # MUTANT",
         ("tests/procedures/test_dz_patch_target.py::test_the_patch_goes_to_the_running_pod_not_the_template",)),
     Mutation(
         "isolation-ignores-replaced-pod", "the isolation check does not notice the pod was replaced (agave restarted)",

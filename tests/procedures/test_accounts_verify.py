@@ -15,11 +15,12 @@ from runbook.errors import CheckFailed
 from runbook.procedures import accounts
 from runbook.procedures.framework import Context
 from tests.baseline_fakes import make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 
 
 def _ctx(tmp_path: Path) -> tuple[Context, Path, Path]:
     a = make_adapters(tmp_path)
-    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts={"live": "green", "idle": "blue"},
+    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts=upgrade_facts(live="green", idle="blue"),
                   progress=lambda m: None)
     src = Path(a.host_path(a.env.deployments.green.accounts))
     dst = Path(a.host_path(a.env.deployments.blue.accounts))

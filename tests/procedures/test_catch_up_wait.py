@@ -19,6 +19,7 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context
 from tests.baseline_fakes import make_env
+from tests.procedures.facts_helper import fact, upgrade_facts
 
 
 class _Reference:
@@ -57,7 +58,7 @@ def ctx(tmp_path: Any) -> Context:
     env = make_env(tmp_path)
     env = env.model_copy(update={"timeouts": env.timeouts.model_copy(update={"catch_up": 1.0})})
     return Context(adapters=_Adapters(env), params={"target_version": "v2.2.1"},
-                   facts={"live": "green", "idle": "blue", "target_version": "v2.2.1"}, progress=lambda m: None)
+                   facts=upgrade_facts(live="green", idle="blue", target_version="v2.2.1"), progress=lambda m: None)
 
 
 def _script(monkeypatch: pytest.MonkeyPatch, states: list[bg.NodeState]) -> list[bg.NodeState]:
@@ -101,13 +102,14 @@ def test_the_upgrades_catch_up_step_waits_for_the_idle_colour(ctx: Context, monk
         step.verify(ctx)
     _script(monkeypatch, [_state("behind", 50), _state("ok", 0)])
     step.verify(ctx)
-    assert ctx.facts["catch_up_seen"]["healths"] == ["behind", "ok"]
+    assert fact(ctx.facts, "catch_up_seen")["healths"] == ["behind", "ok"]
 
 
 def test_the_rollbacks_redeploy_waits_for_the_old_colour(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     """After cleanup, the rollback shifts back only once the old colour caught up on its old release."""
     step = next(s for s in agave_rollback.AFTER_CLEANUP.steps if s.name == "redeploy-old")
-    ctx.facts["live_image"] = "laconicnetwork/agave:v2.1.0"
+    ctx = dataclasses.replace(ctx, facts=upgrade_facts(live="green", idle="blue", target_version="v2.2.1",
+                                                       live_image="laconicnetwork/agave:v2.1.0"))
     _script(monkeypatch, [_state("behind", 500, version="2.1.0")])
     with pytest.raises(WaitTimeout, match="green to catch up"):
         step.verify(ctx)

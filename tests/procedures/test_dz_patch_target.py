@@ -14,6 +14,7 @@ from runbook.procedures import bluegreen as bg
 from runbook.procedures import dz_upgrade as dz
 from runbook.procedures.framework import Context
 from tests.baseline_fakes import FakeWorkloads, make_adapters
+from tests.procedures.facts_helper import dz_facts
 
 
 def _patch_template(self: FakeWorkloads, deployment: str, container: str, image: str) -> None:
@@ -36,8 +37,8 @@ def test_the_patch_goes_to_the_running_pod_not_the_template(tmp_path: Path, monk
     old = pod.spec_images[sidecar]
     target = bg.image_with_tag(old, "v0.6.1")
     ctx = Context(adapters=a, params={"target_version": "v0.6.1"}, progress=lambda m: None,
-                  facts={"colour": "green", "deployment": deployment, "pod": pod.name, "old_image": old,
-                         "target_image": target, "target_version": "v0.6.1"})
+                  facts=dz_facts(colour="green", deployment=deployment, pod=pod.name, old_image=old,
+                                 target_image=target, target_version="v0.6.1"))
     step = next(s for s in dz.PROCEDURE.steps if s.name == "patch-sidecar")
 
     step.action(ctx)

@@ -15,6 +15,7 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures.framework import Context
 from runbook.testbed import caddy
 from tests.baseline_fakes import FakeIngress, make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 
 
 class _Serving(FakeIngress):
@@ -28,7 +29,7 @@ class _Serving(FakeIngress):
 def _ctx(tmp_path: Path, template: Path) -> Context:
     a = make_adapters(tmp_path)
     a = dataclasses.replace(a, ingress=_Serving(caddy.adapt(caddy.render(template, a.env))))
-    return Context(adapters=a, params={"target_version": "v2.2.1"}, facts={"live": "green", "idle": "blue"})
+    return Context(adapters=a, params={"target_version": "v2.2.1"}, facts=upgrade_facts(live="green", idle="blue"))
 
 
 def test_our_ingress_passes(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from runbook.procedures import bluegreen as bg
 from runbook.procedures import derive
 from runbook.procedures.framework import Context, Journal, Step
 from tests.baseline_fakes import FakeWorkloads, make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 
 
 def _fail(ctx: Context) -> None:
@@ -37,7 +38,7 @@ def test_a_failure_after_the_shift_restarts_the_old_colour(tmp_path: Path, monke
     assert live is not None
     saved: dict[str, Any] = derive.restorable(live)
     ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, progress=lambda m: None,
-                  facts={"live": "green", "idle": "blue", "live_object": saved})
+                  facts=upgrade_facts(live="green", idle="blue", live_object=saved))
     shift = next(s for s in up.PROCEDURE.steps if s.name == "shift")
     # the shift as it is, without its ingress checks (no Caddy here): its action stops green for real
     shift = dataclasses.replace(shift, precondition=None, verify=lambda c: None, is_done=lambda c: False)

@@ -15,11 +15,12 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context
 from tests.baseline_fakes import make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 
 
 def _ctx(tmp_path: Path, records: list[tuple[str, object]]) -> Context:
     return Context(adapters=make_adapters(tmp_path), params={"target_version": "v2.2.1"},
-                   facts={"live": "green", "idle": "blue"}, record=lambda t, d: records.append((t, d)))
+                   facts=upgrade_facts(live="green", idle="blue"), record=lambda t, d: records.append((t, d)))
 
 
 def test_every_request_served_by_the_idle_colour_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
