@@ -57,7 +57,8 @@ def _state(health: str, behind: int, version: str = "2.2.1") -> bg.NodeState:
 def ctx(tmp_path: Any) -> Context:
     env = make_env(tmp_path)
     env = env.model_copy(update={"timeouts": env.timeouts.model_copy(update={"catch_up": 1.0})})
-    return Context(adapters=_Adapters(env), params={"target_version": "v2.2.1"},
+    fake: Any = _Adapters(env)  # the parts of Adapters the catch-up wait uses
+    return Context(adapters=fake, params={"target_version": "v2.2.1"},
                    facts=upgrade_facts(live="green", idle="blue", target_version="v2.2.1"), progress=lambda m: None)
 
 
