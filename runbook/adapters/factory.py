@@ -65,7 +65,9 @@ def connect(env: Env, testbed: Testbed | None = None) -> Adapters:
     # the admin API keeps its host-side URL (Caddy checks the Host header, and it names the API in messages);
     # the transport sends it through reach
     if testbed is not None:
-        host = TestinfraHost(env.host, netns=testbed.netns, env_name=env.name)
+        from runbook.testbed.host import TestbedHost  # its systemctl first on PATH: on the testbed only
+
+        host: TestinfraHost = TestbedHost(env.host, bin_dir=testbed.host_bin, netns=testbed.netns, env_name=env.name)
         return Adapters(
             env=env,
             host=host,

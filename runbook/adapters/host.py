@@ -128,16 +128,23 @@ class TestinfraHost:
         return found
 
     def service(self, name: str) -> ServiceState:
-        has_systemd = self.run("test -d /run/systemd/system && command -v systemctl", check=False).ok
-        if not has_systemd:
+        """A unit's state as ``systemctl is-active``/``is-enabled`` word it, on a host with a service manager:
+        one booted with systemd (``/run/systemd/system``, systemd's own test), or else whose ``systemctl``
+        says its manager runs (``is-system-running``: the testbed's, :mod:`runbook.testbed.systemd`).
+        A host without one (no systemctl, or systemctl answering ``offline``) is ``None``/``None``."""
+        probe = self.run("command -v systemctl >/dev/null || exit 127; test -d /run/systemd/system && exit 0; "
+                         "systemctl is-system-running", check=False)
+        word = probe.stdout.strip()
+        manager_up = ("initializing", "starting", "running", "degraded", "maintenance", "stopping")
+        if not ((probe.rc == 0 and not word) or word in manager_up):
             return ServiceState(name, active=None, enabled=None, detail="no systemd on this host")
         active = self.run(f"systemctl is-active {shlex.quote(name)}", check=False)
         enabled = self.run(f"systemctl is-enabled {shlex.quote(name)}", check=False)
         state_a, state_e = active.stdout.strip(), enabled.stdout.strip()
         return ServiceState(
             name,
-            active=state_a == "active",
-            enabled=state_e in ("enabled", "enabled-runtime", "static", "alias"),
+            active=state_a in ("active", "reloading", "refreshing"),  # what is-active exits 0 on
+            enabled=state_e in ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated"),  # rc 0
             detail=f"is-active: {state_a or active.stderr.strip()}; is-enabled: {state_e or enabled.stderr.strip()}",
         )
 

@@ -30,7 +30,7 @@ from runbook.baseline import Baseline, LocalExtras
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, PortInUse, TestbedError
 from runbook.manifests import render_deployment
-from runbook.testbed import caddy, chain, keypair, loopfs, netns, prodshape
+from runbook.testbed import caddy, chain, keypair, loopfs, netns, prodshape, systemd
 from runbook.testbed.kubelet import LocalWorkloads
 from runbook.testbed.nodenet import NodeNetwork
 from runbook.testbed.supervisor import TESTBED_MARK, Supervisor
@@ -181,6 +181,11 @@ class Testbed:
     def running(self) -> bool:
         return self._state().get("up") is True and self.supervisor.alive()
 
+    @property
+    def host_bin(self) -> Path:
+        """The testbed host's own programs (its ``systemctl``), first on the host port's PATH here only."""
+        return systemd.bin_dir(self.state_dir)
+
     def host_path(self, path: str) -> Path:
         return self.workloads._host_path(path)
 
@@ -193,7 +198,7 @@ class Testbed:
             progress("cleaning up what a previous testbed left")
             self.down(progress=progress)
         check_ports(self.env)
-        for stale in ("kube", "containers", "journal", "programs"):  # a new testbed remembers nothing old
+        for stale in ("kube", "containers", "journal", "programs", "systemd"):  # a new testbed remembers nothing old
             shutil.rmtree(self.state_dir / stale, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._save(env=self.env.name, up=False)
@@ -214,6 +219,7 @@ class Testbed:
         self.supervisor.add("cluster", self.in_node([py, "-m", "runbook.testbed.cluster", "--port",
                                                     str(self.tb.cluster_port), "--rate-limit",
                                                     str(self.tb.cluster_rate_limit)]), env=self._chain_env())
+        systemd.up(self, progress)  # the host's service manager: systemctl and the host's doublezerod unit
         self._up_caddy(progress)
 
         progress("deploying green (doublezerod sidecar, then validator)")
