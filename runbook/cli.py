@@ -230,8 +230,7 @@ def rollback_cmd(procedure: str = typer.Argument("agave-upgrade"), env: str = En
     """Roll a procedure back from wherever its journal says it stopped."""
 
     def run() -> None:
-        from runbook.procedures import agave_rollback, get, journal_for
-        from runbook.procedures.framework import Context
+        from runbook.procedures import agave_rollback, agave_upgrade, get, journal_for
 
         e = _env(env)
         proc = get(procedure)
@@ -242,7 +241,7 @@ def rollback_cmd(procedure: str = typer.Argument("agave-upgrade"), env: str = En
         _say(f"{procedure} run {state.get('facts', {}).get('run_id', '?')}: {state.get('status')} "
              f"(journal {journal.where})")
         _confirm(e, f"rolling back {procedure}", None, yes, need_target=False)
-        ctx = Context(adapters=_adapters(e), params={}, progress=_say)
+        ctx = agave_upgrade.PROCEDURE.context(_adapters(e), {}, progress=_say)
         if procedure == "agave-upgrade":
             steps = agave_rollback.rollback(ctx, journal_for(e, procedure), journal_for(e, "agave-rollback"))
             for s in steps:

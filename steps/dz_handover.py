@@ -67,4 +67,4 @@ def start_sampler(adapters: Adapters, testbed: Testbed | None, request: pytest.F
 @then("one doublezerod held the identity at a time, its session reset only at the handover, doublezero0's routes "
       "stayed, and the new colour's sidecar holds the session")
 def handover_verdict(dz_handover: ho.HandoverSampler, upgrade: Any, evidence: Recorder) -> None:
-    judge(dz_handover, evidence, new_colour=upgrade.facts["idle"])
+    judge(dz_handover, evidence, new_colour=upgrade.facts.idle)

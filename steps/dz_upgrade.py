@@ -51,7 +51,7 @@ def _skip_routes_reason(testbed: Testbed | None) -> str:
 
 def _restore_at_teardown(request: pytest.FixtureRequest, ctx: Context) -> None:
     def restore() -> None:
-        if ctx.facts.get("old_image") and ctx.facts.get("pod"):
+        if ctx.facts.old_image and ctx.facts.pod:
             dz.roll_back_patch(ctx)  # a no-op when the sidecar already runs its old image
 
     request.addfinalizer(restore)
@@ -66,33 +66,33 @@ def patch_sidecar(adapters: Adapters, testbed: Testbed | None, pod: PodInfo, ver
                      skip_routes_reason=_skip_routes_reason(testbed), progress=evidence.note, record=evidence.attach,
                      verdicts=evidence.verdict)
     dz.prepare(ctx)
-    if ctx.facts["already_at_target"]:
-        raise PreconditionFailed(f"{pod.name} already runs {ctx.facts['target_image']}: a patch would restart nothing, "
+    if ctx.facts.already_at_target:
+        raise PreconditionFailed(f"{pod.name} already runs {ctx.facts.target_image}: a patch would restart nothing, "
                                  "so isolation could not be shown", obj=pod.name)
     dz.require_ready(ctx)
     _restore_at_teardown(request, ctx)
     dz.patch_sidecar(ctx)
     before = dz.before(ctx)
-    after, samples = dz.wait_restart(ctx, before, image=ctx.facts["target_image"])
+    after, samples = dz.wait_restart(ctx, before, image=ctx.facts.target_image)
     evidence.call(f"pod {after.pod} after the patch", {"sidecar": iso._container(after.sidecar),
                                                        "agave": iso._container(after.app)})
-    return SidecarPatch(ctx, before, after, samples, ctx.facts["target_image"], version)
+    return SidecarPatch(ctx, before, after, samples, ctx.facts.target_image, version)
 
 
 @when("the sidecar is rolled back to its previous image", target_fixture="dz_patch")
 def roll_back_sidecar(dz_patch: SidecarPatch, evidence: Recorder) -> SidecarPatch:
     ctx = dz_patch.ctx
     start = dz.patch_back(ctx)
-    after, samples = dz.wait_restart(ctx, start, image=ctx.facts["old_image"])
+    after, samples = dz.wait_restart(ctx, start, image=ctx.facts.old_image)
     evidence.call(f"pod {after.pod} after the rollback", {"sidecar": iso._container(after.sidecar),
                                                           "agave": iso._container(after.app)})
-    return SidecarPatch(ctx, start, after, samples, ctx.facts["old_image"], dz.old_version(ctx))
+    return SidecarPatch(ctx, start, after, samples, ctx.facts.old_image, dz.old_version(ctx))
 
 
 @then(parsers.parse("only the sidecar restarted, on the {which} image"))
 def sidecar_restarted(dz_patch: SidecarPatch, which: str, evidence: Recorder) -> None:
     p = dz_patch
-    images = {"new": p.ctx.facts["target_image"], "previous": p.ctx.facts["old_image"]}
+    images = {"new": p.ctx.facts.target_image, "previous": p.ctx.facts.old_image}
     if which not in images:
         raise StepRefused(f"unknown image {which!r} in the step: say 'new' or 'previous'")
     if images[which] != p.image:
@@ -128,7 +128,7 @@ def drift_recorded(dz_patch: SidecarPatch, evidence: Recorder) -> None:
 
 @then("the pod no longer drifts from its Deployment template")
 def no_drift(adapters: Adapters, dz_patch: SidecarPatch, evidence: Recorder) -> None:
-    pod = adapters.workloads.pod(dz_patch.ctx.facts["pod"])
+    pod = adapters.workloads.pod(dz_patch.ctx.facts.pod)
     judge(evidence, iso.no_drift(pod.name, {k: list(v) for k, v in pod.drift.items()}))
 
 
@@ -157,8 +157,8 @@ def upgraded_in_place(dz_run: DzRun, pod: PodInfo, version: str, evidence: Recor
     ctx = dz_run.ctx
     if ctx.params["target_version"] != version:
         raise StepRefused(f"the step names {version}, but the procedure ran to {ctx.params['target_version']}")
-    judge(evidence, iso.upgraded_in_place(dz.before(ctx), dz.observe_now(ctx), image=ctx.facts["target_image"],
-                                          pod=pod.name, upgraded=ctx.facts["pod"]))
+    judge(evidence, iso.upgraded_in_place(dz.before(ctx), dz.observe_now(ctx), image=ctx.facts.target_image,
+                                          pod=pod.name, upgraded=ctx.facts.pod))
 
 
 @when("the dz-upgrade procedure is rolled back")

@@ -67,9 +67,9 @@ def run_operator_dz(adapters: Adapters, testbed: Testbed | None, pod: PodInfo, d
 
 def _restore_sidecar(ctx: Any, journal: Any, evidence: Recorder) -> None:
     """Testbed cleanup: the previous sidecar image back in the same pod, verified like the upgrade."""
-    if not ctx.facts.get("old_image") or not ctx.facts.get("pod"):
+    if not ctx.facts.old_image or not ctx.facts.pod:
         return  # the run stopped before it knew the pod: nothing was patched
-    evidence.note(f"scenario cleanup: patching {ctx.facts['pod']}'s sidecar back to {ctx.facts['old_image']}")
+    evidence.note(f"scenario cleanup: patching {ctx.facts.pod}'s sidecar back to {ctx.facts.old_image}")
     state = journal.load()
     if state.get("procedure") == dz.NAME and state.get("status") == "done":
         dz.PROCEDURE.roll_back(ctx, journal)  # the journal says rolled back; the steady state is checked

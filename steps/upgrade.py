@@ -23,6 +23,7 @@ from runbook.probes.prober import Prober
 from runbook.probes.summary import ProbeSummary
 from runbook.procedures import accounts, agave_rollback, journal_for, procedure_for
 from runbook.procedures import bluegreen as bg
+from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context, Interrupted, RunResult
 
 log = logging.getLogger("runbook.progress")
@@ -52,18 +53,19 @@ class ProbeRun:
 
 @dataclass
 class UpgradeRun:
-    ctx: Context
+    ctx: Context[UpgradeFacts]
     result: RunResult | None = None
     interrupted: str = ""
     rollback_steps: list[Any] = field(default_factory=list)
     expected_failure: ExpectedFailure | None = None
 
     @property
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> UpgradeFacts:
         return self.ctx.facts
 
 
-def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, params: dict[str, Any]) -> Context:
+def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None,
+             params: dict[str, Any]) -> Context[UpgradeFacts]:
     def progress(msg: str) -> None:
         log.info(msg)
         evidence.note(msg)
@@ -72,7 +74,8 @@ def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, par
         if probe is not None:
             probe.prober.event(name, detail)
 
-    return Context(adapters=adapters, params=params, progress=progress, record=evidence.call, mark=mark)
+    return Context(adapters=adapters, params=params, facts=UpgradeFacts(), progress=progress, record=evidence.call,
+                   mark=mark, verdicts=evidence.verdict)
 
 
 # ------------------------------------------------------------------------------------------- given
@@ -151,12 +154,13 @@ def _upgrade_back_after(request: pytest.FixtureRequest, adapters: Adapters, evid
     def clean_up() -> None:
         env = adapters.env
         state = journal_for(env, "agave-upgrade").load()
-        facts = state.get("facts") or {}
-        if state.get("status") != "done" or not facts.get("old_destroyed"):
+        facts = UpgradeFacts()
+        facts.load(state.get("facts") or {})
+        if state.get("status") != "done" or not facts.old_destroyed:
             return
-        old = facts["live_image"].rsplit(":", 1)[-1]
-        evidence.note(f"scenario cleanup: upgrading back to {old} on {facts['live']}, destroying "
-                      f"{facts['idle']}'s data (the old data is gone: nothing to roll back to)")
+        old = facts.live_image.rsplit(":", 1)[-1]
+        evidence.note(f"scenario cleanup: upgrading back to {old} on {facts.live}, destroying "
+                      f"{facts.idle}'s data (the old data is gone: nothing to roll back to)")
         back = _upgrade(adapters, evidence, None, {"target_version": old, "cleanup": "destroy"}, request)
         if back.result is None or not back.result.ok:
             raise CheckFailed(f"scenario cleanup: the upgrade back to {old} failed: "
@@ -181,9 +185,9 @@ def run_upgrade_destroy_old(adapters: Adapters, evidence: Recorder, probe: Probe
 
 @then("the old colour's data and the pre-upgrade snapshot are gone")
 def old_data_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    live = adapters.env.deployments.colour(upgrade.facts["live"])
+    live = adapters.env.deployments.colour(upgrade.facts.live)
     found = adapters.storage.datasets()
-    judge(evidence, colours.old_data_gone(live.data, upgrade.facts["snapshot"], datasets=[d.name for d in found],
+    judge(evidence, colours.old_data_gone(live.data, upgrade.facts.snapshot, datasets=[d.name for d in found],
                                           snapshots=[s for d in found for s in d.snapshots]))
 
 
@@ -264,7 +268,7 @@ def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -
 @then("the live colour served until the shift and the new colour after it")
 def served_in_phases(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, evidence: Recorder) -> None:
     summary = probe.finish()
-    live, idle = upgrade.facts["live"], upgrade.facts["idle"]
+    live, idle = upgrade.facts.live, upgrade.facts.idle
     before, after = zero_drop.served_before_and_after(summary, cut_start="shift", cut_end=f"{live} stopped")
     evidence.attach("upstream per phase", {p.name: dict(p.upstreams) for p in summary.phases})
     judge_all(evidence, [
@@ -283,14 +287,14 @@ def data_untouched(adapters: Adapters, upgrade: UpgradeRun, data_before: dict[st
         raise StepRefused(f"the {which} colour is {colour}, but the facts were read for {data_before['colour']}")
     dataset = data_before["dataset"]
     now = adapters.storage.identity(dataset) if any(d.name == dataset for d in adapters.storage.datasets()) else None
-    stopped = upgrade.facts.get("stopped_data") or {}
+    stopped = upgrade.facts.stopped_data or {}
     judge(evidence, untouched.data_untouched(colour, dataset, data_before["facts"], now,
                                              stopped=stopped["facts"] if stopped.get("colour") == colour else None))
 
 
 @then("the idle colour's deployment, clone and accounts copy are gone")
 def idle_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    idle = adapters.env.deployments.colour(upgrade.facts["idle"])
+    idle = adapters.env.deployments.colour(upgrade.facts.idle)
     judge(evidence, colours.gone(idle.name, pods=[p.name for p in adapters.workloads.pods(idle.name)],
                                  dataset=idle.data, datasets=[d.name for d in adapters.storage.datasets()],
                                  accounts=str(idle.accounts), accounts_left=accounts.copy_present(upgrade.ctx)))
@@ -299,7 +303,7 @@ def idle_gone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> No
 @then(parsers.parse("the {which} colour serves on its {version} version"))
 def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, which: str, version: str) -> None:
     colour = _colour(upgrade, which, allowed=("live", "old", "new", "idle"))
-    images = {"old": upgrade.facts["live_image"], "target": upgrade.facts["target_image"]}
+    images = {"old": upgrade.facts.live_image, "target": upgrade.facts.target_image}
     if version not in images:
         raise StepRefused(f"unknown version {version!r} in the step: say 'old' or 'target'")
     st = bg.observe_node(adapters.env, colour, url=adapters.rpc_url(colour))
@@ -309,8 +313,8 @@ def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, w
 
 @then("the idle colour runs from a copy-on-write clone of the live colour's snapshot")
 def idle_from_clone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    idle = adapters.env.deployments.colour(upgrade.facts["idle"])
-    snapshot = f"{adapters.env.deployments.colour(upgrade.facts['live']).data}@{upgrade.facts['snapshot']}"
+    idle = adapters.env.deployments.colour(upgrade.facts.idle)
+    snapshot = f"{adapters.env.deployments.colour(upgrade.facts.live).data}@{upgrade.facts.snapshot}"
     ds = next((d for d in adapters.storage.datasets() if d.name == idle.data), None)
     judge(evidence, colours.clone_of(idle.data, snapshot, origin=ds.origin if ds else None,
                                      backend=adapters.storage.backend))
@@ -318,22 +322,22 @@ def idle_from_clone(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder)
 
 @then("the idle colour was behind the cluster before it caught up")
 def was_behind(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    judge(evidence, colours.was_behind(upgrade.facts.get("catch_up_seen") or {},
+    judge(evidence, colours.was_behind(upgrade.facts.catch_up_seen or {},
                                        distance=adapters.env.catch_up_distance))
 
 
 @then('the idle colour answers "ok" on the target version beside the live colour')
 def both_ok(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    idle = bg.observe_node(adapters.env, upgrade.facts["idle"], url=adapters.rpc_url(upgrade.facts["idle"]))
-    live = bg.observe_node(adapters.env, upgrade.facts["live"], url=adapters.rpc_url(upgrade.facts["live"]))
+    idle = bg.observe_node(adapters.env, upgrade.facts.idle, url=adapters.rpc_url(upgrade.facts.idle))
+    live = bg.observe_node(adapters.env, upgrade.facts.live, url=adapters.rpc_url(upgrade.facts.live))
     judge(evidence, colours.both_answer(idle.as_dict(), live.as_dict(),
-                                        version=bg.bare_version(upgrade.facts["target_version"])))
+                                        version=bg.bare_version(upgrade.facts.target_version)))
 
 
 @then("every request was served by the live colour")
 def all_served_by_live(adapters: Adapters, probe: ProbeRun, upgrade: UpgradeRun, evidence: Recorder) -> None:
     summary = probe.finish()
-    live = upgrade.facts["live"]
+    live = upgrade.facts.live
     judge(evidence, zero_drop.served_only(dict(summary.upstreams), bg.upstream_address(adapters.env, live),
                                           when="with both colours healthy under lb_policy first",
                                           colour=live))
@@ -344,4 +348,4 @@ def _colour(upgrade: UpgradeRun, which: str, *, allowed: tuple[str, ...]) -> str
     one it deployed; any other word is refused (never mapped silently)."""
     if which not in allowed:
         raise StepRefused(f"unknown colour {which!r} in the step: say one of {', '.join(allowed)}")
-    return str(upgrade.facts["live"] if which in ("live", "old") else upgrade.facts["idle"])
+    return str(upgrade.facts.live if which in ("live", "old") else upgrade.facts.idle)

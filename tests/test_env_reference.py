@@ -14,6 +14,7 @@ from runbook.env import PROJECT_ROOT, load_env
 from runbook.errors import ConfigError
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures.framework import Context
+from tests.procedures.facts_helper import upgrade_facts
 
 
 def _env(tmp_path: Path, **changes: Any) -> Any:
@@ -54,7 +55,7 @@ def test_the_testbeds_cluster_limits_a_few_requests_a_second() -> None:
 def test_the_plan_states_the_poll_rate_and_the_references(tmp_path: Path) -> None:
     env = _env(tmp_path, cluster_rpc=["https://a.example", "https://b.example"], reference_poll="3s")
     ctx = Context(adapters=type("A", (), {"env": env})(), params={},
-                  facts={"idle": "blue", "live": "green", "target_version": "v2.2.1"})
+                  facts=upgrade_facts(idle="blue", live="green", target_version="v2.2.1"))
     text = "\n".join(up._plan_catch_up(ctx))
     assert "getSlot on https://a.example, https://b.example every 3s at most" in text
     assert "429" in text and "Retry-After" in text and "2.2.1" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from runbook.adapters.accounts_copy import AccountsCopy, CopyProgress
 from runbook.errors import CheckFailed
+from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context
 from runbook.procedures.planning import on_host
 
@@ -26,18 +27,18 @@ BLUE_WITH_A_LIVE_COPY = (
     "case. The accounts' path inside the container is the same for both colours, so each resolves its own copy.")
 
 
-def _copier(ctx: Context, *, plan: bool = False, old: bool = False) -> AccountsCopy:
+def _copier(ctx: Context[UpgradeFacts], *, plan: bool = False, old: bool = False) -> AccountsCopy:
     """live -> idle (the copy); ``old``: the other way round, to remove the old colour's accounts."""
     env = ctx.env
-    src = env.deployments.colour(ctx.facts["idle" if old else "live"]).accounts
-    dst = env.deployments.colour(ctx.facts["live" if old else "idle"]).accounts
+    src = env.deployments.colour(ctx.facts.colour("idle" if old else "live")).accounts
+    dst = env.deployments.colour(ctx.facts.colour("live" if old else "idle")).accounts
     if plan:
         return AccountsCopy(None, src, dst)  # type: ignore[arg-type]  # plan_lines(sudo=...) never runs a command
     a = ctx.adapters
     return AccountsCopy(a.host, a.host_path(src), a.host_path(dst), accept_vanished=True)  # a live source
 
 
-def copy(ctx: Context) -> None:
+def copy(ctx: Context[UpgradeFacts]) -> None:
     c = _copier(ctx)
     pre = c.preflight()  # refuses (CopyRefused) with the figures when the destination or the RAM is short
     ctx.record("accounts copy: space and RAM before it starts", pre.figures())
@@ -53,7 +54,7 @@ def copy(ctx: Context) -> None:
     ctx.record("what the idle colour does with a copy taken from a running validator", BLUE_WITH_A_LIVE_COPY)
 
 
-def verify(ctx: Context) -> None:
+def verify(ctx: Context[UpgradeFacts]) -> None:
     """The copy matches the source (data bytes with each inode once, names, distinct inodes, dirs, symlinks): a
     copy without hard links has more inodes. A source that changed while it was copied gets one more pass."""
     c = _copier(ctx)
@@ -68,34 +69,34 @@ def verify(ctx: Context) -> None:
                           expected="no differences", observed=v.differences or "no copy")
 
 
-def copied(ctx: Context) -> bool:
+def copied(ctx: Context[UpgradeFacts]) -> bool:
     return _copier(ctx).is_done()
 
 
-def copy_present(ctx: Context) -> bool:
+def copy_present(ctx: Context[UpgradeFacts]) -> bool:
     """Anything left in the idle colour's accounts directory (the copy, or part of it)."""
     c = _copier(ctx)
     f = c.measure(c.dst)
     return f is not None and f.entries > 0
 
 
-def remove(ctx: Context) -> None:
+def remove(ctx: Context[UpgradeFacts]) -> None:
     _copier(ctx).remove()
 
 
-def remove_old(ctx: Context) -> None:
+def remove_old(ctx: Context[UpgradeFacts]) -> None:
     """--cleanup=destroy: the old colour's accounts go with its data (RAM on a ramdisk)."""
     _copier(ctx, old=True).remove()
 
 
-def plan_copy(ctx: Context) -> list[str]:
+def plan_copy(ctx: Context[UpgradeFacts]) -> list[str]:
     c = _copier(ctx, plan=True)
     return on_host(ctx.env, [*c.plan_lines("preflight", sudo=False), *c.plan_lines("copy", sudo=False)])
 
 
-def plan_verify(ctx: Context) -> list[str]:
+def plan_verify(ctx: Context[UpgradeFacts]) -> list[str]:
     return on_host(ctx.env, _copier(ctx, plan=True).plan_lines("verify", sudo=False))
 
 
-def plan_remove(ctx: Context, *, old: bool = False) -> list[str]:
+def plan_remove(ctx: Context[UpgradeFacts], *, old: bool = False) -> list[str]:
     return on_host(ctx.env, _copier(ctx, plan=True, old=old).plan_lines("remove", sudo=False))

@@ -22,18 +22,19 @@ from runbook.procedures import accounts, catch_up
 from runbook.procedures import agave_plan as pl
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
+from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context, Journal, Procedure, Step, StepOutcome
 from runbook.wait import wait_for
 
 
 # The facts are the upgrade's: "live" is the colour that was live before it, "idle" the one it made live.
-def _swapped(ctx: Context) -> Context:
+def _swapped(ctx: Context[UpgradeFacts]) -> Context[UpgradeFacts]:
     """The upgrade's context seen from the rollback: the colour it made live is the one to stop."""
-    swapped = dict(ctx.facts, live=ctx.facts["idle"], idle=ctx.facts["live"])
+    swapped = dataclasses.replace(ctx.facts, live=ctx.facts.idle, idle=ctx.facts.live)
     return Context(adapters=ctx.adapters, params=ctx.params, facts=swapped)
 
 
-def _preflight(ctx: Context) -> None:
+def _preflight(ctx: Context[UpgradeFacts]) -> None:
     """Checked before anything changes: the old colour is not running (its data cannot be rolled back under
     it), and the ingress retries, which the shift back needs (not found out after the old colour caught up)."""
     if ctx.adapters.workloads.pods(up._live(ctx).name):
@@ -41,7 +42,7 @@ def _preflight(ctx: Context) -> None:
     up.require_ingress_retries(_swapped(ctx), doing="start the rollback")
 
 
-def restore_data(ctx: Context) -> None:
+def restore_data(ctx: Context[UpgradeFacts]) -> None:
     """Never under a mounted filesystem: a volume is unmounted (its colour is stopped: the preflight), rolled
     back, and mounted again where its Deployment reads it."""
     st, live = ctx.adapters.storage, up._live(ctx)
@@ -77,7 +78,7 @@ def rolled_back_since_stop(stopped: dict[str, Any], now: dict[str, Any]) -> tupl
     return False, "no storage fact that a rollback changes"
 
 
-def data_restored(ctx: Context) -> bool:
+def data_restored(ctx: Context[UpgradeFacts]) -> bool:
     """Already done, observed: the old colour runs its old image (a later step redeployed it on its data,
     which cannot be rolled back under it), or the storage shows its data rolled back since it stopped
     (:func:`rolled_back_since_stop` against the facts the upgrade recorded then, ``stopped_data``) and,
@@ -86,8 +87,8 @@ def data_restored(ctx: Context) -> bool:
     if old_deployed(ctx):
         return True
     live, st = up._live(ctx), ctx.adapters.storage
-    stopped = ctx.facts.get("stopped_data") or {}
-    if stopped.get("colour") != ctx.facts["live"] or up._dataset(ctx, live.data) is None:
+    stopped = ctx.facts.stopped_data or {}
+    if stopped.get("colour") != ctx.facts.live or up._dataset(ctx, live.data) is None:
         return False
     ok, how = rolled_back_since_stop(stopped.get("facts") or {}, st.identity(live.data))
     mounted = not live.mount or st.mounted_at(live.data) == live.mount
@@ -95,14 +96,14 @@ def data_restored(ctx: Context) -> bool:
     return ok and mounted
 
 
-def verify_restored(ctx: Context) -> None:
+def verify_restored(ctx: Context[UpgradeFacts]) -> None:
     """The old colour's data is back where its Deployment reads it (a volume: mounted at its mount)."""
     live = up._live(ctx)
     if live.mount and ctx.adapters.storage.mounted_at(live.data) != live.mount:
         raise PreconditionFailed(f"{live.data} is not mounted at {live.mount} after the rollback")
 
 
-def check_at_snapshot(ctx: Context) -> None:
+def check_at_snapshot(ctx: Context[UpgradeFacts]) -> None:
     """The storage says the old colour's data is its snapshot again: nothing written since (ZFS's
     ``written@<snap>``, the volume model's ``written``), read right after the rollback and before any mount. A
     backend without such a fact says so in the evidence."""
@@ -116,70 +117,71 @@ def check_at_snapshot(ctx: Context) -> None:
         raise PreconditionFailed(f"{up._live(ctx).data} is not at {up._snapshot(ctx)} after the rollback: {written}")
 
 
-def old_deployed(ctx: Context) -> bool:
+def old_deployed(ctx: Context[UpgradeFacts]) -> bool:
     pods = ctx.adapters.workloads.pods(up._live(ctx).name)
-    return any(same_image(p.spec_images.get(up.APP_CONTAINER, ""), ctx.facts["live_image"]) for p in pods)
+    return any(same_image(p.spec_images.get(up.APP_CONTAINER, ""), ctx.facts.live_image) for p in pods)
 
 
-def redeploy_old(ctx: Context) -> None:
+def redeploy_old(ctx: Context[UpgradeFacts]) -> None:
     up.restore_live_object(ctx)
 
 
-def old_caught_up(ctx: Context) -> None:
-    colour = ctx.facts["live"]
+def old_caught_up(ctx: Context[UpgradeFacts]) -> None:
+    colour = ctx.facts.live
     ctx.adapters.workloads.wait_rollout(up._live(ctx).name, timeout=ctx.env.timeouts.rollout)
-    want = bg.bare_version(ctx.facts["live_image"].rsplit(":", 1)[-1])
+    want = bg.bare_version(ctx.facts.live_image.rsplit(":", 1)[-1])
     st, _ = catch_up.wait_caught_up(ctx, colour, want, step="redeploy-old", procedure="agave-rollback")
     ctx.record(f"{colour} caught up", st.as_dict())
 
 
-def shift_back(ctx: Context) -> None:
-    ctx.mark("shift back", f"stopping {ctx.facts['idle']} gracefully")
+def shift_back(ctx: Context[UpgradeFacts]) -> None:
+    ctx.mark("shift back", f"stopping {ctx.facts.idle} gracefully")
     ctx.adapters.workloads.delete_deployment(up._idle(ctx).name)
-    ctx.mark(f"{ctx.facts['idle']} stopped", up._idle(ctx).name)
+    ctx.mark(f"{ctx.facts.idle} stopped", up._idle(ctx).name)
 
 
-def served_by_old(ctx: Context) -> None:
-    old = ctx.facts["live"]
+def served_by_old(ctx: Context[UpgradeFacts]) -> None:
+    old = ctx.facts.live
     wait_for(lambda: bg.served_by(ctx.env, adapters=ctx.adapters), lambda c: c == old,
              timeout=ctx.env.timeouts.healthy, interval=0.1, what=f"the ingress to serve from {old} again",
              env=ctx.env.name, step="shift-back")
 
 
-def _require_old_ok(ctx: Context) -> None:
+def _require_old_ok(ctx: Context[UpgradeFacts]) -> None:
     """The retrying ingress, and the old colour answering ok, before the new one is stopped."""
     up.require_retrying_ingress(_swapped(ctx))
 
 
-def old_order(ctx: Context) -> list[str]:
+def old_order(ctx: Context[UpgradeFacts]) -> list[str]:
     return list(reversed(up.new_order(ctx)))
 
 
-def order_restored(ctx: Context) -> bool:
+def order_restored(ctx: Context[UpgradeFacts]) -> bool:
     return same_upstreams(ctx.adapters.ingress.upstream_order(), old_order(ctx))
 
 
-def verify_order_restored(ctx: Context) -> None:
+def verify_order_restored(ctx: Context[UpgradeFacts]) -> None:
     if not order_restored(ctx):
         raise PreconditionFailed(f"upstream order is {ctx.adapters.ingress.upstream_order()}, "
                                  f"expected {old_order(ctx)}")
 
 
-def clone_gone(ctx: Context) -> bool:
+def clone_gone(ctx: Context[UpgradeFacts]) -> bool:
     return up._dataset(ctx, up._idle(ctx).data) is None
 
 
-def verify_clone_gone(ctx: Context) -> None:
+def verify_clone_gone(ctx: Context[UpgradeFacts]) -> None:
     if not clone_gone(ctx):
         raise PreconditionFailed(f"{up._idle(ctx).data} still exists")
 
 
-def verify_snapshot_gone(ctx: Context) -> None:
+def verify_snapshot_gone(ctx: Context[UpgradeFacts]) -> None:
     if up.snapshot_exists(ctx):
         raise PreconditionFailed(f"{up._snapshot(ctx)} still exists")
 
 
 AFTER_CLEANUP = Procedure(
+    facts=UpgradeFacts,
     name="agave-rollback",
     summary="roll the agave upgrade back after its cleanup: old data, old version, old colour serving",
     steps=(
@@ -210,22 +212,23 @@ AFTER_CLEANUP = Procedure(
 )
 
 
-def rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
+def rollback(ctx: Context[UpgradeFacts], upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
     """Roll the upgrade back from wherever its journal says it stopped, under the env's lock. The snapshot
     restored and destroyed is the one the upgrade's journal records (that run's, by its run id)."""
     with upgrade_journal.lock(up.PROCEDURE.name, "rollback"):
         return _rollback(ctx, upgrade_journal, rollback_journal)
 
 
-def _rollback(ctx: Context, upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
+def _rollback(ctx: Context[UpgradeFacts], upgrade_journal: Journal, rollback_journal: Journal) -> list[StepOutcome]:
+    up.PROCEDURE.adopt_facts(ctx)
     state = upgrade_journal.load()
     if not state or state.get("procedure") != up.PROCEDURE.name:
         raise RunbookError("no agave-upgrade in the journal: nothing to roll back", obj=upgrade_journal.where)
-    ctx.facts.update(state.get("facts", {}))
+    ctx.facts.load(state.get("facts", {}))
     if state.get("status") == "rolled back":
         ctx.progress("the upgrade was already rolled back")
         return []
-    if ctx.facts.get("old_destroyed"):
+    if ctx.facts.old_destroyed:
         raise RunbookError("cannot roll back: the old colour's data and its snapshot were destroyed at cleanup "
                            "(cleanup=destroy); the new colour is the only copy", procedure=up.PROCEDURE.name)
     if state.get("status") != "done":

@@ -50,6 +50,7 @@ from runbook.procedures.agave_data import (  # noqa: F401  (re-exported: the rol
     verify_retired,
     verify_snapshot,
 )
+from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context, Procedure, Step, new_run_id
 from runbook.wait import wait_for
 
@@ -57,7 +58,7 @@ RETRY_SETTINGS = ("health_body", "fail_duration/max_fails", "lb_try_duration", "
 
 
 # ------------------------------------------------------------------------------------------- facts
-def prepare(ctx: Context) -> None:
+def prepare(ctx: Context[UpgradeFacts]) -> None:
     """Derive the run's facts from real state: which colour is live, its images, the names to use."""
     env, a = ctx.env, ctx.adapters
     target = str(ctx.params["target_version"])
@@ -75,27 +76,25 @@ def prepare(ctx: Context) -> None:
         live_image = pod.spec_images[APP_CONTAINER]
         sidecar_image = pod.spec_images[env.doublezero.sidecar]
     idle = bg.other(live)
-    ctx.facts.update({
-        "live": live, "idle": idle, "target_version": target,
-        "live_image": live_image, "target_image": bg.image_with_tag(live_image, target),
-        "sidecar_image": sidecar_image,
-        "snapshot": snapshot_name(env, target, ctx),
-    })
+    f = ctx.facts
+    f.live, f.idle, f.target_version = live, idle, target
+    f.live_image, f.target_image, f.sidecar_image = live_image, bg.image_with_tag(live_image, target), sidecar_image
+    f.snapshot = snapshot_name(env, target, ctx)
     save_live_object(ctx)
     require_destroy_confirmed(ctx)
 
 
-def snapshot_name(env: Any, target: str, ctx: Context) -> str:
+def snapshot_name(env: Any, target: str, ctx: Context[UpgradeFacts]) -> str:
     """This run's snapshot: ``<prefix>-<target>-<run id>``. Named per run, so a snapshot an earlier run left
     (``pre-upgrade-v2.2.1`` after a rollback, or another run's) is never taken for this run's and cloned."""
     if ctx.params.get("plan"):
         return f"{env.storage.snapshot_prefix}-{target}-YYYYMMDDTHHMMSSZ-xxxx"  # the run id's shape
-    if "run_id" not in ctx.facts:
-        ctx.facts["run_id"] = new_run_id()
-    return f"{env.storage.snapshot_prefix}-{target}-{ctx.facts['run_id']}"
+    if not ctx.facts.run_id:
+        ctx.facts.run_id = new_run_id()
+    return f"{env.storage.snapshot_prefix}-{target}-{ctx.facts.run_id}"
 
 
-def shape(ctx: Context, colour: str) -> derive.ColourShape:
+def shape(ctx: Context[UpgradeFacts], colour: str) -> derive.ColourShape:
     """What the env says differs between the colours: names, ports, and the host paths of the colour's data
     (the ledger's mount, the accounts, the identity keypair)."""
     dep = ctx.env.deployments.colour(colour)
@@ -106,77 +105,77 @@ def shape(ctx: Context, colour: str) -> derive.ColourShape:
                               dynamic_port_range=dep.dynamic_port_range, paths=paths)
 
 
-def save_live_object(ctx: Context) -> None:
+def save_live_object(ctx: Context[UpgradeFacts]) -> None:
     """The live colour's Deployment as the cluster holds it, saved (journal and evidence) before anything
     touches it: the idle colour is derived from it and every rollback re-creates it from this copy."""
     if ctx.params.get("plan"):
-        ctx.facts["live_object"] = render_deployment(ctx.env, ctx.facts["live"], image=ctx.facts["live_image"])
+        ctx.facts.live_object = render_deployment(ctx.env, ctx.facts.live, image=ctx.facts.live_image)
         return
-    if "live_object" in ctx.facts:
+    if ctx.facts.live_object is not None:
         return  # a resumed run: the copy saved when it started (the live object may be gone since the shift)
     obj = ctx.adapters.workloads.deployment(_live(ctx).name)
     if obj is None:
         raise PreconditionFailed(f"deployment {_live(ctx).name} not found: nothing to derive the idle colour from",
                                  env=ctx.env.name, obj=_live(ctx).name)
-    ctx.facts["live_object"] = derive.restorable(obj)
+    ctx.facts.live_object = derive.restorable(obj)
     ctx.record(f"{_live(ctx).name} as the cluster held it before the upgrade (restored verbatim by a rollback)",
-               ctx.facts["live_object"])
+               ctx.facts.live_object)
 
 
-def idle_manifest(ctx: Context) -> dict[str, Any]:
+def idle_manifest(ctx: Context[UpgradeFacts]) -> dict[str, Any]:
     """The idle colour: the saved live object with exactly derive.CHANGED changed (and the sidecar image the
     live pod runs, which a dz-upgrade may have patched in place)."""
-    return derive.derive(ctx.facts["live_object"], source=shape(ctx, ctx.facts["live"]),
-                         target=shape(ctx, ctx.facts["idle"]), image=ctx.facts["target_image"],
-                         sidecar=(ctx.env.doublezero.sidecar, ctx.facts["sidecar_image"]))
+    return derive.derive(ctx.facts.saved_live_object(), source=shape(ctx, ctx.facts.live),
+                         target=shape(ctx, ctx.facts.idle), image=ctx.facts.target_image,
+                         sidecar=(ctx.env.doublezero.sidecar, ctx.facts.sidecar_image))
 
 
-def restore_live_object(ctx: Context) -> None:
+def restore_live_object(ctx: Context[UpgradeFacts]) -> None:
     """Rollback: the live colour's saved object, re-created verbatim (the API server's fields left out)."""
-    ctx.adapters.workloads.apply_deployment(derive.restorable(ctx.facts["live_object"]))
+    ctx.adapters.workloads.apply_deployment(derive.restorable(ctx.facts.saved_live_object()))
 
 
 # ------------------------------------------------------------------------------------------- deploy
-def idle_deployed(ctx: Context) -> bool:
+def idle_deployed(ctx: Context[UpgradeFacts]) -> bool:
     pods = ctx.adapters.workloads.pods(_idle(ctx).name)
-    return any(same_image(p.spec_images.get(APP_CONTAINER, ""), ctx.facts["target_image"]) for p in pods)
+    return any(same_image(p.spec_images.get(APP_CONTAINER, ""), ctx.facts.target_image) for p in pods)
 
 
-def deploy_idle(ctx: Context) -> None:
+def deploy_idle(ctx: Context[UpgradeFacts]) -> None:
     manifest = idle_manifest(ctx)
     ctx.record(f"{_idle(ctx).name}: the live object except " + "; ".join(derive.CHANGED),
-               {"changed": derive.differences(ctx.facts["live_object"], manifest)})
+               {"changed": derive.differences(ctx.facts.live_object, manifest)})
     ctx.adapters.workloads.apply_deployment(manifest)
 
 
-def verify_idle_rolled_out(ctx: Context) -> None:
+def verify_idle_rolled_out(ctx: Context[UpgradeFacts]) -> None:
     pod = ctx.adapters.workloads.wait_rollout(_idle(ctx).name, timeout=ctx.env.timeouts.rollout)
     ctx.record(f"{pod.name} containers", {c.name: f"{c.image} {c.state}" for c in pod.containers})
 
 
-def delete_idle(ctx: Context) -> None:
+def delete_idle(ctx: Context[UpgradeFacts]) -> None:
     ctx.adapters.workloads.delete_deployment(_idle(ctx).name)
 
 
 # ------------------------------------------------------------------------------------------- catch-up
-def wait_caught_up(ctx: Context) -> None:
+def wait_caught_up(ctx: Context[UpgradeFacts]) -> None:
     """Caught up (runbook.procedures.catch_up): the reference polled every ``reference_poll`` seconds with
     back-off; a wrong release answering getVersion fails at once, not at the deadline."""
-    colour, want = ctx.facts["idle"], bg.bare_version(ctx.facts["target_version"])
+    colour, want = ctx.facts.idle, bg.bare_version(ctx.facts.target_version)
     st, seen = catch_up.wait_caught_up(ctx, colour, want, step="catch-up", procedure="agave-upgrade")
-    ctx.facts["catch_up_seen"] = seen
+    ctx.facts.catch_up_seen = seen
     ctx.record(f"{colour} caught up", {**st.as_dict(), "seen while catching up": seen})
     ctx.mark(f"{colour} healthy", f"slot {st.slot}, {st.behind} behind")
 
 
-def idle_caught_up(ctx: Context) -> bool:
+def idle_caught_up(ctx: Context[UpgradeFacts]) -> bool:
     """Already done: the idle colour is observed caught up now (health ok, the target release, within
     ``catch_up_distance`` of the reference: catch_up.caught_up_now), whatever the journal remembers.
     ``catch_up_seen`` is evidence of the wait (the "was behind" check), not a marker of it."""
-    return catch_up.caught_up_now(ctx, ctx.facts["idle"], bg.bare_version(ctx.facts["target_version"]))
+    return catch_up.caught_up_now(ctx, ctx.facts.idle, bg.bare_version(ctx.facts.target_version))
 
 
-def accounts_copied(ctx: Context) -> bool:
+def accounts_copied(ctx: Context[UpgradeFacts]) -> bool:
     """Already done: the idle colour's accounts match the source (observed: accounts.copied), or the idle
     colour runs on the target image (observed: idle_deployed), its accounts then its own: it writes them as
     it catches up, so they differ from the source, and a copy (rsync --delete) would overwrite a running
@@ -185,12 +184,12 @@ def accounts_copied(ctx: Context) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- shift
-def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour",
+def require_ingress_retries(ctx: Context[UpgradeFacts], *, doing: str = "stop the live colour",
                             settings: tuple[str, ...] = (*RETRY_SETTINGS, "order_switch")) -> None:
     """The ingress's retry settings (design trap 3) and its order switch (no reload to reorder), audited on
     what serves the env's site."""
     env = ctx.env
-    report = audit(ctx.adapters.ingress.config(), expected_upstreams=bg.upstream_order_for(env, ctx.facts["live"]),
+    report = audit(ctx.adapters.ingress.config(), expected_upstreams=bg.upstream_order_for(env, ctx.facts.live),
                    site_url=env.ingress.url, upstream_header=env.ingress.upstream_header)
     bad = [f for f in report.select(*settings) if not f.ok]
     if bad:
@@ -199,7 +198,7 @@ def require_ingress_retries(ctx: Context, *, doing: str = "stop the live colour"
                                  + "; ".join(f"{f.setting}: {f.observed}" for f in bad), env=env.name)
 
 
-def require_own_identity(ctx: Context) -> None:
+def require_own_identity(ctx: Context[UpgradeFacts]) -> None:
     """The idle colour's identity keypair is on the host and is not the live colour's key (agave's gossip makes
     the older instance of an identity exit: a blue under green's key kills green, the colour serving traffic).
     The files are private keys: compared by digest on the host, as root; neither digest is shown or kept."""
@@ -224,7 +223,7 @@ def require_own_identity(ctx: Context) -> None:
                                      idle.name: f"{idle.identity} (present, another key)"})
 
 
-def preflight(ctx: Context) -> None:
+def preflight(ctx: Context[UpgradeFacts]) -> None:
     """Every precondition that can be checked before anything changes, checked before the snapshot (not
     after hours of cloning, copying and catching up): the ingress retries and switches its order without a
     reload, the idle colour has its own identity, the pool has room, the idle colour runs nothing else, and
@@ -234,11 +233,11 @@ def preflight(ctx: Context) -> None:
     preflight_storage_and_idle(ctx)
 
 
-def preflight_storage_and_idle(ctx: Context) -> None:
+def preflight_storage_and_idle(ctx: Context[UpgradeFacts]) -> None:
     require_space(ctx, "snapshot")
     if ctx.adapters.workloads.pods(_idle(ctx).name) and not idle_deployed(ctx):
         raise PreconditionFailed(f"refusing to start the upgrade: {_idle(ctx).name} already runs something other "
-                                 f"than {ctx.facts['target_image']}; remove it or roll back first", env=ctx.env.name)
+                                 f"than {ctx.facts.target_image}; remove it or roll back first", env=ctx.env.name)
     idle_data = _idle(ctx).data
     if _dataset(ctx, idle_data) is not None and not clone_exists(ctx):
         raise PreconditionFailed(
@@ -248,53 +247,53 @@ def preflight_storage_and_idle(ctx: Context) -> None:
             f"then run again", env=ctx.env.name, obj=idle_data)
 
 
-def require_retrying_ingress(ctx: Context) -> None:
+def require_retrying_ingress(ctx: Context[UpgradeFacts]) -> None:
     env = ctx.env
     require_ingress_retries(ctx)
-    st = bg.observe_colour(env, ctx.facts["idle"], adapters=ctx.adapters)
+    st = bg.observe_colour(env, ctx.facts.idle, adapters=ctx.adapters)
     if st.health != "ok":
-        raise PreconditionFailed(f"refusing to shift: {ctx.facts['idle']} answers {st.health!r}, not ok",
+        raise PreconditionFailed(f"refusing to shift: {ctx.facts.idle} answers {st.health!r}, not ok",
                                  env=env.name)
-    forgot = bg.wait_ingress_remembers_no_failure(env, ctx.adapters.ingress, ctx.facts["idle"],
+    forgot = bg.wait_ingress_remembers_no_failure(env, ctx.adapters.ingress, ctx.facts.idle,
                                                   timeout=env.timeouts.healthy)
-    hold = bg.wait_ingress_sees_ok(env, ctx.adapters.ingress, ctx.facts["idle"], timeout=env.timeouts.healthy,
-                                   url=ctx.adapters.rpc_url(ctx.facts["idle"]))
-    ctx.record(f"{ctx.facts['idle']} answered ok for {hold:.1f}s before the shift (Caddy's checker saw it); "
+    hold = bg.wait_ingress_sees_ok(env, ctx.adapters.ingress, ctx.facts.idle, timeout=env.timeouts.healthy,
+                                   url=ctx.adapters.rpc_url(ctx.facts.idle))
+    ctx.record(f"{ctx.facts.idle} answered ok for {hold:.1f}s before the shift (Caddy's checker saw it); "
                f"waited {forgot:.1f}s for Caddy to remember no failed request to it", None)
 
 
-def shifted(ctx: Context) -> bool:
+def shifted(ctx: Context[UpgradeFacts]) -> bool:
     return not ctx.adapters.workloads.pods(_live(ctx).name) \
-        and bg.served_by(ctx.env, adapters=ctx.adapters) == ctx.facts["idle"]
+        and bg.served_by(ctx.env, adapters=ctx.adapters) == ctx.facts.idle
 
 
-def stop_live(ctx: Context) -> None:
-    ctx.mark("shift", f"stopping {ctx.facts['live']} gracefully")
+def stop_live(ctx: Context[UpgradeFacts]) -> None:
+    ctx.mark("shift", f"stopping {ctx.facts.live} gracefully")
     ctx.adapters.workloads.delete_deployment(_live(ctx).name)
-    ctx.mark(f"{ctx.facts['live']} stopped", _live(ctx).name)
+    ctx.mark(f"{ctx.facts.live} stopped", _live(ctx).name)
     # nothing may write to the stopped colour's data from now on: its storage facts, to compare at the end
     facts = ctx.adapters.storage.identity(_live(ctx).data)
-    ctx.facts["stopped_data"] = {"colour": ctx.facts["live"], "facts": facts}
-    ctx.record(f"storage facts of {_live(ctx).data} when {ctx.facts['live']} stopped", facts)
+    ctx.facts.stopped_data = {"colour": ctx.facts.live, "facts": facts}
+    ctx.record(f"storage facts of {_live(ctx).data} when {ctx.facts.live} stopped", facts)
 
 
-def verify_served_by_idle(ctx: Context) -> None:
-    idle = ctx.facts["idle"]
+def verify_served_by_idle(ctx: Context[UpgradeFacts]) -> None:
+    idle = ctx.facts.idle
     wait_for(lambda: bg.served_by(ctx.env, adapters=ctx.adapters), lambda c: c == idle,
              timeout=ctx.env.timeouts.healthy, interval=0.1,
              what=f"the ingress to serve from {idle}", env=ctx.env.name, step="shift")
     seen = [bg.served_by(ctx.env, adapters=ctx.adapters) for _ in range(20)]
     ctx.record("20 requests through the ingress served by", seen)
     if any(c != idle for c in seen):
-        raise CheckFailed(f"requests still reach {ctx.facts['live']} after the shift", expected=idle, observed=seen)
+        raise CheckFailed(f"requests still reach {ctx.facts.live} after the shift", expected=idle, observed=seen)
 
 
-def restart_live(ctx: Context) -> None:
+def restart_live(ctx: Context[UpgradeFacts]) -> None:
     """Rollback of the shift: the old colour back, on its own data, with its old version."""
-    live = ctx.facts["live"]
+    live = ctx.facts.live
     if not ctx.adapters.workloads.pods(_live(ctx).name):
         restore_live_object(ctx)
-    ctx.facts.pop("stopped_data", None)  # it runs (and writes) again
+    ctx.facts.stopped_data = {}  # it runs (and writes) again
     ctx.adapters.workloads.wait_rollout(_live(ctx).name, timeout=ctx.env.timeouts.rollout)
     wait_for(lambda: bg.observe_colour(ctx.env, live, adapters=ctx.adapters).health, lambda h: h == "ok",
              timeout=ctx.env.timeouts.catch_up, interval=0.25, what=f"{live} to answer ok again", env=ctx.env.name,
@@ -302,42 +301,42 @@ def restart_live(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------- cleanup
-def new_order(ctx: Context) -> list[str]:
-    return bg.upstream_order_for(ctx.env, ctx.facts["idle"])
+def new_order(ctx: Context[UpgradeFacts]) -> list[str]:
+    return bg.upstream_order_for(ctx.env, ctx.facts.idle)
 
 
-def order_is_safe(ctx: Context) -> bool:
+def order_is_safe(ctx: Context[UpgradeFacts]) -> bool:
     return same_upstreams(ctx.adapters.ingress.upstream_order(), new_order(ctx))
 
 
-def put_new_live_first(ctx: Context) -> None:
+def put_new_live_first(ctx: Context[UpgradeFacts]) -> None:
     _reorder(ctx, new_order(ctx))
 
 
-def _reorder(ctx: Context, order: list[str]) -> None:
+def _reorder(ctx: Context[UpgradeFacts], order: list[str]) -> None:
     """The order switch: the order file on Caddy's host, no config reload (a reload costs requests under
     traffic: bench/reload_bench.py). The preflight refused an ingress without the switch."""
     ctx.mark("upstream order switch", f"upstream order {order}")
     ctx.adapters.ingress.set_upstream_order(order)
 
 
-def verify_order(ctx: Context) -> None:
+def verify_order(ctx: Context[UpgradeFacts]) -> None:
     order = ctx.adapters.ingress.upstream_order()
     if not same_upstreams(order, new_order(ctx)):
         raise CheckFailed("Caddy's upstream order was not changed", expected=new_order(ctx), observed=order)
     verify_served_by_idle(ctx)
 
 
-def restore_order(ctx: Context) -> None:
+def restore_order(ctx: Context[UpgradeFacts]) -> None:
     old = list(reversed(new_order(ctx)))
     if not same_upstreams(ctx.adapters.ingress.upstream_order(), old):
         _reorder(ctx, old)
 
 
 # ------------------------------------------------------------------------------------------- steady state
-def live_serving(ctx: Context) -> None:
+def live_serving(ctx: Context[UpgradeFacts]) -> None:
     """After a rollback: the old live colour serves the ingress and answers ok, the idle colour is gone."""
-    live = ctx.facts["live"]
+    live = ctx.facts.live
     wait_for(lambda: bg.live_colour(ctx.env, ctx.adapters.workloads), lambda found: found[0] == live,
              timeout=ctx.env.timeouts.healthy, interval=0.2, what=f"the ingress to be served by {live} again",
              env=ctx.env.name, procedure="agave-upgrade")
@@ -346,11 +345,12 @@ def live_serving(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------- plans
-def _plan_catch_up(ctx: Context) -> list[str]:
-    return catch_up.plan_lines(ctx.env, ctx.facts["idle"], bg.bare_version(ctx.facts["target_version"]))
+def _plan_catch_up(ctx: Context[UpgradeFacts]) -> list[str]:
+    return catch_up.plan_lines(ctx.env, ctx.facts.idle, bg.bare_version(ctx.facts.target_version))
 
 
 PROCEDURE = Procedure(
+    facts=UpgradeFacts,
     name="agave-upgrade",
     summary="agave version upgrade, blue-green, zero RPC downtime",
     prepare=prepare,

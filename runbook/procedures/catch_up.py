@@ -19,6 +19,7 @@ from typing import Any
 
 from runbook.errors import CheckFailed
 from runbook.procedures import bluegreen as bg
+from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context
 from runbook.wait import wait_for
 
@@ -36,7 +37,7 @@ def plan_lines(env: Any, colour: str, want: str) -> list[str]:
             f"{env.catch_up_distance} slots"]
 
 
-def caught_up_now(ctx: Context, colour: str, want: str) -> bool:
+def caught_up_now(ctx: Context[UpgradeFacts], colour: str, want: str) -> bool:
     """One observation, for "already done": ``colour`` answers health ``ok`` with release ``want`` (its own
     RPC, through ``ctx.adapters``) and is within ``catch_up_distance`` slots of what one reference answers
     now (an answer, not an estimate). The reference is asked only when the colour's own answers qualify."""
@@ -57,7 +58,7 @@ def caught_up_now(ctx: Context, colour: str, want: str) -> bool:
     return ok
 
 
-def wait_caught_up(ctx: Context, colour: str, want: str, *, step: str,
+def wait_caught_up(ctx: Context[UpgradeFacts], colour: str, want: str, *, step: str,
                    procedure: str) -> tuple[bg.NodeState, dict[str, Any]]:
     """Wait until ``colour`` is healthy, caught up and runs release ``want``; record what it cost the
     reference (calls per minute, 429s) whether it succeeds or not. Returns the last observation and what

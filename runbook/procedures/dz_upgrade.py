@@ -37,6 +37,7 @@ from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import bluegreen as bg
 from runbook.procedures import dz_plan
+from runbook.procedures.facts import DzFacts
 from runbook.procedures.framework import Context, Procedure, Step
 from runbook.wait import wait_for
 
@@ -47,14 +48,14 @@ SESSION_UP = dzc.SESSION_UP
 # ------------------------------------------------------------------------------------------- facts
 def context(adapters: Any, *, target_version: str, colour: str | None = None, skip_routes_reason: str = "",
             progress: Callable[[str], None] = print, record: Callable[[str, Any], None] = lambda t, d: None,
-            verdicts: Callable[[Verdict], None] = lambda v: None) -> Context:
+            verdicts: Callable[[Verdict], None] = lambda v: None) -> Context[DzFacts]:
     """A Context for this procedure (what steps and tests build)."""
     params: dict[str, Any] = {"target_version": target_version}
     if colour:
         params["colour"] = colour
     if skip_routes_reason:
         params["skip_routes_reason"] = skip_routes_reason
-    return Context(adapters=adapters, params=params, progress=progress, record=record, verdicts=verdicts)
+    return PROCEDURE.context(adapters, params, progress=progress, record=record, verdicts=verdicts)
 
 
 def colour_of(env: Any, deployment: str) -> str:
@@ -64,7 +65,7 @@ def colour_of(env: Any, deployment: str) -> str:
     raise PreconditionFailed(f"deployment {deployment} is neither colour's (green, blue)", env=env.name, obj=deployment)
 
 
-def prepare(ctx: Context) -> None:
+def prepare(ctx: Context[DzFacts]) -> None:
     """Derive the facts from real state: pod, images, sidecar index, and the "before" observation."""
     env, a = ctx.env, ctx.adapters
     target = str(ctx.params["target_version"])
@@ -75,10 +76,10 @@ def prepare(ctx: Context) -> None:
         manifest = render_deployment(env, colour)
         inits = [c["name"] for c in manifest["spec"]["template"]["spec"].get("initContainers", [])]
         old = next(c["image"] for c in manifest["spec"]["template"]["spec"]["initContainers"] if c["name"] == sidecar)
-        ctx.facts.update({"colour": colour, "deployment": dep.name, "pod": f"<the running pod of {dep.name}>",
-                          "target_version": target,
-                          "index": inits.index(sidecar) if sidecar in inits else None, "old_image": old,
-                          "target_image": bg.image_with_tag(old, target), "already_at_target": False, "before": {}})
+        f = ctx.facts
+        f.colour, f.deployment, f.pod, f.target_version = colour, dep.name, f"<the running pod of {dep.name}>", target
+        f.index = inits.index(sidecar) if sidecar in inits else None
+        f.old_image, f.target_image, f.already_at_target, f.before = old, bg.image_with_tag(old, target), False, {}
         return
     colour = str(ctx.params.get("colour") or bg.served_by(env, adapters=ctx.adapters) or "")
     if colour not in bg.COLOURS:
@@ -91,42 +92,43 @@ def prepare(ctx: Context) -> None:
         raise PreconditionFailed(f"pod {pod.name} has no {sidecar} container (observed {sorted(pod.spec_images)})",
                                  env=env.name, procedure=NAME, obj=pod.name)
     target_image = bg.image_with_tag(old, target)
-    ctx.facts.update({"colour": colour, "deployment": dep.name, "pod": pod.name, "target_version": target,
-                      "index": iso.sidecar_index(pod, sidecar), "old_image": old, "target_image": target_image,
-                      "already_at_target": old == target_image})
-    ctx.facts["before"] = observe_now(ctx).as_dict()
-    ctx.record("before the upgrade", ctx.facts["before"])
+    f = ctx.facts
+    f.colour, f.deployment, f.pod, f.target_version = colour, dep.name, pod.name, target
+    f.index, f.old_image, f.target_image = iso.sidecar_index(pod, sidecar), old, target_image
+    f.already_at_target = old == target_image
+    ctx.facts.before = observe_now(ctx).as_dict()
+    ctx.record("before the upgrade", ctx.facts.before)
 
 
-def _interface(ctx: Context) -> str | None:
+def _interface(ctx: Context[DzFacts]) -> str | None:
     return None if ctx.params.get("skip_routes_reason") else str(ctx.env.doublezero.interface)
 
 
-def observe_now(ctx: Context) -> iso.Observation:
+def observe_now(ctx: Context[DzFacts]) -> iso.Observation:
     f = ctx.facts
-    return iso.observe(ctx.adapters.workloads, ctx.adapters.host, deployment=f["deployment"], pod=f["pod"],
+    return iso.observe(ctx.adapters.workloads, ctx.adapters.host, deployment=f.deployment, pod=f.pod,
                        sidecar=ctx.env.doublezero.sidecar, app=APP_CONTAINER, interface=_interface(ctx))
 
 
-def before(ctx: Context) -> iso.Observation:
-    return iso.Observation.from_dict(ctx.facts["before"])
+def before(ctx: Context[DzFacts]) -> iso.Observation:
+    return iso.Observation.from_dict(ctx.facts.before)
 
 
-def _pod(ctx: Context) -> PodInfo:
-    return ctx.adapters.workloads.pod(ctx.facts["pod"])
+def _pod(ctx: Context[DzFacts]) -> PodInfo:
+    return ctx.adapters.workloads.pod(ctx.facts.pod)
 
 
-def _where(ctx: Context, step: str) -> dict[str, Any]:
-    return {"env": ctx.env.name, "procedure": NAME, "step": step, "obj": str(ctx.facts.get("pod"))}
+def _where(ctx: Context[DzFacts], step: str) -> dict[str, Any]:
+    return {"env": ctx.env.name, "procedure": NAME, "step": step, "obj": str(ctx.facts.pod)}
 
 
 # ------------------------------------------------------------------------------------------- checks
-def check_version(ctx: Context, version: str) -> str:
+def check_version(ctx: Context[DzFacts], version: str) -> str:
     """``doublezero --version`` in the sidecar reports ``version`` (polled: the container may be starting)."""
     f, sidecar, want = ctx.facts, ctx.env.doublezero.sidecar, bg.bare_version(version)
 
     def observe() -> str:
-        r = ctx.adapters.workloads.exec(f["pod"], sidecar, ["doublezero", "--version"])
+        r = ctx.adapters.workloads.exec(f.pod, sidecar, ["doublezero", "--version"])
         return r.stdout.strip() if r.ok else f"exit {r.rc}: {(r.stderr or r.stdout).strip()}"
 
     try:
@@ -135,16 +137,16 @@ def check_version(ctx: Context, version: str) -> str:
                        what=f"`doublezero --version` to report {want}", **_where(ctx, "verify"))
     except WaitTimeout as exc:
         out = str(exc.last_state)
-    ctx.record(f"exec {f['pod']}/{sidecar}: doublezero --version", out)
+    ctx.record(f"exec {f.pod}/{sidecar}: doublezero --version", out)
     ctx.judge(iso.sidecar_version(out, expected=want))
     return out
 
 
-def check_session_up(ctx: Context) -> dzc.DzStatus:
+def check_session_up(ctx: Context[DzFacts]) -> dzc.DzStatus:
     """``doublezero status`` back to BGP Session Up on the expected device (polled with a deadline)."""
     f, sidecar, device = ctx.facts, ctx.env.doublezero.sidecar, ctx.env.doublezero.expected_device
     try:
-        st = wait_for(lambda: dzc.sidecar_status(ctx.adapters.workloads, f["pod"], sidecar),
+        st = wait_for(lambda: dzc.sidecar_status(ctx.adapters.workloads, f.pod, sidecar),
                       lambda s: dzc.session(s, device=device).ok,
                       timeout=ctx.env.timeouts.sidecar_restart, interval=0.2, tolerate=(AdapterError,),
                       what=f"{SESSION_UP} on {device}", **_where(ctx, "verify"))
@@ -152,15 +154,16 @@ def check_session_up(ctx: Context) -> dzc.DzStatus:
         last = exc.last_state
         if isinstance(last, dzc.DzStatus):
             ctx.judge(dzc.session(last, device=device))
-        raise CheckFailed(f"`doublezero status` in {f['pod']}/{sidecar}: expected {SESSION_UP!r} on {device!r}, "
+        raise CheckFailed(f"`doublezero status` in {f.pod}/{sidecar}: expected {SESSION_UP!r} on {device!r}, "
                           f"observed {last!r}", expected=SESSION_UP, observed=str(last),
                           **_where(ctx, "verify")) from None
-    ctx.record(f"exec {f['pod']}/{sidecar}: doublezero status", st.raw)
+    ctx.record(f"exec {f.pod}/{sidecar}: doublezero status", st.raw)
     ctx.judge(dzc.session(st, device=device))
     return st
 
 
-def wait_restart(ctx: Context, start: iso.Observation, *, image: str) -> tuple[iso.Observation, list[iso.Observation]]:
+def wait_restart(ctx: Context[DzFacts], start: iso.Observation, *,
+                 image: str) -> tuple[iso.Observation, list[iso.Observation]]:
     """Poll until the sidecar is back on ``image`` after a restart, or agave was disturbed, or the deadline:
     returns the last observation (the checks judge it) and every sample taken (routes throughout)."""
     samples: list[iso.Observation] = []
@@ -182,7 +185,8 @@ def wait_restart(ctx: Context, start: iso.Observation, *, image: str) -> tuple[i
 route_problems_throughout = iso.route_problems_throughout  # the check's (runbook.checks.isolation)
 
 
-def verify_restart(ctx: Context, start: iso.Observation, *, image: str, version: str, title: str) -> iso.Observation:
+def verify_restart(ctx: Context[DzFacts], start: iso.Observation, *, image: str, version: str,
+                   title: str) -> iso.Observation:
     """The whole isolation proof after a patch to ``image``, one check at a time (each verdict recorded):
     the sidecar restarted once on it, agave untouched, its version and session, routes kept throughout."""
     after, samples = wait_restart(ctx, start, image=image)
@@ -200,17 +204,17 @@ def verify_restart(ctx: Context, start: iso.Observation, *, image: str, version:
 
 
 # ------------------------------------------------------------------------------------------- patch-sidecar
-def sidecar_at(ctx: Context, image: str) -> bool:
+def sidecar_at(ctx: Context[DzFacts], image: str) -> bool:
     pod = _pod(ctx)
     c = pod.container(ctx.env.doublezero.sidecar)
     return same_image(pod.spec_images.get(c.name, ""), image) and same_image(c.image, image) and c.state == "running"
 
 
-def sidecar_at_target(ctx: Context) -> bool:
-    return sidecar_at(ctx, ctx.facts["target_image"])
+def sidecar_at_target(ctx: Context[DzFacts]) -> bool:
+    return sidecar_at(ctx, ctx.facts.target_image)
 
 
-def require_ready(ctx: Context) -> None:
+def require_ready(ctx: Context[DzFacts]) -> None:
     """The pod runs, doublezerod is a native sidecar in it; before patching: session up, routes present."""
     pod = _pod(ctx)
     required.native_sidecar(pod, ctx.env.doublezero.sidecar).require(precondition=True)
@@ -226,54 +230,54 @@ def require_ready(ctx: Context) -> None:
                                  "observed none, so their survival could not be shown", **_where(ctx, "patch-sidecar"))
 
 
-def patch_sidecar(ctx: Context) -> None:
+def patch_sidecar(ctx: Context[DzFacts]) -> None:
     f = ctx.facts
-    ctx.mark("dz sidecar patch", f"{f['pod']}: {f['old_image']} -> {f['target_image']}")
-    ctx.adapters.workloads.patch_pod_container_image(f["pod"], ctx.env.doublezero.sidecar, f["target_image"])
-    ctx.record("patched the running pod's sidecar image", {"pod": f["pod"], "container": ctx.env.doublezero.sidecar,
-                                                          "from": f["old_image"], "to": f["target_image"]})
+    ctx.mark("dz sidecar patch", f"{f.pod}: {f.old_image} -> {f.target_image}")
+    ctx.adapters.workloads.patch_pod_container_image(f.pod, ctx.env.doublezero.sidecar, f.target_image)
+    ctx.record("patched the running pod's sidecar image", {"pod": f.pod, "container": ctx.env.doublezero.sidecar,
+                                                          "from": f.old_image, "to": f.target_image})
 
 
-def verify_upgrade(ctx: Context) -> None:
+def verify_upgrade(ctx: Context[DzFacts]) -> None:
     f = ctx.facts
-    if f["already_at_target"]:
-        ctx.progress(f"[{NAME}] {f['pod']} already ran {f['target_image']}: nothing was patched, nothing restarted")
+    if f.already_at_target:
+        ctx.progress(f"[{NAME}] {f.pod} already ran {f.target_image}: nothing was patched, nothing restarted")
         if not sidecar_at_target(ctx):
-            raise CheckFailed(f"{ctx.env.doublezero.sidecar} is not running {f['target_image']}",
-                              expected=f["target_image"], observed=_pod(ctx).spec_images, **_where(ctx, "verify"))
-        check_version(ctx, f["target_version"])
+            raise CheckFailed(f"{ctx.env.doublezero.sidecar} is not running {f.target_image}",
+                              expected=f.target_image, observed=_pod(ctx).spec_images, **_where(ctx, "verify"))
+        check_version(ctx, f.target_version)
         check_session_up(ctx)
         return
-    verify_restart(ctx, before(ctx), image=f["target_image"], version=f["target_version"], title="upgrade")
+    verify_restart(ctx, before(ctx), image=f.target_image, version=f.target_version, title="upgrade")
 
 
-def old_version(ctx: Context) -> str:
-    return str(ctx.facts["old_image"]).rsplit(":", 1)[-1]
+def old_version(ctx: Context[DzFacts]) -> str:
+    return str(ctx.facts.old_image).rsplit(":", 1)[-1]
 
 
-def patch_back(ctx: Context) -> iso.Observation:
+def patch_back(ctx: Context[DzFacts]) -> iso.Observation:
     """Patch the old image back into the running pod; returns the observation taken just before."""
     f = ctx.facts
     start = observe_now(ctx)
-    ctx.mark("dz sidecar rollback", f"{f['pod']}: -> {f['old_image']}")
-    ctx.adapters.workloads.patch_pod_container_image(f["pod"], ctx.env.doublezero.sidecar, f["old_image"])
-    ctx.record("patched the old sidecar image back", {"pod": f["pod"], "to": f["old_image"]})
+    ctx.mark("dz sidecar rollback", f"{f.pod}: -> {f.old_image}")
+    ctx.adapters.workloads.patch_pod_container_image(f.pod, ctx.env.doublezero.sidecar, f.old_image)
+    ctx.record("patched the old sidecar image back", {"pod": f.pod, "to": f.old_image})
     return start
 
 
-def roll_back_patch(ctx: Context) -> None:
+def roll_back_patch(ctx: Context[DzFacts]) -> None:
     """Patch the old image back into the running pod, verified like the upgrade (isolation, version, session)."""
     f = ctx.facts
-    if sidecar_at(ctx, f["old_image"]):
-        ctx.progress(f"[{NAME}] {f['pod']} already runs {f['old_image']}: nothing to roll back")
+    if sidecar_at(ctx, f.old_image):
+        ctx.progress(f"[{NAME}] {f.pod} already runs {f.old_image}: nothing to roll back")
         return
     start = patch_back(ctx)
-    verify_restart(ctx, start, image=f["old_image"], version=old_version(ctx), title="rollback")
+    verify_restart(ctx, start, image=f.old_image, version=old_version(ctx), title="rollback")
 
 
-def sidecar_restored(ctx: Context) -> None:
+def sidecar_restored(ctx: Context[DzFacts]) -> None:
     """Steady state after a rollback: the same pod, agave untouched, the sidecar on its old image, session up."""
-    ctx.judge(iso.back_on(before(ctx), observe_now(ctx), image=ctx.facts["old_image"]))
+    ctx.judge(iso.back_on(before(ctx), observe_now(ctx), image=ctx.facts.old_image))
     check_session_up(ctx)
 
 
@@ -284,31 +288,32 @@ def drift_message(pod: str, deployment: str, sidecar: str, template: str, runnin
             f"sidecar to {template}: put {running} in the template (deploy/k8s) before then.")
 
 
-def record_drift(ctx: Context) -> dict[str, tuple[str, str]]:
+def record_drift(ctx: Context[DzFacts]) -> dict[str, tuple[str, str]]:
     """Record (loudly) how the pod differs from its Deployment template; the template must be untouched."""
     f, sidecar = ctx.facts, ctx.env.doublezero.sidecar
     pod = _pod(ctx)
     drift = pod.drift
     template, running = pod.template_images.get(sidecar, ""), pod.spec_images.get(sidecar, "")
     ctx.judge(iso.drift(pod=pod.name, template=template, running=running, want_template=before(ctx).template_image,
-                        want_running=f["target_image"]))
+                        want_running=f.target_image))
     if sidecar in drift:
-        msg = drift_message(pod.name, f["deployment"], sidecar, template, running)
+        msg = drift_message(pod.name, f.deployment, sidecar, template, running)
         ctx.progress(f"[{NAME}] WARNING {msg}")
         ctx.mark("drift", msg)
     else:
-        msg = f"no drift: Deployment {f['deployment']}'s template already has {running}"
+        msg = f"no drift: Deployment {f.deployment}'s template already has {running}"
         ctx.progress(f"[{NAME}] {msg}")
     ctx.record("drift from the Deployment template", {"drift": {k: list(v) for k, v in drift.items()}, "note": msg})
-    ctx.facts["drift"] = {k: list(v) for k, v in drift.items()}
+    ctx.facts.drift = {k: list(v) for k, v in drift.items()}
     return drift
 
 
-def verify_drift(ctx: Context) -> None:
+def verify_drift(ctx: Context[DzFacts]) -> None:
     record_drift(ctx)
 
 
 PROCEDURE = Procedure(
+    facts=DzFacts,
     name=NAME,
     summary="DoubleZero binary upgrade: patch the running pod's doublezerod sidecar only, zero downtime",
     prepare=prepare,

@@ -23,17 +23,24 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from runbook.checks.core import Verdict
 from runbook.errors import RunbookError
+from runbook.procedures.facts import Facts
 from runbook.procedures.journal import Journal, JournalCorrupt, Locked
+
+if TYPE_CHECKING:
+    from runbook.adapters.factory import Adapters
+    from runbook.env import Env
+
+F = TypeVar("F", bound=Facts)
 
 __all__ = ["Context", "Interrupted", "Journal", "JournalCorrupt", "Locked", "Procedure", "RollbackFailed",
            "RunRefused", "RunResult", "Step", "StepOutcome", "new_run_id", "resume_or_refuse"]
 
 Progress = Callable[[str], None]
-PlanLines = Callable[["Context"], list[str]]
+PlanLines = Callable[["Context[Any]"], list[str]]
 RollbackPolicy = Literal["auto", "none"]
 
 
@@ -104,19 +111,25 @@ def resume_or_refuse(state: dict[str, Any], procedure: str, params: dict[str, An
 
 
 @dataclass
-class Context:
-    """What a step sees: the adapters, the procedure's parameters, and where to report."""
+class Context(Generic[F]):
+    """What a step sees: the adapters, the procedure's parameters, its facts, and where to report. The facts
+    are the procedure's typed class (:mod:`runbook.procedures.facts`): derived at the start, kept in the
+    journal, read back on a resume."""
 
-    adapters: Any  # runbook.adapters.factory.Adapters (kept loose to avoid an import cycle)
+    adapters: Adapters
     params: dict[str, Any]
+    facts: F = field(default_factory=Facts)  # type: ignore[assignment]  # the procedure's class, set when it runs
     progress: Progress = print
     record: Callable[[str, Any], None] = lambda title, data: None
     mark: Callable[[str, str], None] = lambda name, detail: None  # a timeline event (the prober's)
-    facts: dict[str, Any] = field(default_factory=dict)  # derived at start, persisted in the journal
     verdicts: Callable[[Verdict], None] = lambda v: None  # where a verification's verdicts are recorded
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.facts, Facts):
+            raise TypeError(f"a Context's facts are a typed Facts class, not {type(self.facts).__name__}")
+
     @property
-    def env(self) -> Any:
+    def env(self) -> Env:
         return self.adapters.env
 
     def judge(self, v: Verdict, *, precondition: bool = False) -> Verdict:
@@ -132,11 +145,11 @@ class Context:
 class Step:
     name: str
     summary: str
-    action: Callable[[Context], None]
-    verify: Callable[[Context], None]
-    is_done: Callable[[Context], bool] = lambda ctx: False
-    precondition: Callable[[Context], None] | None = None
-    rollback: Callable[[Context], None] | None = None
+    action: Callable[[Context[Any]], None]
+    verify: Callable[[Context[Any]], None]
+    is_done: Callable[[Context[Any]], bool] = lambda ctx: False
+    precondition: Callable[[Context[Any]], None] | None = None
+    rollback: Callable[[Context[Any]], None] | None = None
     plan: PlanLines = lambda ctx: []  # the action's commands and API calls
     plan_check: PlanLines = lambda ctx: []  # what the precondition reads
     plan_verify: PlanLines = lambda ctx: []  # what the verification reads, and what it must see
@@ -183,12 +196,27 @@ class Procedure:
     name: str
     summary: str
     steps: tuple[Step, ...]
-    prepare: Callable[[Context], None] = lambda ctx: None  # derive facts (live colour, names, ...)
-    steady_state: Callable[[Context], None] = lambda ctx: None  # production as it should be
+    prepare: Callable[[Context[Any]], None] = lambda ctx: None  # derive facts (live colour, names, ...)
+    steady_state: Callable[[Context[Any]], None] = lambda ctx: None  # production as it should be
+    facts: Callable[[], Facts] = Facts  # the procedure's typed facts (runbook.procedures.facts)
+
+    def context(self, adapters: Adapters, params: dict[str, Any], **report: Any) -> Context[Any]:
+        """A context for a run, a rollback or a plan of this procedure, with its facts class, empty."""
+        return Context(adapters=adapters, params=params, facts=self.facts(), **report)
+
+    def adopt_facts(self, ctx: Context[Any]) -> None:
+        """A context built without facts gets this procedure's class (empty); another class is refused."""
+        want = self.facts()
+        if type(ctx.facts) is Facts and type(want) is not Facts:
+            want.run_id = ctx.facts.run_id
+            ctx.facts = want
+        elif not isinstance(ctx.facts, type(want)):
+            raise TypeError(f"{self.name} needs {type(want).__name__}, the context holds {type(ctx.facts).__name__}")
 
     # -------------------------------------------------------------------- plan
     def plan(self, ctx: Context) -> list[StepPlan]:
         """Every step's action, verification and rollback, rendered from ``ctx.params`` (``plan``: True)."""
+        self.adopt_facts(ctx)
         self.prepare(ctx)
         missing = [s.name for s in self.steps if s.rollback is not None and s.plan_rollback is None]
         if missing:
@@ -208,6 +236,7 @@ class Procedure:
     ) -> RunResult:
         """Run, or resume the journal's unfinished run; under the env's lock for the whole run.
         ``interrupt_after`` stops right after that step (tests of resumption)."""
+        self.adopt_facts(ctx)
         with journal.lock(self.name, "run"):
             return self._run(ctx, journal, rollback, interrupt_after)
 
@@ -217,14 +246,15 @@ class Procedure:
                                    where=journal.where)
         if resumed is not None:
             state = resumed
-            ctx.facts.update(state.get("facts", {}))
-            ctx.progress(f"resuming {self.name} run {ctx.facts.get('run_id', '')} from its journal ({journal.where}); "
+            ctx.facts.load(state.get("facts", {}))
+            ctx.progress(f"resuming {self.name} run {ctx.facts.run_id} from its journal ({journal.where}); "
                          f"completed: {', '.join(state.get('completed', [])) or 'nothing yet'}")
         else:
             state = {"procedure": self.name, "params": _jsonable(ctx.params), "status": "running",
                      "started": time.time(), "completed": [], "acted": []}
             derived = bool(ctx.facts)  # a caller's facts (a rollback's are the upgrade's): prepare is skipped
-            ctx.facts.setdefault("run_id", new_run_id())
+            if not ctx.facts.run_id:
+                ctx.facts.run_id = new_run_id()
             if not derived:
                 self.prepare(ctx)
         state["facts"] = ctx.facts
@@ -282,6 +312,7 @@ class Procedure:
     # -------------------------------------------------------------------- rollback
     def roll_back(self, ctx: Context, journal: Journal, *, cause: BaseException | None = None) -> None:
         """Undo, in reverse, every step the journal says acted; then check the steady state."""
+        self.adopt_facts(ctx)
         with journal.lock(self.name, "rollback"):
             self._roll_back(ctx, journal, cause)
 
@@ -290,7 +321,7 @@ class Procedure:
         if not state:
             raise RunbookError(f"no {self.name} run in the journal {journal.where}: nothing to roll back",
                                procedure=self.name, obj=journal.where)
-        ctx.facts.update(state.get("facts", {}))
+        ctx.facts.load(state.get("facts", {}))
         acted = [s for s in self.steps if s.name in state.get("acted", [])]
         for step in reversed(acted):
             if step.rollback is None:

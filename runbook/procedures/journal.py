@@ -293,6 +293,10 @@ class Journal:
             f"by hand what `runbook status` shows, with the commands `runbook plan` prints", obj=self.where)
 
     def save(self, data: dict[str, Any]) -> None:
+        """Write ``data``; typed facts (:class:`runbook.procedures.facts.Facts`) as their JSON."""
+        facts = data.get("facts")
+        if facts is not None and hasattr(facts, "to_json"):
+            data = {**data, "facts": facts.to_json()}
         self.store.write(self.name, json.dumps(data, indent=1, default=str))
 
     def clear(self) -> None:

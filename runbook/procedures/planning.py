@@ -149,7 +149,6 @@ def _section(title: str, lines: list[str]) -> list[str]:
 def render(env: Env, req: PlanRequest, adapters: Any) -> str:
     """The whole plan as text (what ``runbook plan`` prints, and the golden transcripts hold)."""
     from runbook.procedures import agave_plan, dz_plan, get
-    from runbook.procedures.framework import Context
 
     if req.procedure in NEGATIVE_ONLY:
         raise ConfigError(f"{req.procedure} is not planned: {NEGATIVE_ONLY[req.procedure]}")
@@ -166,7 +165,7 @@ def render(env: Env, req: PlanRequest, adapters: Any) -> str:
         raise ConfigError(f"{req.procedure} needs --target-version to plan"
                           + (" (the version the upgrade installed)" if req.procedure == "agave-rollback" else ""))
     planner = planners[req.procedure]
-    ctx = Context(adapters=adapters, params=_params(req), progress=lambda msg: None)
+    ctx = proc.context(adapters, _params(req), progress=lambda msg: None)
     planner.facts(ctx)
     steps = proc.plan(ctx)
     params, assumed, on_failure = planner.header(env, req, ctx)

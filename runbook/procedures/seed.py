@@ -13,26 +13,27 @@ import shlex
 
 from runbook.errors import AdapterError
 from runbook.procedures import agave_upgrade as up
+from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context, Procedure, Step
 from runbook.wait import wait_for
 
 
-def wait_http_200(ctx: Context) -> None:
-    url = ctx.adapters.rpc_url(ctx.facts["idle"]) + "/health"
+def wait_http_200(ctx: Context[UpgradeFacts]) -> None:
+    url = ctx.adapters.rpc_url(ctx.facts.idle) + "/health"
 
     def status() -> int:
-        with ctx.adapters.rpc(ctx.facts["idle"]) as node:
+        with ctx.adapters.rpc(ctx.facts.idle) as node:
             return node.health().status_code
 
     wait_for(status, lambda s: s == 200, timeout=ctx.env.timeouts.healthy, interval=0.5, what=f"curl -sf {url}",
              tolerate=(AdapterError,))
-    ctx.mark(f"{ctx.facts['idle']} healthy", "HTTP 200 (status only, as the seed checks)")
+    ctx.mark(f"{ctx.facts.idle} healthy", "HTTP 200 (status only, as the seed checks)")
 
 
 _ours = {s.name: s for s in up.PROCEDURE.steps}
 
 
-def _preflight_without_identity(ctx: Context) -> None:
+def _preflight_without_identity(ctx: Context[UpgradeFacts]) -> None:
     up.require_ingress_retries(ctx, doing="start the upgrade")
     up.preflight_storage_and_idle(ctx)
 
@@ -45,7 +46,7 @@ IDENTITY_UNCHECKED = dataclasses.replace(
     steps=(dataclasses.replace(_ours["snapshot"], precondition=_preflight_without_identity),
            *up.PROCEDURE.steps[1:]))
 
-def _write_into_old_data(ctx: Context) -> None:
+def _write_into_old_data(ctx: Context[UpgradeFacts]) -> None:
     """What no step of ours may do: write into the old colour's data once it stopped (a copy pointed the wrong
     way, a cleanup that 'tidies' the old ledger)."""
     ledger = f"{ctx.adapters.storage.path(up._live(ctx).data).rstrip('/')}/ledger/runbook-was-here"
@@ -61,6 +62,7 @@ WRITES_OLD_DATA = dataclasses.replace(
            Step("tidy-old", "write into the old colour's data", _write_into_old_data, lambda ctx: None)))
 
 PROCEDURE = Procedure(
+    facts=UpgradeFacts,
     name="seed-upgrade",
     summary="the seed's blue-green upgrade (for negative tests only)",
     prepare=up.prepare,

@@ -17,6 +17,7 @@ from runbook.procedures.framework import Context
 from tests.integration.run import cli
 from tests.integration.run import pytest as run_pytest
 from tests.integration.test_proofs_refused import OPERATOR_DZ, OPERATOR_UPGRADE
+from tests.procedures.facts_helper import upgrade_facts
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,8 @@ def test_cleanup_destroy_is_refused_on_production_without_its_own_confirmation(t
 def _ctx(params: dict[str, Any], live: str = "green") -> Context:
     env = load_env("biscayne")
     return Context(adapters=type("A", (), {"env": env})(), params=params,
-                   facts={"live": live, "idle": "blue" if live == "green" else "green", "snapshot": "pre-upgrade-x"})
+                   facts=upgrade_facts(live=live, idle="blue" if live == "green" else "green",
+                                       snapshot="pre-upgrade-x"))
 
 
 def test_the_procedure_checks_the_confirmed_dataset_against_the_live_colour() -> None:

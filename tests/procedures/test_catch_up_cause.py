@@ -119,7 +119,7 @@ def test_a_real_image_pull_failure_does_not_satisfy_the_stuck_scenario(adapters:
 
     def prepare_missing_image(ctx: Context) -> None:
         up.prepare(ctx)
-        ctx.facts["target_image"] = image_with_tag("laconicnetwork/agave-nosuch:v0", ctx.facts["target_version"])
+        ctx.facts.target_image = image_with_tag("laconicnetwork/agave-nosuch:v0", ctx.facts.target_version)
 
     proc = dataclasses.replace(up.PROCEDURE, prepare=prepare_missing_image)
     journal = journal_for(env, proc.name)

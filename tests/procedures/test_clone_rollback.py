@@ -10,6 +10,7 @@ from runbook.adapters.base import Dataset
 from runbook.env import load_env
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures.framework import Context
+from tests.procedures.facts_helper import upgrade_facts
 
 BLUE = "biscayne/DATA/volumes/solana-blue"
 SNAP = "biscayne/DATA/volumes/solana@pre-upgrade-v2.2.1-20261129T150000Z-abcd"
@@ -33,7 +34,7 @@ class Storage:
 def _ctx(storage: Storage) -> Context:
     adapters: Any = type("A", (), {"env": load_env("biscayne"), "storage": storage})()
     return Context(adapters=adapters, params={"target_version": "v2.2.1"},
-                   facts={"live": "green", "idle": "blue", "snapshot": SNAP.split("@", 1)[1]})
+                   facts=upgrade_facts(live="green", idle="blue", snapshot=SNAP.split("@", 1)[1]))
 
 
 def test_this_runs_clone_is_destroyed() -> None:

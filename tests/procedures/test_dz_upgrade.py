@@ -106,12 +106,12 @@ def test_upgrade_restarts_only_the_sidecar_and_rolls_back(adapters: Adapters, te
     assert iso.app_problems(before, after) == []
     assert any("DRIFT" in line and "REVERTS" in line for line in log), log
     drift = adapters.workloads.pod(before.pod).drift
-    assert drift == {adapters.env.doublezero.sidecar: (green, ctx.facts["target_image"])}
+    assert drift == {adapters.env.doublezero.sidecar: (green, ctx.facts.target_image)}
 
     # a re-run converges: already at the target, nothing patched, nothing restarted
     again = _ctx(adapters, testbed, log)
     assert dz.PROCEDURE.run(again, journal=Journal(tmp_path / "again.json")).ok
-    assert again.facts["already_at_target"] is True
+    assert again.facts.already_at_target is True
     assert dz.observe_now(ctx).sidecar == after.sidecar
 
     dz.PROCEDURE.roll_back(ctx, journal)
@@ -132,7 +132,7 @@ def test_an_interrupted_run_resumes_without_patching_again(adapters: Adapters, t
     result = dz.PROCEDURE.run(resumed, journal=journal)
     assert result.ok, result.error
     assert result.outcome("patch-sidecar").status == "skipped (already done)"
-    assert resumed.facts["before"] == first.facts["before"]  # the journal's facts, not a new "before"
+    assert resumed.facts.before == first.facts.before  # the journal's facts, not a new "before"
     assert dz.observe_now(resumed).sidecar == after_first.sidecar  # no second restart
     dz.PROCEDURE.roll_back(resumed, journal)
     assert iso.sidecar_back_problems(dz.before(resumed), dz.observe_now(resumed), restarts=2) == []
@@ -142,25 +142,25 @@ def test_an_interrupted_run_resumes_without_patching_again(adapters: Adapters, t
 def test_patching_the_template_instead_fails_isolation_agave_restarted(
         adapters: Adapters, testbed: Testbed | None, green: str, tmp_path: Path) -> None:
     def patch_template(ctx: Context) -> None:
-        ctx.adapters.workloads.patch_template_container_image(ctx.facts["deployment"], ctx.env.doublezero.sidecar,
-                                                              ctx.facts["target_image"])
+        ctx.adapters.workloads.patch_template_container_image(ctx.facts.deployment, ctx.env.doublezero.sidecar,
+                                                              ctx.facts.target_image)
 
     ctx = _ctx(adapters, testbed, [])
     result = _run(_broken(patch_template), ctx, tmp_path)
     assert not result.ok
     assert result.outcome("patch-sidecar").status == "failed"
-    assert "agave restarted" in result.error and f"pod {ctx.facts['pod']} was replaced" in result.error, result.error
+    assert "agave restarted" in result.error and f"pod {ctx.facts.pod} was replaced" in result.error, result.error
     assert "Deployment template was changed" in result.error, result.error
     # the failure is real: the pod (agave with it) is gone
-    assert ctx.facts["pod"] not in [p.name for p in adapters.workloads.pods(ctx.facts["deployment"])]
+    assert ctx.facts.pod not in [p.name for p in adapters.workloads.pods(ctx.facts.deployment)]
 
 
 @pytest.mark.parametrize("broken", ["same image", "no patch"])
 def test_a_patch_that_restarts_nothing_fails_isolation(adapters: Adapters, testbed: Testbed | None, green: str,
                                                        tmp_path: Path, broken: str) -> None:
     def same_image(ctx: Context) -> None:
-        ctx.adapters.workloads.patch_pod_container_image(ctx.facts["pod"], ctx.env.doublezero.sidecar,
-                                                         ctx.facts["old_image"])
+        ctx.adapters.workloads.patch_pod_container_image(ctx.facts.pod, ctx.env.doublezero.sidecar,
+                                                         ctx.facts.old_image)
 
     ctx = _ctx(_fast(adapters), testbed, [])
     result = _run(_broken(same_image if broken == "same image" else lambda ctx: None), ctx, tmp_path)
@@ -229,7 +229,7 @@ def test_doublezerod_as_a_regular_container_fails_the_precondition(plain: Adapte
     assert "restartPolicy: Always" in result.error
     # nothing was patched or restarted
     now = dz.observe_now(ctx)
-    assert now.spec_image == ctx.facts["old_image"]
+    assert now.spec_image == ctx.facts.old_image
     assert now.sidecar == dz.before(ctx).sidecar and now.app == dz.before(ctx).app
 
 

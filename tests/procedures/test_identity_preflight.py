@@ -13,11 +13,12 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures.framework import Context
 from runbook.testbed import keypair
 from tests.baseline_fakes import make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 
 
 def _ctx(tmp_path: Path) -> tuple[Context, Path]:
     a = make_adapters(tmp_path)
-    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts={"live": "green", "idle": "blue"})
+    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts=upgrade_facts(live="green", idle="blue"))
     blue_key = Path(a.host_path(str(a.env.deployments.blue.identity)))
     return ctx, blue_key
 

@@ -8,6 +8,7 @@ shell commands and the same ``flock`` holder that ssh would run on the host, wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 
 from runbook.adapters.host import TestinfraHost
 from runbook.errors import RunbookError
+from runbook.procedures.facts import Facts
 from runbook.procedures.framework import (
     Context,
     Interrupted,
@@ -43,8 +45,13 @@ def toy(acted: list[str]) -> Procedure:
         return Step(name, f"step {name}", action=lambda ctx: acted.append(name), verify=lambda ctx: None,
                     is_done=lambda ctx: name in acted, rollback=lambda ctx: acted.remove(name))
 
-    return Procedure(name="toy", summary="a toy", steps=tuple(step(n) for n in STEPS),
-                     prepare=lambda ctx: ctx.facts.update(prepared=ctx.params["target_version"]))
+    return Procedure(name="toy", summary="a toy", steps=tuple(step(n) for n in STEPS), facts=ToyFacts,
+                     prepare=lambda ctx: setattr(ctx.facts, "prepared", ctx.params["target_version"]))
+
+
+@dataclasses.dataclass
+class ToyFacts(Facts):
+    prepared: str = ""
 
 
 def ctx(target: str = "v1", notes: list[str] | None = None) -> Context:
@@ -82,7 +89,7 @@ def test_an_interrupted_run_resumes_without_repeating_done_steps(journal: Journa
     assert result.ok, result
     assert [s.status for s in result.steps] == ["skipped (already done)", "skipped (already done)", "done"]
     assert acted == ["a", "b", "c"]  # a and b acted once
-    assert again.facts["run_id"] == first.facts["run_id"]  # the same run, its facts from the journal
+    assert again.facts.run_id == first.facts.run_id  # the same run, its facts from the journal
     assert any(n.startswith("resuming toy run") for n in notes), notes
 
 
@@ -93,7 +100,7 @@ def test_a_finished_journal_starts_a_new_run_with_a_new_run_id(journal: Journal)
     acted.clear()
     second = ctx("v2")  # other parameters are fine once the last run finished
     assert [s.status for s in toy(acted).run(second, journal=journal).steps] == ["done"] * 3
-    assert second.facts["run_id"] != first.facts["run_id"]
+    assert second.facts.run_id != first.facts.run_id
     assert journal.load()["params"] == {"target_version": "v2"}
 
 

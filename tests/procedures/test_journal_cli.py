@@ -130,7 +130,7 @@ def test_the_upgrade_when_step_resumes_an_interrupted_run(tmp_path: Path, monkey
     assert second.result is not None and second.result.ok
     assert [s.status for s in second.result.steps] == ["skipped (already done)"] * 2 + ["done"]
     assert acted == ["a", "b", "c"]
-    assert second.ctx.facts["run_id"] == first.ctx.facts["run_id"]
+    assert second.ctx.facts.run_id == first.ctx.facts.run_id
     assert isinstance(second.ctx, Context)
 
 

@@ -22,6 +22,7 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context, Interrupted, Journal, Procedure
 from tests.baseline_fakes import make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 from tests.procedures.http_fakes import FakeNet, FakeNode, HttpAdapters, with_net
 
 PARAMS = {"target_version": "v2.2.1"}
@@ -40,7 +41,7 @@ def _facts(a: HttpAdapters) -> dict[str, Any]:
 
 
 def _ctx(a: HttpAdapters, notes: list[str], facts: dict[str, Any] | None = None) -> Context:
-    return Context(adapters=a, params=dict(PARAMS), progress=notes.append, facts=dict(facts or {}))
+    return Context(adapters=a, params=dict(PARAMS), progress=notes.append, facts=upgrade_facts(**(facts or {})))
 
 
 def _journal_says_completed(tmp_path: Path, steps: list[str], facts: dict[str, Any]) -> Journal:

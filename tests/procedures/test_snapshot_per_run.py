@@ -21,6 +21,7 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context, Journal, Procedure
 from tests.baseline_fakes import make_adapters
+from tests.procedures.facts_helper import upgrade_facts
 
 GREEN = "volumes/solana"
 
@@ -56,7 +57,7 @@ def test_a_stale_pre_upgrade_snapshot_is_left_alone_and_not_cloned(tmp_path: Pat
     ledger.write_text("200")  # green moved on since
 
     notes: list[str] = []
-    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, progress=notes.append)
+    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts=upgrade_facts(), progress=notes.append)
     journal = Journal(tmp_path / "journal" / "agave-upgrade.json")
     result = _snapshot_and_clone().run(ctx, journal=journal)
 
@@ -64,8 +65,8 @@ def test_a_stale_pre_upgrade_snapshot_is_left_alone_and_not_cloned(tmp_path: Pat
     blue = a.env.deployments.blue.data
     assert _slot(a, blue) == "200"  # today's data, not the stale snapshot's 100
     assert "snapshot" in journal.load()["acted"]  # this run took its own snapshot
-    snapshot = ctx.facts["snapshot"]
-    assert snapshot == f"pre-upgrade-v2.2.1-{ctx.facts['run_id']}"
+    snapshot = ctx.facts.snapshot
+    assert snapshot == f"pre-upgrade-v2.2.1-{ctx.facts.run_id}"
     assert journal.load()["facts"]["snapshot"] == snapshot  # recorded in this run's journal
     clone = next(d for d in a.storage.datasets() if d.name == blue)
     assert clone.origin == f"{GREEN}@{snapshot}"
@@ -76,7 +77,7 @@ def test_a_stale_pre_upgrade_snapshot_is_left_alone_and_not_cloned(tmp_path: Pat
     # the rollback after cleanup restores from the snapshot this run's journal records, not a stale one
     a.storage.destroy(blue, recursive=True)
     ledger.write_text("300")
-    later = Context(adapters=a, params={}, facts=dict(journal.load()["facts"]))
+    later = Context(adapters=a, params={}, facts=upgrade_facts(**journal.load()["facts"]))
     agave_rollback.restore_data(later)
     assert ledger.read_text() == "200"
     up.drop_snapshot(later)
@@ -86,18 +87,19 @@ def test_a_stale_pre_upgrade_snapshot_is_left_alone_and_not_cloned(tmp_path: Pat
 def test_a_resumed_run_recognises_only_its_own_snapshot(tmp_path: Path) -> None:
     """``is_done`` of the snapshot step is this run's snapshot, by the name its journal recorded."""
     a = _adapters(tmp_path)
-    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, progress=lambda m: None)
+    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts=upgrade_facts(), progress=lambda m: None)
     up.prepare(ctx)
     assert not up.snapshot_exists(ctx)
     a.storage.snapshot(GREEN, "pre-upgrade-v2.2.1")  # the old fixed name: not this run's
     assert not up.snapshot_exists(ctx)
-    a.storage.snapshot(GREEN, ctx.facts["snapshot"])
+    a.storage.snapshot(GREEN, ctx.facts.snapshot)
     assert up.snapshot_exists(ctx)
 
 
 def test_the_plan_names_the_per_run_snapshot() -> None:
     env = load_env("biscayne")
-    ctx = Context(adapters=plan_adapters(env), params={"target_version": "v2.2.1", "plan": True, "live": "green"})
+    ctx = Context(adapters=plan_adapters(env), params={"target_version": "v2.2.1", "plan": True, "live": "green"},
+                  facts=upgrade_facts())
     up.prepare(ctx)  # what `runbook plan` renders the snapshot and clone steps from
     rendered = "\n".join(line for step in up.PROCEDURE.steps[:2] for line in step.plan(ctx))
     assert "zfs snapshot -r biscayne/DATA@pre-upgrade-v2.2.1-YYYYMMDDTHHMMSSZ-xxxx" in rendered, rendered  # recursive
@@ -110,7 +112,7 @@ def test_the_idle_colours_kept_data_stops_the_upgrade_before_anything_changes(tm
     still has its dataset: the preflight refuses at once, naming it, before the snapshot (not at the clone)."""
     a = _adapters(tmp_path)
     monkeypatch.setattr(up, "require_ingress_retries", lambda ctx, **kw: None)  # no Caddy here
-    ctx = Context(adapters=a, params={"target_version": "v2.2.1"})
+    ctx = Context(adapters=a, params={"target_version": "v2.2.1"}, facts=upgrade_facts())
     up.prepare(ctx)
     up.preflight(ctx)  # blue's dataset does not exist: free
     a.storage.ensure_dataset(a.env.deployments.blue.data)

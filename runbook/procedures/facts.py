@@ -1,0 +1,93 @@
+"""The facts a procedure run derives at its start and keeps in its journal, as typed fields.
+
+A fact one step writes and another reads is a field of the procedure's facts class, so a misspelt name is a
+type error (mypy) and an unknown one in a journal is refused, never a silent ``None``. Facts are JSON in the
+journal (:meth:`Facts.to_json`, :meth:`Facts.load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runbook.errors import RunbookError
+
+__all__ = ["DzFacts", "Facts", "UpgradeFacts"]
+
+
+@dataclass
+class Facts:
+    """What every run has: its id (names what it creates, like its snapshot)."""
+
+    run_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Set the fields ``data`` names (a journal's facts); a name this class does not have is refused."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RunbookError(f"{type(self).__name__} has no field {', '.join(unknown)} (a journal written by another "
+                               "procedure or version?)")
+        for k, v in data.items():
+            setattr(self, k, v)
+
+    def __bool__(self) -> bool:
+        """Derived already (a caller's facts, or a resumed run's): any field set."""
+        return any(getattr(self, f.name) != f.default and getattr(self, f.name) != _empty(f)
+                   for f in dataclasses.fields(self))
+
+
+def _empty(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+@dataclass
+class UpgradeFacts(Facts):
+    """The agave upgrade's (and its rollbacks'): the colours, the images, the snapshot, the saved live object,
+    and what was observed on the way."""
+
+    live: str = ""
+    idle: str = ""
+    target_version: str = ""
+    live_image: str = ""
+    target_image: str = ""
+    sidecar_image: str = ""
+    snapshot: str = ""
+    live_object: dict[str, Any] | None = None  # the live colour's Deployment as the cluster held it
+    catch_up_seen: dict[str, Any] = field(default_factory=dict)  # evidence of the catch-up (behind, then ok)
+    stopped_data: dict[str, Any] = field(default_factory=dict)  # storage facts read right after stop_live
+    old_destroyed: bool = False  # --cleanup=destroy removed the old colour's data
+
+    def colour(self, which: str) -> str:
+        """The colour ``which`` ("live" or "idle") names in this run."""
+        if which not in ("live", "idle"):
+            raise ValueError(f"which colour: 'live' or 'idle', not {which!r}")
+        return self.live if which == "live" else self.idle
+
+    def saved_live_object(self) -> dict[str, Any]:
+        """The live colour's Deployment saved at the start (save_live_object); a run without one cannot derive
+        or restore it."""
+        if self.live_object is None:
+            raise RunbookError("the run's facts hold no saved live object (the run did not get past its start)")
+        return self.live_object
+
+
+@dataclass
+class DzFacts(Facts):
+    """The DoubleZero sidecar upgrade's: the pod, its images, and the observation before the patch."""
+
+    colour: str = ""
+    deployment: str = ""
+    pod: str = ""
+    target_version: str = ""
+    old_image: str = ""
+    target_image: str = ""
+    index: int | None = None  # the sidecar's position in spec.initContainers
+    already_at_target: bool = False
+    before: dict[str, Any] = field(default_factory=dict)  # isolation.Observation.as_dict()
+    drift: dict[str, list[str]] = field(default_factory=dict)
