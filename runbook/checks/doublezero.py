@@ -122,7 +122,8 @@ def no_stray_daemons(seen: list[ProcessInfo], strays: list[ProcessInfo], *, name
 
 
 @check(negative=("tests/integration/test_dz_checks.py::test_host_service_running_or_enabled_fails",
-                 "tests/testbed/test_host_units.py"))
+                 "tests/testbed/test_host_units.py::test_the_host_service_check_fails_on_an_active_or_enabled_unit",
+                 "tests/testbed/test_host_units.py::test_the_testbed_hosts_doublezerod_unit_fails_the_check_until_stopped_and_disabled"))
 def host_service_off(state: ServiceState) -> Verdict:
     """The host's systemd unit is stopped and disabled (a unit that does not exist is off). A host without a
     service manager cannot say: the check is skipped with that reason, never passed."""

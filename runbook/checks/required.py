@@ -69,7 +69,7 @@ def parameterized(env: Env) -> Verdict:
 
 
 @check(negative=("tests/integration/test_required_checks.py::test_a_doublezero_daemonset_fails_the_audit",
-                 "tests/testbed/test_local_daemonsets.py"))
+                 "tests/testbed/test_local_daemonsets.py::test_the_required_changes_audit_fails_on_a_doublezero_daemonset"))
 def no_daemonset(workloads: Workloads) -> Verdict:
     """No doublezero DaemonSet is running, nor shipped in deploy/ (the seed's workaround, to be deleted)."""
     every = workloads.daemonsets()

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 from runbook.adapters.caddy_config import same_upstreams
+from runbook.checks import upgrade_verify as uv
 from runbook.errors import PreconditionFailed, RunbookError
 from runbook.images import same_image
 from runbook.procedures import accounts, catch_up
@@ -99,8 +100,9 @@ def data_restored(ctx: Context[UpgradeFacts]) -> bool:
 def verify_restored(ctx: Context[UpgradeFacts]) -> None:
     """The old colour's data is back where its Deployment reads it (a volume: mounted at its mount)."""
     live = up._live(ctx)
-    if live.mount and ctx.adapters.storage.mounted_at(live.data) != live.mount:
-        raise PreconditionFailed(f"{live.data} is not mounted at {live.mount} after the rollback")
+    if live.mount:
+        ctx.judge(uv.mounted_at(live.data, ctx.adapters.storage.mounted_at(live.data), mount=live.mount),
+                  precondition=True)
 
 
 def check_at_snapshot(ctx: Context[UpgradeFacts]) -> None:
@@ -108,13 +110,8 @@ def check_at_snapshot(ctx: Context[UpgradeFacts]) -> None:
     ``written@<snap>``, the volume model's ``written``), read right after the rollback and before any mount. A
     backend without such a fact says so in the evidence."""
     facts = ctx.adapters.storage.identity(up._live(ctx).data)
-    written = {k: v for k, v in facts.items() if k == "written" or k.startswith("written@")}
     ctx.record(f"storage facts of {up._live(ctx).data} after the rollback to {up._snapshot(ctx)}", facts)
-    if not written:
-        ctx.progress(f"{ctx.adapters.storage.backend}: no written-since-snapshot fact; the rollback is verified by "
-                     "the old colour catching up from it")
-    elif any(int(v) != 0 for v in written.values()):
-        raise PreconditionFailed(f"{up._live(ctx).data} is not at {up._snapshot(ctx)} after the rollback: {written}")
+    ctx.judge(uv.at_snapshot(up._live(ctx).data, up._snapshot(ctx), facts), precondition=True)
 
 
 def old_deployed(ctx: Context[UpgradeFacts]) -> bool:
@@ -161,9 +158,8 @@ def order_restored(ctx: Context[UpgradeFacts]) -> bool:
 
 
 def verify_order_restored(ctx: Context[UpgradeFacts]) -> None:
-    if not order_restored(ctx):
-        raise PreconditionFailed(f"upstream order is {ctx.adapters.ingress.upstream_order()}, "
-                                 f"expected {old_order(ctx)}")
+    ctx.judge(uv.upstream_order(ctx.adapters.ingress.upstream_order(), old_order(ctx), when="after the shift back"),
+              precondition=True)
 
 
 def clone_gone(ctx: Context[UpgradeFacts]) -> bool:
@@ -171,13 +167,11 @@ def clone_gone(ctx: Context[UpgradeFacts]) -> bool:
 
 
 def verify_clone_gone(ctx: Context[UpgradeFacts]) -> None:
-    if not clone_gone(ctx):
-        raise PreconditionFailed(f"{up._idle(ctx).data} still exists")
+    ctx.judge(uv.gone(up._idle(ctx).data, not clone_gone(ctx)), precondition=True)
 
 
 def verify_snapshot_gone(ctx: Context[UpgradeFacts]) -> None:
-    if up.snapshot_exists(ctx):
-        raise PreconditionFailed(f"{up._snapshot(ctx)} still exists")
+    ctx.judge(uv.gone(up._snapshot(ctx), up.snapshot_exists(ctx)), precondition=True)
 
 
 AFTER_CLEANUP = Procedure(

@@ -19,9 +19,10 @@ import shlex
 from typing import Any
 
 from runbook.adapters.caddy_config import same_upstreams
+from runbook.checks import upgrade_verify as uv
 from runbook.checks.caddy_audit import audit
 from runbook.checks.workloads import running_pod
-from runbook.errors import CheckFailed, PreconditionFailed
+from runbook.errors import PreconditionFailed
 from runbook.images import same_image
 from runbook.manifests import APP_CONTAINER, render_deployment
 from runbook.procedures import accounts, catch_up, derive
@@ -283,9 +284,7 @@ def verify_served_by_idle(ctx: Context[UpgradeFacts]) -> None:
              timeout=ctx.env.timeouts.healthy, interval=0.1,
              what=f"the ingress to serve from {idle}", env=ctx.env.name, step="shift")
     seen = [bg.served_by(ctx.env, adapters=ctx.adapters) for _ in range(20)]
-    ctx.record("20 requests through the ingress served by", seen)
-    if any(c != idle for c in seen):
-        raise CheckFailed(f"requests still reach {ctx.facts.live} after the shift", expected=idle, observed=seen)
+    ctx.judge(uv.all_served_by(seen, idle, when=f"after the shift ({ctx.facts.live} stopped)"))
 
 
 def restart_live(ctx: Context[UpgradeFacts]) -> None:
@@ -321,9 +320,7 @@ def _reorder(ctx: Context[UpgradeFacts], order: list[str]) -> None:
 
 
 def verify_order(ctx: Context[UpgradeFacts]) -> None:
-    order = ctx.adapters.ingress.upstream_order()
-    if not same_upstreams(order, new_order(ctx)):
-        raise CheckFailed("Caddy's upstream order was not changed", expected=new_order(ctx), observed=order)
+    ctx.judge(uv.upstream_order(ctx.adapters.ingress.upstream_order(), new_order(ctx), when="after the switch"))
     verify_served_by_idle(ctx)
 
 
@@ -340,8 +337,8 @@ def live_serving(ctx: Context[UpgradeFacts]) -> None:
     wait_for(lambda: bg.live_colour(ctx.env, ctx.adapters.workloads), lambda found: found[0] == live,
              timeout=ctx.env.timeouts.healthy, interval=0.2, what=f"the ingress to be served by {live} again",
              env=ctx.env.name, procedure="agave-upgrade")
-    if ctx.adapters.workloads.pods(_idle(ctx).name):
-        raise CheckFailed(f"{_idle(ctx).name} still has pods after the rollback", obj=_idle(ctx).name)
+    ctx.judge(uv.no_pods(_idle(ctx).name, [p.name for p in ctx.adapters.workloads.pods(_idle(ctx).name)],
+                         when="after the rollback"))
 
 
 # ------------------------------------------------------------------------------------------- plans

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runbook.errors import CheckFailed
+from runbook.checks import upgrade_verify as uv
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context
@@ -70,10 +70,8 @@ def wait_caught_up(ctx: Context[UpgradeFacts], colour: str, want: str, *, step: 
 
         def observe() -> bg.NodeState:
             st = bg.observe_node(env, colour, reference, url=ctx.adapters.rpc_url(colour))
-            if st.version is not None and st.version != want:
-                raise CheckFailed(f"{colour} answers getVersion solana-core {st.version}, not {want}: the wrong "
-                                  "build is deployed (not waiting for the catch-up deadline)", expected=want,
-                                  observed=st.version, env=env.name, procedure=procedure, step=step, obj=colour)
+            if st.version is not None and st.version != want:  # a wrong build fails now, not at the deadline
+                ctx.judge(uv.build_version(colour, st.version, want=want))
             if st.health not in seen["healths"]:
                 seen["healths"].append(st.health)
             if st.behind is not None:

@@ -54,5 +54,5 @@ def test_a_copy_that_stays_different_fails_the_verification(tmp_path: Path, monk
     accounts.copy(ctx)
     (dst / "run" / "1.0").unlink()
     monkeypatch.setattr(AccountsCopy, "copy", lambda self, *a, **kw: None)  # the second pass cannot fix it
-    with pytest.raises(CheckFailed, match="does not match"):
+    with pytest.raises(CheckFailed, match="differs from"):
         accounts.verify(ctx)

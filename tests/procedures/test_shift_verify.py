@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.checks.core import Verdict
 from runbook.errors import CheckFailed
 from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
@@ -18,21 +19,21 @@ from tests.baseline_fakes import make_adapters
 from tests.procedures.facts_helper import upgrade_facts
 
 
-def _ctx(tmp_path: Path, records: list[tuple[str, object]]) -> Context:
+def _ctx(tmp_path: Path, verdicts: list[Verdict]) -> Context:
     return Context(adapters=make_adapters(tmp_path), params={"target_version": "v2.2.1"},
-                   facts=upgrade_facts(live="green", idle="blue"), record=lambda t, d: records.append((t, d)))
+                   facts=upgrade_facts(live="green", idle="blue"), verdicts=verdicts.append)
 
 
 def test_every_request_served_by_the_idle_colour_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = itertools.chain(["green", "green"], itertools.repeat("blue"))
     monkeypatch.setattr(bg, "served_by", lambda env, **kw: next(answers))
-    records: list[tuple[str, object]] = []
-    up.verify_served_by_idle(_ctx(tmp_path, records))
-    assert records[-1] == ("20 requests through the ingress served by", ["blue"] * 20)
+    verdicts: list[Verdict] = []
+    up.verify_served_by_idle(_ctx(tmp_path, verdicts))
+    assert (verdicts[-1].observed, verdicts[-1].status) == (["blue"] * 20, "passed")
 
 
 def test_a_request_still_reaching_the_old_colour_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = itertools.chain(["blue"] * 10, ["green"], itertools.repeat("blue"))
     monkeypatch.setattr(bg, "served_by", lambda env, **kw: next(answers))
-    with pytest.raises(CheckFailed, match="requests still reach green after the shift"):
+    with pytest.raises(CheckFailed, match=r"after the shift \(green stopped\): 1 of 20 requests"):
         up.verify_served_by_idle(_ctx(tmp_path, []))
