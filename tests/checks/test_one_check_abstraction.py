@@ -64,3 +64,41 @@ def test_every_check_names_negative_tests_that_exist() -> None:
 @pytest.mark.parametrize("node", ["tests/checks/test_core.py::test_no_such_test", "tests/no_such_file.py"])
 def test_a_missing_negative_test_is_reported(node: str) -> None:
     assert not negative_exists(node)
+
+
+def test_no_step_skips_a_whole_scenario() -> None:
+    """A missing capability skips one check (a skipped verdict), not the rest of the scenario: pytest.skip in a
+    step (the old "doublezero0 routes survived") aborted the DZ scenario's whole rollback half."""
+    assert not _hits(r"pytest\.skip\(", within=("steps/",))
+
+
+def test_a_colour_or_version_word_the_step_does_not_handle_is_refused() -> None:
+    """{which} and {version} reach the verdict: any other word is refused, never mapped to a default."""
+    from runbook.errors import StepRefused
+    from runbook.procedures.facts import UpgradeFacts
+    from runbook.procedures.framework import Context
+    from steps.upgrade import UpgradeRun, _colour, colour_serves, data_untouched
+
+    run = UpgradeRun(Context(adapters=None, params={}, facts=UpgradeFacts(live="green", idle="blue")))  # type: ignore[arg-type]
+    assert _colour(run, "old", allowed=("live", "old")) == "green"
+    assert _colour(run, "new", allowed=("new", "idle")) == "blue"
+    with pytest.raises(StepRefused, match="unknown colour 'blue'"):
+        _colour(run, "blue", allowed=("live", "old", "new", "idle"))
+    with pytest.raises(StepRefused, match="unknown colour 'new'"):
+        data_untouched(None, run, {"colour": "green"}, None, "new")  # type: ignore[arg-type]
+    with pytest.raises(StepRefused, match="unknown version 'latest'"):
+        colour_serves(None, run, None, "live", "latest")  # type: ignore[arg-type]
+
+
+def test_the_dz_steps_refuse_an_image_word_or_version_they_do_not_handle() -> None:
+    from runbook.errors import StepRefused
+    from runbook.procedures.facts import DzFacts
+    from runbook.procedures.framework import Context
+    from steps.dz_upgrade import SidecarPatch, sidecar_restarted
+
+    ctx = Context(adapters=None, params={}, facts=DzFacts(old_image="dz:v0.6.0", target_image="dz:v0.6.1"))  # type: ignore[arg-type]
+    patch = SidecarPatch(ctx, None, None, [], "dz:v0.6.1", "v0.6.1")  # type: ignore[arg-type]
+    with pytest.raises(StepRefused, match="unknown image 'newest'"):
+        sidecar_restarted(patch, "newest", None)  # type: ignore[arg-type]
+    with pytest.raises(StepRefused, match="the step says the previous image"):
+        sidecar_restarted(patch, "previous", None)  # type: ignore[arg-type]
