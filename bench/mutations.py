@@ -54,8 +54,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "shift-verify-ignores-stragglers", "the shift's verification accepts requests still served by the old colour",
         UP,
-        "    if any(c != idle for c in seen):",
-        "    if False:  # MUTANT",
+        "uv.all_served_by(seen, idle,",
+        "uv.all_served_by([idle] * len(seen), idle,  # MUTANT: what was seen is ignored\n                     ",
         ("tests/procedures/test_shift_verify.py::test_a_request_still_reaching_the_old_colour_fails",)),
     Mutation(
         "redeploy-old-unverified", "the rollback shifts back without waiting for the old colour to catch up",
