@@ -1,29 +1,20 @@
-"""Facts for a hand-built procedure Context in the mutation test's negative tests: the procedure's typed facts
-class (runbook.procedures.facts) when the framework has one, else the plain dict the older framework used; and
-one way to read a fact from either."""
+"""Typed facts for a hand-built procedure Context (the negative tests the mutation test added): the procedure's
+facts class with the named fields set; a name the class does not have is refused (Facts.load)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def upgrade_facts(**values: Any) -> Any:
-    return _facts("UpgradeFacts", values)
+from runbook.procedures.facts import DzFacts, UpgradeFacts
 
 
-def dz_facts(**values: Any) -> Any:
-    return _facts("DzFacts", values)
+def upgrade_facts(**values: Any) -> UpgradeFacts:
+    f = UpgradeFacts()
+    f.load(values)
+    return f
 
 
-def fact(facts: Any, name: str) -> Any:
-    return facts[name] if isinstance(facts, dict) else getattr(facts, name)
-
-
-def _facts(cls: str, values: dict[str, Any]) -> Any:
-    try:
-        from runbook.procedures import facts as typed
-    except ImportError:
-        return dict(values)
-    f = getattr(typed, cls)()
+def dz_facts(**values: Any) -> DzFacts:
+    f = DzFacts()
     f.load(values)
     return f

@@ -19,7 +19,7 @@ from runbook.procedures import agave_upgrade as up
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.framework import Context
 from tests.baseline_fakes import make_env
-from tests.procedures.facts_helper import fact, upgrade_facts
+from tests.procedures.facts_helper import upgrade_facts
 
 
 class _Reference:
@@ -103,7 +103,7 @@ def test_the_upgrades_catch_up_step_waits_for_the_idle_colour(ctx: Context, monk
         step.verify(ctx)
     _script(monkeypatch, [_state("behind", 50), _state("ok", 0)])
     step.verify(ctx)
-    assert fact(ctx.facts, "catch_up_seen")["healths"] == ["behind", "ok"]
+    assert ctx.facts.catch_up_seen["healths"] == ["behind", "ok"]
 
 
 def test_the_rollbacks_redeploy_waits_for_the_old_colour(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
