@@ -363,7 +363,7 @@ def wait_serving(adapters: Any, progress: Progress = _quiet) -> None:
     progress("waiting until green answers `ok` through the ingress")
     with RpcClient(url=env.ingress.url, timeout=3.0) as public:
         def observe() -> tuple[str | None, str]:
-            return bg.live_colour(env, adapters.workloads)[0], public.health().verdict
+            return bg.live_colour(env, adapters.workloads, adapters=adapters)[0], public.health().verdict
 
         wait_for(observe, lambda seen: seen == ("green", "ok"), timeout=env.timeouts.healthy, interval=0.2,
                  what=f"{env.ingress.url} to be served by green answering ok", tolerate=(RunbookError,),

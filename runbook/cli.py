@@ -263,9 +263,9 @@ def status(env: str = EnvOption) -> None:
 
         e = _env(env)
         a = _adapters(e)
-        out.print(f"env {e.name}: ingress {e.ingress.url} served by {bg.served_by(e) or 'nobody'}")
+        out.print(f"env {e.name}: ingress {e.ingress.url} served by {bg.served_by(e, adapters=a) or 'nobody'}")
         for colour in bg.COLOURS:
-            st = bg.observe_node(e, colour, url=a.rpc_url(colour))
+            st = bg.observe_node(e, colour, adapters=a)
             dep = e.deployments.colour(colour)
             pods = a.workloads.pods(dep.name)
             out.print(f"  {colour:5} {dep.name} :{dep.rpc_port}  pods {len(pods)}  health {st.health}  "

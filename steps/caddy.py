@@ -18,7 +18,7 @@ def live_config(adapters: Adapters, evidence: Recorder) -> AuditReport:
     env = adapters.env
     config = adapters.ingress.config()
     evidence.attach(f"GET {env.ingress.admin}/config/", config)
-    live, how = bg.live_colour(env, adapters.workloads)
+    live, how = bg.live_colour(env, adapters.workloads, adapters=adapters)
     evidence.call(f"the live colour: {live or 'unknown'} ({how})")
     expected = bg.upstream_order_for(env, live) if live else None
     served = adapters.ingress.upstream_order()  # an order switch serves the order its file on Caddy's host says

@@ -20,7 +20,7 @@ def green_pod(adapters: Adapters, evidence: Recorder) -> PodInfo:
 @given("the live colour's running pod", target_fixture="pod")
 def live_pod(adapters: Adapters, evidence: Recorder) -> PodInfo:
     """The pod serving the ingress, whichever colour it is (from real state: after an upgrade, blue)."""
-    live, how = bg.live_colour(adapters.env, adapters.workloads)
+    live, how = bg.live_colour(adapters.env, adapters.workloads, adapters=adapters)
     if live is None:
         raise CheckFailed(f"cannot tell which colour is live: {how}", obj=adapters.env.ingress.url)
     evidence.call(f"the live colour: {live} ({how})")

@@ -100,7 +100,7 @@ def start_prober(adapters: Adapters, rate: int, request: pytest.FixtureRequest, 
 @given("the storage facts of the live colour's data", target_fixture="data_before")
 def data_before(adapters: Adapters, evidence: Recorder) -> dict[str, Any]:
     """The storage's own facts of the live colour's dataset (runbook.checks.untouched), not a hash of its data."""
-    live, how = bg.live_colour(adapters.env, adapters.workloads)
+    live, how = bg.live_colour(adapters.env, adapters.workloads, adapters=adapters)
     if live is None:
         raise CheckFailed(f"cannot tell which colour is live: {how}", obj=adapters.env.ingress.url)
     dataset = adapters.env.deployments.colour(live).data
@@ -306,8 +306,8 @@ def colour_serves(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder, w
     images = {"old": upgrade.facts.live_image, "target": upgrade.facts.target_image}
     if version not in images:
         raise StepRefused(f"unknown version {version!r} in the step: say 'old' or 'target'")
-    st = bg.observe_node(adapters.env, colour, url=adapters.rpc_url(colour))
-    judge(evidence, colours.serves(colour, served_by=bg.served_by(adapters.env), state=st.as_dict(),
+    st = bg.observe_node(adapters.env, colour, adapters=adapters)
+    judge(evidence, colours.serves(colour, served_by=bg.served_by(adapters.env, adapters=adapters), state=st.as_dict(),
                                    version=bg.bare_version(images[version].rsplit(":", 1)[-1])))
 
 
@@ -328,8 +328,8 @@ def was_behind(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> N
 
 @then('the idle colour answers "ok" on the target version beside the live colour')
 def both_ok(adapters: Adapters, upgrade: UpgradeRun, evidence: Recorder) -> None:
-    idle = bg.observe_node(adapters.env, upgrade.facts.idle, url=adapters.rpc_url(upgrade.facts.idle))
-    live = bg.observe_node(adapters.env, upgrade.facts.live, url=adapters.rpc_url(upgrade.facts.live))
+    idle = bg.observe_node(adapters.env, upgrade.facts.idle, adapters=adapters)
+    live = bg.observe_node(adapters.env, upgrade.facts.live, adapters=adapters)
     judge(evidence, colours.both_answer(idle.as_dict(), live.as_dict(),
                                         version=bg.bare_version(upgrade.facts.target_version)))
 

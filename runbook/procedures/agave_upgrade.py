@@ -68,7 +68,7 @@ def prepare(ctx: Context[UpgradeFacts]) -> None:
         live_image = env.deployments.colour(live).image or "laconicnetwork/agave:<live version>"
         sidecar_image = "<the live pod's doublezerod image>"
     else:
-        found, how = bg.live_colour(env, a.workloads)
+        found, how = bg.live_colour(env, a.workloads, adapters=a)
         if found is None:
             raise PreconditionFailed(f"cannot tell which colour is live ({how}): refusing to guess", env=env.name)
         live = found
@@ -334,7 +334,8 @@ def restore_order(ctx: Context[UpgradeFacts]) -> None:
 def live_serving(ctx: Context[UpgradeFacts]) -> None:
     """After a rollback: the old live colour serves the ingress and answers ok, the idle colour is gone."""
     live = ctx.facts.live
-    wait_for(lambda: bg.live_colour(ctx.env, ctx.adapters.workloads), lambda found: found[0] == live,
+    wait_for(lambda: bg.live_colour(ctx.env, ctx.adapters.workloads, adapters=ctx.adapters),
+             lambda found: found[0] == live,
              timeout=ctx.env.timeouts.healthy, interval=0.2, what=f"the ingress to be served by {live} again",
              env=ctx.env.name, procedure="agave-upgrade")
     ctx.judge(uv.no_pods(_idle(ctx).name, [p.name for p in ctx.adapters.workloads.pods(_idle(ctx).name)],

@@ -69,7 +69,7 @@ def wait_caught_up(ctx: Context[UpgradeFacts], colour: str, want: str, *, step: 
     with ctx.adapters.reference() as reference:
 
         def observe() -> bg.NodeState:
-            st = bg.observe_node(env, colour, reference, url=ctx.adapters.rpc_url(colour))
+            st = bg.observe_node(env, colour, reference, adapters=ctx.adapters)
             if st.version is not None and st.version != want:  # a wrong build fails now, not at the deadline
                 ctx.judge(uv.build_version(colour, st.version, want=want))
             if st.health not in seen["healths"]:

@@ -29,7 +29,7 @@ GREEN = "volumes/solana"
 @pytest.fixture(autouse=True)
 def green_is_live(monkeypatch: pytest.MonkeyPatch) -> None:
     """No ingress here: the live colour is green, as its X-Upstream header would say."""
-    monkeypatch.setattr(bg, "live_colour", lambda env, workloads: ("green", "X-Upstream header (faked)"))
+    monkeypatch.setattr(bg, "live_colour", lambda env, workloads, **kw: ("green", "X-Upstream header (faked)"))
 
 
 def _adapters(tmp_path: Path) -> Adapters:
