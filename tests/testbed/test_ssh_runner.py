@@ -241,7 +241,8 @@ def _admin_answers(url: str) -> bool:
 
 @pytest.fixture
 def adapters(env: Env) -> Iterator[Adapters]:
-    stand_in = SimpleNamespace(netns=None, workloads=None, storage=None)  # no testbed: only host, reach, ingress
+    # no testbed: only host, reach, ingress (and no host programs of a testbed's on the host's PATH)
+    stand_in = SimpleNamespace(netns=None, workloads=None, storage=None, host_bin=Path("/nonexistent"))
     a = connect(env, testbed=stand_in)  # type: ignore[arg-type]
     try:
         yield a
