@@ -83,3 +83,12 @@ def build_version(colour: str, observed: str | None, *, want: str) -> Verdict:
     problems = [f"{colour} answers getVersion solana-core {observed}, not {want}: the wrong build is deployed"] if (
         observed is not None and observed != want) else []
     return verdict(f"{colour}'s build", expected=want, observed=observed, problems=problems, obj=colour)
+
+
+@check(negative=NEG + "test_old_data_kept_or_destroyed_against_the_operators_choice_fails")
+def old_data(dataset: str, *, destroy: bool, present: bool) -> Verdict:
+    """At cleanup the old colour's data is destroyed when the operator chose it (--cleanup=destroy, confirmed),
+    and kept otherwise: it is the rollback point."""
+    want = "destroyed" if destroy else "kept"
+    return verdict(f"{dataset} at cleanup", expected=want, observed="present" if present else "gone", obj=dataset,
+                   problems=[] if present != destroy else [f"{dataset} should be {want}"])

@@ -70,9 +70,10 @@ def copied(ctx: Context[UpgradeFacts]) -> bool:
     return _copier(ctx).is_done()
 
 
-def copy_present(ctx: Context[UpgradeFacts]) -> bool:
-    """Anything left in the idle colour's accounts directory (the copy, or part of it)."""
-    c = _copier(ctx)
+def copy_present(ctx: Context[UpgradeFacts], *, old: bool = False) -> bool:
+    """Anything left in the idle colour's accounts directory (the copy, or part of it); ``old``: in the old
+    colour's (after --cleanup=destroy removed them)."""
+    c = _copier(ctx, old=old)
     f = c.measure(c.dst)
     return f is not None and f.entries > 0
 

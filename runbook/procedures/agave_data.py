@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runbook.checks import upgrade_verify as uv
 from runbook.errors import CheckFailed, PreconditionFailed
 from runbook.procedures import accounts
 from runbook.procedures.facts import UpgradeFacts
@@ -146,8 +147,15 @@ def require_destroy_confirmed(ctx: Context[UpgradeFacts]) -> None:
 
 
 def old_retired(ctx: Context[UpgradeFacts]) -> bool:
-    """Nothing to do when the operator keeps the old data (the default: it is the rollback point)."""
-    return not destroy_old_chosen(ctx) or _dataset(ctx, _live(ctx).data) is None
+    """Nothing to do when the operator keeps the old data (the default: it is the rollback point); else done
+    only when all of it is gone, as observed: the old dataset, the snapshot (where promote moved it) and the
+    old colour's accounts (a run interrupted half-way through retiring acts again)."""
+    if not destroy_old_chosen(ctx):
+        return True
+    moved = f"{_idle(ctx).data}@{ctx.facts.snapshot}"
+    return (_dataset(ctx, _live(ctx).data) is None
+            and not any(moved in d.snapshots for d in ctx.adapters.storage.datasets())
+            and not accounts.copy_present(ctx, old=True))
 
 
 def retire_old(ctx: Context[UpgradeFacts]) -> None:
@@ -166,8 +174,5 @@ def retire_old(ctx: Context[UpgradeFacts]) -> None:
 
 
 def verify_retired(ctx: Context[UpgradeFacts]) -> None:
-    gone = _dataset(ctx, _live(ctx).data) is None
-    if destroy_old_chosen(ctx) != gone:
-        raise CheckFailed(f"{_live(ctx).data} should {'be gone' if destroy_old_chosen(ctx) else 'be kept'}",
-                          expected="destroyed" if destroy_old_chosen(ctx) else "kept", observed="gone" if gone else
-                          "present", obj=_live(ctx).data)
+    ctx.judge(uv.old_data(_live(ctx).data, destroy=destroy_old_chosen(ctx),
+                          present=_dataset(ctx, _live(ctx).data) is not None))

@@ -222,7 +222,8 @@ def _rollback(ctx: Context[UpgradeFacts], upgrade_journal: Journal, rollback_jou
     if state.get("status") == "rolled back":
         ctx.progress("the upgrade was already rolled back")
         return []
-    if ctx.facts.old_destroyed:
+    # observed, not a flag: the old data gone, or after cleanup the snapshot the rollback restores from
+    if up._dataset(ctx, up._live(ctx).data) is None or (state.get("status") == "done" and not up.snapshot_exists(ctx)):
         raise RunbookError("cannot roll back: the old colour's data and its snapshot were destroyed at cleanup "
                            "(cleanup=destroy); the new colour is the only copy", procedure=up.PROCEDURE.name)
     if state.get("status") != "done":

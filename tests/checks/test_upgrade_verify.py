@@ -51,3 +51,10 @@ def test_the_wrong_build_fails_at_once() -> None:
     assert uv.build_version("blue", "2.2.1", want="2.2.1").ok
     assert uv.build_version("blue", None, want="2.2.1").ok  # not answering yet is no verdict on the version
     assert not uv.build_version("blue", "2.2.0", want="2.2.1").ok
+
+
+def test_old_data_kept_or_destroyed_against_the_operators_choice_fails() -> None:
+    assert uv.old_data("v/solana", destroy=False, present=True).ok
+    assert uv.old_data("v/solana", destroy=True, present=False).ok
+    assert not uv.old_data("v/solana", destroy=False, present=False).ok
+    assert not uv.old_data("v/solana", destroy=True, present=True).ok
