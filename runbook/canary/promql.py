@@ -6,12 +6,13 @@ code), ``zai_proxy_request_duration_seconds_bucket{variant, le}`` and ``zai_prox
 Every query builder takes the variant (``production`` or ``canary``), a window (seconds, rendered as a
 PromQL duration) and optional extra label matchers (``{"namespace": "mcp"}``).
 
-The gates take counts, not ratios: :func:`requests_increase` and :func:`errors_increase` feed
-:func:`~runbook.canary.gates.error_rate_gate`; :func:`latency_buckets` gives the histogram for
-:func:`~runbook.canary.gates.latency_gate` (``sum by (le) (increase(...))``); :func:`tokens_increase` feeds
-:func:`~runbook.canary.gates.presence_gate`. The raw counters (:func:`requests_counter`,
-:func:`errors_counter`) read over ``/api/v1/query_range`` feed the moving window
-(:mod:`runbook.canary.window`). :func:`error_ratio` and :func:`latency_quantile` are the seed's own queries.
+The gates take counts, not ratios: :func:`requests_by_status` (read by :func:`error_counts`) feeds
+:func:`~runbook.canary.gates.error_rate_gate` (or :func:`requests_increase` and :func:`errors_increase`);
+:func:`latency_buckets` gives the histogram for :func:`~runbook.canary.gates.latency_gate` (``sum by (le)
+(increase(...))``); :func:`tokens_increase` feeds :func:`~runbook.canary.gates.presence_gate`. The raw
+counters (:func:`requests_counter`, :func:`errors_counter`) read over ``/api/v1/query_range`` feed the moving
+window (:func:`runbook.canary.window.counts_from_series`). :func:`error_ratio` and :func:`latency_quantile`
+are the seed's own queries.
 
 The parser follows the documented API (prometheus docs/querying/api.md): an envelope ``{"status":
 "success"|"error", "data": ..., "errorType", "error", "warnings", "infos"}`` and, in ``data``,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +33,10 @@ from urllib.parse import urlencode
 from runbook.errors import AdapterError
 
 __all__ = ["DURATION", "REQUESTS", "TOKENS", "ApiCall", "PrometheusError", "QueryResult", "Sample", "Series",
-           "buckets_from_vector", "duration", "error_ratio", "errors_counter", "errors_increase", "instant",
-           "latency_buckets", "latency_quantile", "parse_response", "range_query", "request_rate",
-           "requests_counter", "requests_increase", "scalar_value", "selector", "tokens_increase", "tokens_series"]
+           "buckets_from_vector", "duration", "error_counts", "error_ratio", "errors_counter", "errors_increase",
+           "instant", "latency_buckets", "latency_quantile", "parse_response", "range_query", "request_rate",
+           "requests_by_status", "requests_counter", "requests_increase", "scalar_value", "selector",
+           "tokens_increase", "tokens_series"]
 
 REQUESTS = "zai_proxy_requests_total"
 DURATION = "zai_proxy_request_duration_seconds"
@@ -75,6 +78,12 @@ def selector(metric: str, variant: str, labels: Mapping[str, str] | None = None,
 def requests_increase(variant: str, window: float, labels: Mapping[str, str] | None = None) -> str:
     """Requests served over the window (every status)."""
     return f"sum(increase({selector(REQUESTS, variant, labels)}[{duration(window)}]))"
+
+
+def requests_by_status(variant: str, window: float, labels: Mapping[str, str] | None = None) -> str:
+    """Requests over the window by status, in one query: :func:`error_counts` takes errors and requests from
+    the same extrapolation, so errors never exceed requests (two separate ``increase`` queries may)."""
+    return f"sum by (status) (increase({selector(REQUESTS, variant, labels)}[{duration(window)}]))"
 
 
 def errors_increase(variant: str, window: float, labels: Mapping[str, str] | None = None) -> str:
@@ -282,6 +291,20 @@ def scalar_value(body: bytes | str | Mapping[str, Any], *, default: float | None
     """The one value of a ``sum(...)``-style instant query; ``default`` when the vector is empty."""
     value = parse_response(body).value()
     return default if value is None else value
+
+
+def error_counts(samples: Sequence[Sample], *, errors: str = ERROR_STATUS) -> tuple[float, float]:
+    """(errors, requests) from a :func:`requests_by_status` vector: the samples whose ``status`` matches the
+    ``errors`` pattern (``5..``: a 5xx), and all of them. An empty vector is (0, 0): no requests."""
+    pattern = re.compile(errors)
+    total = bad = 0.0
+    for s in samples:
+        if "status" not in s.labels:
+            raise PrometheusError(f"a request count without a status label: {dict(s.labels)}")
+        total += s.value
+        if pattern.fullmatch(s.labels["status"]):
+            bad += s.value
+    return bad, total
 
 
 def buckets_from_vector(samples: Sequence[Sample]) -> dict[float, float]:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from runbook.canary.gates import ErrorRateResult, GateVerdict, count, error_rate_gate, wilson_bounds
 
-__all__ = ["Counts", "WindowResult", "align", "combine_counters", "moving_window_error_gate"]
+__all__ = ["Counts", "WindowResult", "align", "combine_counters", "counts_from_series", "moving_window_error_gate"]
 
 _EPS = 1e-9
 
@@ -84,6 +84,14 @@ def align(requests: Sequence[tuple[float, float]], errors: Sequence[tuple[float,
             j += 1
         out.append(Counts(t, req, err))
     return out
+
+
+def counts_from_series(requests: Iterable[Sequence[tuple[float, float]]],
+                       errors: Iterable[Sequence[tuple[float, float]]], *, start: float) -> list[Counts]:
+    """The moving window's samples from a range query's series: every request counter series (all statuses)
+    and the error series (5xx), both combined from the same ``start`` (the range query's start), so an error
+    series first seen later is counted from 0 (:func:`combine_counters`)."""
+    return align(combine_counters(requests, start=start), combine_counters(errors, start=start))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from runbook.canary import promql
 from runbook.canary.gates import histogram_quantile
 from runbook.canary.promql import PrometheusError, parse_response
-from runbook.canary.window import align, combine_counters, moving_window_error_gate
+from runbook.canary.window import align, combine_counters, counts_from_series, moving_window_error_gate
 
 
 # --------------------------------------------------------------------------- queries
@@ -107,9 +107,10 @@ def test_a_matrix_answer_feeds_the_moving_window() -> None:
                                                                   "PromQL info: metric might not be a counter")
     ok, errors = result.matrix
     assert ok.labels["status"] == "200" and ok.values[1] == (1700000015.0, 250.0)
-    requests = combine_counters([s.values for s in result.matrix])
-    failed = combine_counters([errors.values], start=requests[0][0])
-    gate = moving_window_error_gate(align(requests, failed), window=15, step=15)
+    samples = counts_from_series([s.values for s in result.matrix], [errors.values], start=1700000000)
+    assert samples == align(combine_counters([s.values for s in result.matrix]),
+                            combine_counters([errors.values], start=1700000000))
+    gate = moving_window_error_gate(samples, window=15, step=15)
     assert gate.whole.requests == 390 and gate.whole.errors == 90
     assert gate.verdict == "fail" and (gate.worst.errors, gate.worst.requests) == (88, 238)
 
@@ -168,3 +169,15 @@ def test_bucket_answer_to_histogram_quantile() -> None:
     assert buckets[math.inf] == 100 and histogram_quantile(0.95, buckets) == pytest.approx(0.40625)
     with pytest.raises(PrometheusError, match="le"):
         promql.buckets_from_vector(parse_response(VECTOR).vector)
+
+
+def test_errors_and_requests_from_one_query_by_status() -> None:
+    assert promql.requests_by_status("canary", 300) == (
+        'sum by (status) (increase(zai_proxy_requests_total{variant="canary"}[5m]))')
+    answer = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"status": code}, "value": [1, n]} for code, n in [("200", "5900"), ("429", "40"),
+                                                                     ("500", "45"), ("502", "15")]]}}
+    assert promql.error_counts(parse_response(answer).vector) == (60.0, 6000.0)  # a 429 is not an error
+    assert promql.error_counts(()) == (0.0, 0.0)
+    with pytest.raises(PrometheusError, match="status"):
+        promql.error_counts(parse_response(VECTOR).vector)
