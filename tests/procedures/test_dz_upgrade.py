@@ -225,7 +225,7 @@ def test_doublezerod_as_a_regular_container_fails_the_precondition(plain: Adapte
     result = _run(dz.PROCEDURE, ctx, tmp_path)
     assert not result.ok
     assert result.outcome("patch-sidecar").status == "failed"
-    assert "is a regular container" in result.error and "not a native sidecar" in result.error, result.error
+    assert "a regular (app) container" in result.error and "native sidecar" in result.error, result.error
     assert "restartPolicy: Always" in result.error
     # nothing was patched or restarted
     now = dz.observe_now(ctx)
