@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 def blue_beside_green(adapters: Adapters, *, bare_sidecar: bool) -> dict[str, Any]:
     """Green's live Deployment as blue: the doublezerod sidecar kept (``bare_sidecar``: its command replaced
-    by ``doublezerod``, i.e. without the identity's lock), agave replaced by ``sleep``."""
+    by ``doublezerod``, i.e. without the identity's lock), agave replaced by an idle shell that exits on SIGTERM."""
     env = adapters.env
     live = adapters.workloads.deployment(env.deployments.green.name)
     assert live is not None, "green's Deployment must be live"
@@ -45,7 +45,10 @@ def blue_beside_green(adapters: Adapters, *, bare_sidecar: bool) -> dict[str, An
     if bare_sidecar:
         sidecar["command"] = ["doublezerod"]
     spec["initContainers"] = [sidecar]
-    spec["containers"] = [{"name": "idle", "image": sidecar["image"], "command": ["sleep", "infinity"]}]
+    # idle until told to stop: a bare `sleep` as the container's PID 1 ignores SIGTERM and holds the pod's
+    # deletion for the whole grace period (the testbed's 15 s kill, the manifest's 120 s on kind)
+    spec["containers"] = [{"name": "idle", "image": sidecar["image"],
+                           "command": ["/bin/sh", "-c", "sleep infinity & trap 'kill $!; exit 143' TERM INT; wait $!"]}]
     used = {m["name"] for m in sidecar.get("volumeMounts", [])}
     spec["volumes"] = [v for v in spec.get("volumes", []) if v["name"] in used]
     tmpl["metadata"]["labels"] = recolour(tmpl["metadata"].get("labels", {}))

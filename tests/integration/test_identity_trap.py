@@ -21,7 +21,10 @@ SCENARIO = "drops_no_request_and_never_serves"
 
 
 def _env_with_blue_under_greens_key(tmp_path: Path) -> Path:
-    env_file = make_env(tmp_path)
+    # blue and green kill each other from blue's first second on (the logs show it at once), so blue never
+    # catches up: the unchecked upgrade fails at the catch-up deadline whatever it is. A shorter one than
+    # local.yaml's 120 s (harsher, not kinder) fails it sooner, and leaves green less to replay afterwards.
+    env_file = make_env(tmp_path, timeouts__catch_up="20s")
     env = load_env(str(env_file))
     assert env.testbed is not None
     tb = Testbed(env)
@@ -30,26 +33,30 @@ def _env_with_blue_under_greens_key(tmp_path: Path) -> Path:
     return env_file
 
 
-def test_blue_under_greens_identity_kills_green_and_the_zero_drop_scenario_fails(tmp_path: Path) -> None:
+def test_our_upgrade_refuses_a_blue_under_greens_identity_and_without_the_check_green_dies(tmp_path: Path) -> None:
+    """One testbed for both runs (its bring-up was most of each): our upgrade first, which must refuse before
+    anything changes (so the same testbed is then as it was brought up), then the variant without the
+    identity check, whose blue kills green and fails the zero-drop scenario."""
     env_file = _env_with_blue_under_greens_key(tmp_path)
-    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
-                     "agave-upgrade=upgrade-identity-unchecked", reports=tmp_path / "reports", timeout=300)
-    assert ran.rc == 1, ran.out
-    assert "1 failed" in ran.out
-    logs = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("agave-green-*"))
-    assert "duplicate running instances of the same validator node" in logs, "green exited by agave's rule"
-    assert "zero-drop verdict: FAIL" in ran.out or "failed" in ran.out, ran.out
-    assert Testbed(load_env(str(env_file))).leftovers() == []
+    tb = Testbed(load_env(str(env_file)))
+    try:
+        tb.up()  # the nested sessions reuse it, as after `runbook testbed up`
+        ours = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
+                          "--log-cli-level=INFO", reports=tmp_path / "reports-ours", timeout=300)
+        assert ours.rc == 1, ours.out
+        assert "holds the same key as" in ours.out and "would make agave-green, the colour serving, exit" in ours.out
+        assert "[agave-upgrade] clone:" not in ours.out, "refused at the first step, before anything changed"
 
-
-def test_our_upgrade_refuses_a_blue_under_greens_identity_before_anything_changes(tmp_path: Path) -> None:
-    env_file = _env_with_blue_under_greens_key(tmp_path)
-    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
-                     "--log-cli-level=INFO", reports=tmp_path / "reports", timeout=300)
-    assert ran.rc == 1, ran.out
-    assert "holds the same key as" in ran.out and "would make agave-green, the colour serving, exit" in ran.out
-    assert "[agave-upgrade] clone:" not in ran.out, "refused at the first step, before anything changed"
-    assert Testbed(load_env(str(env_file))).leftovers() == []
+        ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
+                         "agave-upgrade=upgrade-identity-unchecked", reports=tmp_path / "reports", timeout=300)
+        assert ran.rc == 1, ran.out
+        assert "1 failed" in ran.out
+        logs = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("agave-green-*"))
+        assert "duplicate running instances of the same validator node" in logs, "green exited by agave's rule"
+        assert "zero-drop verdict: FAIL" in ran.out or "failed" in ran.out, ran.out
+    finally:
+        tb.down()
+    assert tb.leftovers() == []
 
 
 def test_a_procedure_that_writes_into_the_old_colours_data_fails_untouched(tmp_path: Path) -> None:

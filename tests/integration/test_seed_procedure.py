@@ -22,30 +22,36 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCENARIO = "drops_no_request_and_never_serves"
 
 
-def test_seed_procedure_and_config_fail_the_zero_drop_scenario(tmp_path: Path) -> None:
+def test_our_procedure_refuses_the_seed_ingress_and_the_seeds_own_procedure_fails_the_scenario(
+        tmp_path: Path) -> None:
+    """One testbed for both runs (its bring-up was most of each): our procedure first, which must refuse
+    before anything changes, then the seed's procedure on the same ingress, which must drop requests."""
     env_file = make_env(tmp_path, ingress__template="deploy/caddy/seed.Caddyfile.tmpl")
-    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
-                     "agave-upgrade=seed-upgrade", reports=tmp_path / "reports", timeout=300)
-    assert ran.rc == 1, ran.out
-    assert "1 failed" in ran.out
-    m = re.search(r"zero-drop verdict: FAIL: (\d+) of (\d+) requests lost to a client that does not retry", ran.out)
-    assert m and int(m.group(1)) > 0, ran.out
-    named = re.search(r"lost requests \(seq, t, kind, verdict, upstream, status: error\):\n((?:.*#\d+ t=.*\n)+)",
-                      ran.out[m.end():])
-    assert named, f"the verdict names the lost requests one by one: {ran.out}"
-    listed = re.findall(r"#\d+ t=[\d.]+s (?:GET /health|POST getSlot) (\w+) upstream=", named.group(1))
-    assert listed and len(listed) <= min(int(m.group(1)), zero_drop.LISTED), named.group(1)
-    assert {"behind"} & set(listed) or {"conn_error", "http_error", "timeout"} & set(listed), listed
-    assert Testbed(load_env(str(env_file))).leftovers() == []
+    tb = Testbed(load_env(str(env_file)))
+    try:
+        tb.up()  # the nested sessions reuse it, as after `runbook testbed up`
+        ours = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
+                          "--log-cli-level=INFO", reports=tmp_path / "reports-ours", timeout=300)
+        assert ours.rc == 1, ours.out
+        assert "refusing to start the upgrade: the ingress would drop requests" in ours.out
+        assert "requests lost to a client that does not retry" not in ours.out  # refused before anything dropped
+        assert "[agave-upgrade] snapshot:" in ours.out
+        assert "[agave-upgrade] clone:" not in ours.out, "refused at the first step, before anything changed"
+        assert not re.search(r"accounts: [\d.]+ of", ours.out)
 
-
-def test_our_procedure_refuses_to_start_behind_the_seed_ingress(tmp_path: Path) -> None:
-    env_file = make_env(tmp_path, ingress__template="deploy/caddy/seed.Caddyfile.tmpl")
-    ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "-o", "log_cli=true",
-                     "--log-cli-level=INFO", reports=tmp_path / "reports", timeout=300)
-    assert ran.rc == 1, ran.out
-    assert "refusing to start the upgrade: the ingress would drop requests" in ran.out
-    assert "requests lost to a client that does not retry" not in ran.out  # refused before anything could drop
-    assert "[agave-upgrade] snapshot:" in ran.out
-    assert "[agave-upgrade] clone:" not in ran.out, "refused at the first step, before anything changed"
-    assert not re.search(r"accounts: [\d.]+ of", ran.out)
+        ran = run_pytest("features/", f"--env={env_file}", "-k", SCENARIO, "--procedure-override",
+                         "agave-upgrade=seed-upgrade", reports=tmp_path / "reports", timeout=300)
+        assert ran.rc == 1, ran.out
+        assert "1 failed" in ran.out
+        m = re.search(r"zero-drop verdict: FAIL: (\d+) of (\d+) requests lost to a client that does not retry",
+                      ran.out)
+        assert m and int(m.group(1)) > 0, ran.out
+        named = re.search(r"lost requests \(seq, t, kind, verdict, upstream, status: error\):\n((?:.*#\d+ t=.*\n)+)",
+                          ran.out[m.end():])
+        assert named, f"the verdict names the lost requests one by one: {ran.out}"
+        listed = re.findall(r"#\d+ t=[\d.]+s (?:GET /health|POST getSlot) (\w+) upstream=", named.group(1))
+        assert listed and len(listed) <= min(int(m.group(1)), zero_drop.LISTED), named.group(1)
+        assert {"behind"} & set(listed) or {"conn_error", "http_error", "timeout"} & set(listed), listed
+    finally:
+        tb.down()
+    assert tb.leftovers() == []
