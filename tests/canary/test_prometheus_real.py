@@ -22,6 +22,7 @@ import pytest
 
 from runbook.canary import promql
 from runbook.canary.gates import error_rate_gate, histogram_quantile, latency_gate, presence_gate
+from runbook.errors import TestbedError
 from runbook.testbed.prometheus import Prometheus, PrometheusClient, ScrapeJob, find_binary
 from runbook.wait import wait_for
 
@@ -212,3 +213,25 @@ def test_an_error_answer_names_the_url_and_prometheus_s_text(scraped: Scraped) -
         scraped.api.query("sum(")
     assert scraped.api.url in str(caught.value) and "parse error" in str(caught.value)
     assert caught.value.error_type == "bad_data" and caught.value.status_code == 400
+
+
+def test_a_target_that_is_down_fails_the_start_naming_it() -> None:
+    port = _free_port()  # nothing listens there
+    with tempfile.TemporaryDirectory(prefix="prometheus-") as state:
+        prom = Prometheus([ScrapeJob("nobody", (f"127.0.0.1:{port}",))], state_dir=Path(state), start_timeout=8)
+        with pytest.raises(TestbedError) as caught:
+            prom.start()
+        assert prom.popen is None  # stopped after the failed start
+    text = str(caught.value)
+    assert f"http://127.0.0.1:{port}/metrics: down" in text and "connection refused" in text, text
+
+
+def test_a_port_in_use_fails_the_start_with_prometheus_s_log() -> None:
+    with socket.socket() as busy, tempfile.TemporaryDirectory(prefix="prometheus-") as state:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        prom = Prometheus([ScrapeJob("self", ("127.0.0.1:1",))], state_dir=Path(state),
+                          port=busy.getsockname()[1], start_timeout=10)
+        with pytest.raises(TestbedError, match="address already in use"):
+            prom.start()
+        assert prom.popen is None
