@@ -262,7 +262,7 @@ def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -
     verdict.write(probe.prober.out_dir)  # beside the records, into the bundle with them
     probe.attach(evidence, adapters.env)
     evidence.attach("zero-drop verdict", verdict.describe())
-    judge_all(evidence, zero_drop.no_request_lost(verdict))
+    judge_all(evidence, zero_drop.no_request_lost(verdict), summary=verdict.describe())
 
 
 @then("the live colour served until the shift and the new colour after it")

@@ -163,8 +163,10 @@ def judge(sink: Sink | None, v: Verdict) -> Verdict:
     return v.require()
 
 
-def judge_all(sink: Sink | None, verdicts: Iterable[Verdict]) -> list[Verdict]:
-    """Record every verdict (a step checking several things shows each), then raise naming every failure."""
+def judge_all(sink: Sink | None, verdicts: Iterable[Verdict], *, summary: str = "") -> list[Verdict]:
+    """Record every verdict (a step checking several things shows each), then raise naming every failure
+    (``summary``: the check's own account of the same verdict, put first in the error, e.g. the zero-drop
+    verdict's lost requests one by one)."""
     every = list(verdicts)
     if not every:
         raise ValueError("judge_all needs at least one verdict: a step that checks nothing cannot pass")
@@ -174,10 +176,11 @@ def judge_all(sink: Sink | None, verdicts: Iterable[Verdict]) -> list[Verdict]:
         if sink is not None:
             sink.verdict(v)
     failed = [v for v in every if v.problems]
-    if len(failed) == 1:
+    if len(failed) == 1 and not summary:
         failed[0].require()
     if failed:
-        raise CheckFailed("; ".join(v.message for v in failed), expected={v.title: v.expected for v in failed},
+        text = "; ".join(v.message for v in failed)
+        raise CheckFailed(f"{summary}\n{text}" if summary else text, expected={v.title: v.expected for v in failed},
                           observed={v.title: v.observed for v in failed})
     return every
 

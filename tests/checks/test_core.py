@@ -72,3 +72,9 @@ def test_a_check_must_return_a_verdict_and_name_a_negative_test() -> None:
     with pytest.raises(TypeError, match="not a Verdict"):
         bad()
     assert "core.equal" in CHECKS
+
+
+def test_judge_all_puts_the_checks_own_summary_first() -> None:
+    with pytest.raises(CheckFailed, match=r"^verdict: FAIL, 1 of 2 lost\na: expected 1, observed 2$"):
+        judge_all(None, [equal("a", expected=1, observed=2), equal("b", expected=2, observed=2)],
+                  summary="verdict: FAIL, 1 of 2 lost")
