@@ -23,6 +23,7 @@ SCENARIO_INTERVAL = 1.0
 
 
 def skip_routes_reason(testbed: Testbed | None) -> str:
+    """Why doublezero0's routes cannot be read here ("" when they can): shared by the DZ upgrade's steps."""
     return netns.routes_unobservable(testbed is not None and testbed.netns is not None, testbed=testbed is not None)
 
 

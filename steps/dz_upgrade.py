@@ -22,8 +22,8 @@ from runbook.evidence.recorder import Recorder
 from runbook.procedures import dz_upgrade as dz
 from runbook.procedures import journal_for
 from runbook.procedures.framework import Context, Journal, RunResult
-from runbook.testbed import netns
 from runbook.testbed.stack import Testbed
+from steps.dz_handover import skip_routes_reason
 
 
 @dataclass
@@ -45,10 +45,6 @@ class DzRun:
     result: RunResult
 
 
-def _skip_routes_reason(testbed: Testbed | None) -> str:
-    return netns.routes_unobservable(testbed is not None and testbed.netns is not None, testbed=testbed is not None)
-
-
 def _restore_at_teardown(request: pytest.FixtureRequest, ctx: Context) -> None:
     def restore() -> None:
         if ctx.facts.old_image and ctx.facts.pod:
@@ -63,7 +59,7 @@ def _restore_at_teardown(request: pytest.FixtureRequest, ctx: Context) -> None:
 def patch_sidecar(adapters: Adapters, testbed: Testbed | None, pod: PodInfo, version: str, evidence: Recorder,
                   request: pytest.FixtureRequest) -> SidecarPatch:
     ctx = dz.context(adapters, target_version=version, colour=dz.colour_of(adapters.env, pod.deployment),
-                     skip_routes_reason=_skip_routes_reason(testbed), progress=evidence.note, record=evidence.attach,
+                     skip_routes_reason=skip_routes_reason(testbed), progress=evidence.note, record=evidence.attach,
                      verdicts=evidence.verdict)
     dz.prepare(ctx)
     if ctx.facts.already_at_target:
@@ -136,7 +132,7 @@ def no_drift(adapters: Adapters, dz_patch: SidecarPatch, evidence: Recorder) -> 
 @when(parsers.re(r"the dz-upgrade procedure runs to (?P<version>v[\w.+-]+)"), target_fixture="dz_run")
 def run_procedure(adapters: Adapters, testbed: Testbed | None, version: str, evidence: Recorder,
                   request: pytest.FixtureRequest) -> DzRun:
-    ctx = dz.context(adapters, target_version=version, skip_routes_reason=_skip_routes_reason(testbed),
+    ctx = dz.context(adapters, target_version=version, skip_routes_reason=skip_routes_reason(testbed),
                      progress=evidence.note, record=evidence.attach,
                      verdicts=evidence.verdict)
     journal = journal_for(adapters.env, dz.NAME)

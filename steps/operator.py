@@ -22,6 +22,7 @@ from runbook.procedures import journal_for
 from runbook.testbed.stack import Testbed
 from steps import dz_upgrade as dz_steps
 from steps import upgrade as up_steps
+from steps.dz_handover import skip_routes_reason
 
 
 # ------------------------------------------------------------------------------------------- agave upgrade
@@ -54,7 +55,7 @@ def old_data_kept_or_destroyed(adapters: Adapters, upgrade: up_steps.UpgradeRun,
 def run_operator_dz(adapters: Adapters, testbed: Testbed | None, pod: PodInfo, dz_target_version: str,
                     evidence: Recorder, request: pytest.FixtureRequest) -> dz_steps.DzRun:
     ctx = dz.context(adapters, target_version=dz_target_version, colour=dz.colour_of(adapters.env, pod.deployment),
-                     skip_routes_reason=dz_steps._skip_routes_reason(testbed), progress=evidence.note,
+                     skip_routes_reason=skip_routes_reason(testbed), progress=evidence.note,
                      record=evidence.attach)
     journal = journal_for(adapters.env, dz.NAME)
     if is_testbed(adapters.env):  # on production the upgraded sidecar is the operator's result

@@ -79,16 +79,13 @@ def reachable_checks(fn: Callable[..., Any]) -> set[str]:
     todo: list[Any] = [fn]
     while todo:
         f = todo.pop()
+        name = getattr(f, "__check__", None)  # a registered check's wrapper (runbook.checks.core.check)
+        if name:
+            found.add(name)
         f = getattr(f, "__wrapped__", f)
         if id(f) in seen:
             continue
         seen.add(id(f))
-        name = getattr(f, "__check__", None) or getattr(getattr(f, "__dict__", {}), "get", lambda k: None)("__check__")
-        for spec in CHECKS.values():
-            if getattr(spec.func, "__wrapped__", None) is f:
-                found.add(spec.name)
-        if name:
-            found.add(name)
         code = getattr(f, "__code__", None)
         if code is None or not getattr(f, "__module__", "").startswith(FOLLOW):
             continue

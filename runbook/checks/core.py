@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, ParamSpec, Protocol
+from typing import Any, Literal, ParamSpec, Protocol, runtime_checkable
 
 from runbook.errors import CheckFailed, PreconditionFailed
 
@@ -148,19 +148,23 @@ def _registered(fn: Callable[..., Any], run: Callable[P, Any], name: str, tests:
     return run
 
 
+@runtime_checkable
 class Sink(Protocol):
     """Where verdicts are recorded (the evidence recorder)."""
 
     def verdict(self, v: Verdict) -> None: ...
 
 
-def judge(sink: Sink | None, v: Verdict) -> Verdict:
-    """Record ``v`` exactly as computed, then raise if it failed. Returns it (for a step that uses it on)."""
+def judge(sink: Sink | Callable[[Verdict], None] | None, v: Verdict, *, precondition: bool = False) -> Verdict:
+    """Record ``v`` exactly as computed (``sink``: the evidence recorder, or a procedure context's ``verdicts``
+    callable), then raise if it failed. Returns it (for a step that uses it on)."""
     if not v.check:
         raise TypeError(f"verdict {v.title!r} did not come from a registered check")
-    if sink is not None:
+    if isinstance(sink, Sink):
         sink.verdict(v)
-    return v.require()
+    elif sink is not None:
+        sink(v)
+    return v.require(precondition=precondition)
 
 
 def judge_all(sink: Sink | None, verdicts: Iterable[Verdict], *, summary: str = "") -> list[Verdict]:

@@ -18,7 +18,6 @@ from typing import Any
 
 from runbook.adapters.base import ContainerStatus, Host, PodInfo, Workloads
 from runbook.checks.core import Verdict, check, skipped, verdict
-from runbook.errors import CheckFailed
 from runbook.images import same_image
 
 
@@ -195,13 +194,6 @@ def restart_settled(before: Observation, after: Observation, *, image: str) -> b
     a, b = after.sidecar, before.sidecar
     return (a is not None and b is not None and a.state == "running" and same_image(a.image, image)
             and a.restart_count > b.restart_count and a.image_id != b.image_id)
-
-
-def raise_problems(problems: list[Problem], *, title: str, obj: str) -> None:
-    if problems:
-        raise CheckFailed(f"{title}: " + "; ".join(str(p) for p in problems),
-                          expected={p.what: p.expected for p in problems},
-                          observed={p.what: p.observed for p in problems}, obj=obj)
 
 
 _NEG = "tests/procedures/test_dz_upgrade.py::"

@@ -182,9 +182,6 @@ def wait_restart(ctx: Context[DzFacts], start: iso.Observation, *,
     return last, samples
 
 
-route_problems_throughout = iso.route_problems_throughout  # the check's (runbook.checks.isolation)
-
-
 def verify_restart(ctx: Context[DzFacts], start: iso.Observation, *, image: str, version: str,
                    title: str) -> iso.Observation:
     """The whole isolation proof after a patch to ``image``, one check at a time (each verdict recorded):

@@ -37,13 +37,8 @@ class Facts:
             setattr(self, k, v)
 
     def __bool__(self) -> bool:
-        """Derived already (a caller's facts, or a resumed run's): any field set."""
-        return any(getattr(self, f.name) != f.default and getattr(self, f.name) != _empty(f)
-                   for f in dataclasses.fields(self))
-
-
-def _empty(f: dataclasses.Field[Any]) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        """Derived already (a caller's facts, or a resumed run's): any field differs from a fresh instance's."""
+        return self != type(self)()
 
 
 @dataclass

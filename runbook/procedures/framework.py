@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from runbook.checks.core import Verdict
+from runbook.checks.core import Verdict, judge
 from runbook.errors import RunbookError
 from runbook.procedures.facts import Facts
 from runbook.procedures.journal import Journal, JournalCorrupt, Locked
@@ -135,10 +135,7 @@ class Context(Generic[F]):
     def judge(self, v: Verdict, *, precondition: bool = False) -> Verdict:
         """A verification's verdict (a check from runbook.checks): recorded as computed, raised if it failed
         (:class:`PreconditionFailed` for a precondition: nothing was changed)."""
-        if not v.check:
-            raise TypeError(f"verdict {v.title!r} did not come from a registered check")
-        self.verdicts(v)
-        return v.require(precondition=precondition)
+        return judge(self.verdicts, v, precondition=precondition)
 
 
 @dataclass(frozen=True)
