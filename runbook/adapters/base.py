@@ -6,7 +6,7 @@ Steps and procedures talk only to these. Each port has a real implementation per
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -97,6 +97,16 @@ class PodInfo:
     containers: tuple[ContainerStatus, ...]
     spec_images: dict[str, str] = field(default_factory=dict)  # container name -> image in the pod spec
     template_images: dict[str, str] = field(default_factory=dict)  # from the owning Deployment
+    ip: str = ""  # status.podIP ("" until assigned; the node's IP for a hostNetwork pod)
+    labels: dict[str, str] = field(default_factory=dict)  # metadata.labels
+    ready_condition: bool | None = None  # the pod's Ready condition when the platform reports one
+
+    @property
+    def ready(self) -> bool:
+        """The pod's Ready condition; without one reported, Running with every container ready."""
+        if self.ready_condition is not None:
+            return self.ready_condition
+        return self.phase == "Running" and bool(self.containers) and all(c.ready for c in self.containers)
 
     def container(self, name: str) -> ContainerStatus:
         for c in self.containers:
@@ -113,6 +123,89 @@ class PodInfo:
             for n, img in self.spec_images.items()
             if n in self.template_images and not same_image(self.template_images[n], img)
         }
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One entry of ``kubectl rollout history``: a ReplicaSet of the Deployment and its template."""
+
+    number: int  # the ReplicaSet's deployment.kubernetes.io/revision
+    images: dict[str, str]  # container -> image in that revision's pod template
+    labels: dict[str, str]  # that revision's pod template labels
+    change_cause: str = ""  # the kubernetes.io/change-cause annotation, "" when none
+    replicas: int = 0  # the ReplicaSet's current replicas (status)
+    ready: int = 0  # its ready replicas
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """One observation of a Deployment's rollout, as ``kubectl rollout status`` reads it."""
+
+    deployment: str
+    generation: int
+    observed_generation: int
+    desired: int  # spec.replicas
+    replicas: int  # status.replicas: every pod of every revision
+    updated: int  # pods of the current template
+    ready: int
+    available: int
+    revision: int  # the current revision (the newest ReplicaSet's)
+    images: dict[str, str] = field(default_factory=dict)  # container -> image in the Deployment's template
+
+    @property
+    def done(self) -> bool:
+        """kubectl rollout status's "successfully rolled out": observed, all updated, no old pod left, all available."""
+        return (self.observed_generation >= self.generation and self.updated == self.desired
+                and self.replicas == self.updated and self.available == self.updated)
+
+    @property
+    def message(self) -> str:
+        """kubectl rollout status's words for this observation."""
+        d = self.deployment
+        if self.observed_generation < self.generation:
+            return 'Waiting for deployment spec update to be observed...'
+        if self.updated < self.desired:
+            return (f'Waiting for deployment "{d}" rollout to finish: {self.updated} out of {self.desired} new '
+                    "replicas have been updated...")
+        if self.replicas > self.updated:
+            return (f'Waiting for deployment "{d}" rollout to finish: {self.replicas - self.updated} old replicas '
+                    "are pending termination...")
+        if self.available < self.updated:
+            return (f'Waiting for deployment "{d}" rollout to finish: {self.available} of {self.updated} updated '
+                    "replicas are available...")
+        return f'deployment "{d}" successfully rolled out'
+
+
+@runtime_checkable
+class Rollouts(Protocol):
+    """RollingUpdate Deployments and their Services (seed 004's canary promotion): the kube port's rollout verbs.
+    On kind/biscayne the Deployment controller does the rollout; on the local testbed, the testbed's controller."""
+
+    def set_template(self, deployment: str, *, images: Mapping[str, str], labels: Mapping[str, str] | None = None,
+                     change_cause: str = "") -> None:
+        """One patch of the pod template (container images, template labels, the change-cause annotation):
+        one new revision, rolled out by the Deployment's strategy. ``kubectl set image`` plus the labels."""
+        ...
+
+    def rollout_status(self, deployment: str) -> RolloutStatus: ...
+
+    def rollout_history(self, deployment: str) -> list[Revision]:
+        """Every revision still kept (revisionHistoryLimit), oldest first."""
+        ...
+
+    def rollout_undo(self, deployment: str, *, to_revision: int | None = None) -> int:
+        """``kubectl rollout undo [--to-revision=N]``: the template of the previous (or named) revision becomes
+        the Deployment's again (as a new revision number). Returns the revision number undone to. An unknown
+        revision raises AdapterError naming the revisions there are."""
+        ...
+
+    def endpoints(self, service: str) -> list[str]:
+        """The Service's ready endpoints, ``ip:port``, as its Endpoints/EndpointSlices list them."""
+        ...
+
+    def pods_of(self, deployment: str) -> list[PodInfo]:
+        """Every pod the Deployment owns (all its ReplicaSets), terminating ones excluded."""
+        ...
 
 
 @runtime_checkable
