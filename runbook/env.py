@@ -17,6 +17,7 @@ import base58
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runbook.env_canary import CanaryConfig
 from runbook.errors import ConfigError, UnknownEnvironment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -341,6 +342,7 @@ class Env(_Model):
     timeouts: Timeouts = Timeouts()
     probe: ProbeConfig = ProbeConfig()
     testbed: TestbedConfig | None = None
+    canary: CanaryConfig | None = Field(default=None, description="seed 004's canary promotion (runbook.env_canary)")
     source: str = Field(default="", exclude=True)
 
     @model_validator(mode="after")
@@ -407,6 +409,10 @@ class Env(_Model):
                 ("testbed.supervisor_port", self.testbed.supervisor_port),
                 ("testbed.cluster_port", self.testbed.cluster_port),
             ]
+        if self.canary is not None and self.testbed is not None:
+            c = self.canary
+            out += [("canary.url", _url_port(c.url)), ("canary.canary_url", _url_port(c.canary_url)),
+                    ("canary.prometheus", _url_port(c.prometheus))]
         return out
 
     def setting_for_port(self, port: int) -> str:
@@ -437,6 +443,9 @@ def shift_ports(data: dict[str, Any], shift: int) -> None:
     tb["cluster_port"] += shift
     data["cluster_rpc"] = f"http://127.0.0.1:{tb['cluster_port']}"
     data["entrypoints"] = [f"127.0.0.1:{tb['cluster_port']}"]
+    if data.get("canary"):
+        for key in ("url", "canary_url", "prometheus"):
+            data["canary"][key] = moved(data["canary"][key])
 
 
 def envs_dir() -> Path:

@@ -13,16 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runbook.adapters.base import CommandResult, Host, Ingress, Storage, Workloads
+from runbook.adapters.base import CommandResult, Host, Ingress, Rollouts, Storage, Workloads
 from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.reference import ReferenceTip
 from runbook.adapters.rpc import RpcClient
 from runbook.adapters.tunnel import Direct, Reach, reach_for
 from runbook.env import Env
-from runbook.errors import RunbookError
+from runbook.env_canary import CanaryConfig
+from runbook.errors import ConfigError, RunbookError
 
 if TYPE_CHECKING:
+    import httpx
+
+    from runbook.adapters.prometheus import PrometheusClient
     from runbook.testbed.stack import Testbed
 
 
@@ -54,6 +58,37 @@ class Adapters:
         """JSON-RPC through the public ingress, as clients see it (``health().header(upstream_header)``: which
         upstream served it)."""
         return RpcClient(url=self.env.ingress.url, timeout=timeout)
+
+    # -- seed 004's canary promotion ---------------------------------------------------------------
+    @property
+    def canary(self) -> CanaryConfig:
+        """The env's ``canary`` section; an env without one cannot run the canary procedures."""
+        if self.env.canary is None:
+            raise ConfigError(f"env {self.env.name} has no canary section (runbook.env_canary): nothing to promote "
+                              "there", env=self.env.name)
+        return self.env.canary
+
+    @property
+    def rollouts(self) -> Rollouts:
+        """The workloads port's rollout verbs (RollingUpdate Deployments and their Services)."""
+        if not isinstance(self.workloads, Rollouts):
+            raise RunbookError(f"the workloads port of env {self.env.name} has no rollout verbs "
+                               f"({type(self.workloads).__name__})", env=self.env.name)
+        return self.workloads
+
+    def prometheus(self, *, timeout: float = 5.0) -> PrometheusClient:
+        """Prometheus's HTTP API (``canary.prometheus``), as the runner reaches it."""
+        from runbook.adapters.prometheus import PrometheusClient
+
+        return PrometheusClient(self.canary.prometheus, timeout=timeout)
+
+    def service_http(self, which: str = "production", *, timeout: float = 5.0) -> httpx.Client:
+        """HTTP to the production Service (``canary.url``) or the canary's (``canary.canary_url``), as a worker
+        reaches it."""
+        import httpx
+
+        url = self.canary.url if which == "production" else self.canary.canary_url
+        return httpx.Client(base_url=url, timeout=timeout)
 
     def reference(self) -> ReferenceTip:
         """The cluster tip from the env's reference RPCs (``cluster_rpc``), polled every ``reference_poll``."""

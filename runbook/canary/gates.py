@@ -125,7 +125,7 @@ class ErrorRateResult:
 
 
 def error_rate_gate(errors: float, requests: float, *, threshold: float = 0.05,
-                    confidence: float = 0.95) -> ErrorRateResult:
+                    confidence: float = 0.95, min_requests: float = 0) -> ErrorRateResult:
     """Judge an error rate from request counts (e.g. 5xx answers among all, over the gate's window).
 
     - PASS when the Wilson upper bound is below ``threshold``: the rate is below it at ``confidence``.
@@ -133,7 +133,8 @@ def error_rate_gate(errors: float, requests: float, *, threshold: float = 0.05,
       rate observed above the threshold on too few requests to be sure of it is INCONCLUSIVE, not FAIL.
     - INCONCLUSIVE otherwise: too few requests to decide either way (no requests at all included).
 
-    Zero errors pass from 52 requests at the defaults (``z²/(n+z²) < 0.05``).
+    Zero errors pass from 52 requests at the defaults (``z²/(n+z²) < 0.05``). ``min_requests`` raises that
+    floor: below it a pass is INCONCLUSIVE (a fail stands: its lower bound is already above the threshold).
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), not {threshold}")
@@ -143,6 +144,10 @@ def error_rate_gate(errors: float, requests: float, *, threshold: float = 0.05,
     verdict: GateVerdict
     if requests == 0:
         verdict, why = "inconclusive", f"no requests: nothing to judge the error rate on (threshold {limit})"
+    elif upper < threshold and requests < min_requests:
+        verdict = "inconclusive"
+        why = (f"error rate below {percent(upper, rounding='up')} at {at}, but at least {count(min_requests)} "
+               f"requests are needed to pass (threshold {limit})")
     elif upper < threshold:
         verdict, why = "pass", f"error rate below {percent(upper, rounding='up')} at {at} (threshold {limit})"
     elif lower > threshold:

@@ -36,7 +36,7 @@ __all__ = ["DURATION", "REQUESTS", "TOKENS", "ApiCall", "PrometheusError", "Quer
            "buckets_from_vector", "duration", "error_counts", "error_ratio", "errors_counter", "errors_increase",
            "instant", "latency_buckets", "latency_quantile", "parse_response", "range_query", "request_rate",
            "requests_by_status", "requests_counter", "requests_increase", "scalar_value", "selector",
-           "tokens_increase", "tokens_series"]
+           "tokens_increase", "tokens_series", "tokens_series_selector"]
 
 REQUESTS = "zai_proxy_requests_total"
 DURATION = "zai_proxy_request_duration_seconds"
@@ -123,6 +123,11 @@ def tokens_increase(variant: str, window: float, labels: Mapping[str, str] | Non
 def tokens_series(variant: str, labels: Mapping[str, str] | None = None) -> str:
     """How many token series exist now (empty: none is exported)."""
     return f"count({selector(TOKENS, variant, labels)})"
+
+
+def tokens_series_selector(variant: str, labels: Mapping[str, str] | None = None) -> str:
+    """The raw token counters (one series per pod and type), for a range query."""
+    return selector(TOKENS, variant, labels)
 
 
 def requests_counter(variant: str, labels: Mapping[str, str] | None = None) -> str:

@@ -148,7 +148,8 @@ def _corrected(samples: Iterable[Counts | tuple[float, float, float]]) -> list[C
 
 
 def moving_window_error_gate(samples: Iterable[Counts | tuple[float, float, float]], *, window: float,
-                             step: float, threshold: float = 0.05, confidence: float = 0.95) -> WindowResult:
+                             step: float, threshold: float = 0.05, confidence: float = 0.95,
+                             min_requests: float = 0) -> WindowResult:
     """The error-rate gate (:func:`~runbook.canary.gates.error_rate_gate`) over every window of ``window``
     seconds, starting at the first sample and moving by ``step``, plus one ending at the last sample; the
     counts at a window's edge are the cumulative counts of the last sample at or before it.
@@ -160,6 +161,7 @@ def moving_window_error_gate(samples: Iterable[Counts | tuple[float, float, floa
     Many windows are many tests: when the true rate sits right at the threshold, some window may fail by
     chance; raise ``confidence`` to make that rarer. Samples: ``(t, requests, errors)`` cumulative, sorted by
     t; a decrease is a counter reset (:func:`combine_counters` first when several pods report).
+    ``min_requests``: the whole run passes only with at least that many requests (else INCONCLUSIVE).
     """
     if window <= 0 or step <= 0:
         raise ValueError(f"window and step must be positive, got window={window} step={step}")
@@ -170,7 +172,7 @@ def moving_window_error_gate(samples: Iterable[Counts | tuple[float, float, floa
                             f"no samples: {empty.reason}")
     t0, t_end = data[0].t, data[-1].t
     whole = error_rate_gate(data[-1].errors - data[0].errors, data[-1].requests - data[0].requests,
-                            threshold=threshold, confidence=confidence)
+                            threshold=threshold, confidence=confidence, min_requests=min_requests)
     span = min(window, t_end - t0)
     starts: list[float] = []
     k = 0

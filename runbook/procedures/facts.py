@@ -14,7 +14,7 @@ from typing import Any
 
 from runbook.errors import RunbookError
 
-__all__ = ["DzFacts", "Facts", "UpgradeFacts"]
+__all__ = ["CanaryFacts", "DzFacts", "Facts", "UpgradeFacts"]
 
 
 @dataclass
@@ -86,3 +86,21 @@ class DzFacts(Facts):
     already_at_target: bool = False
     before: dict[str, Any] = field(default_factory=dict)  # isolation.Observation.as_dict()
     drift: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class CanaryFacts(Facts):
+    """The canary promotion's (seed 004): what it promotes, from which revision, and production's baseline."""
+
+    canary_image: str = ""  # the canary's template image (``...:1.3.0-canary``)
+    target_image: str = ""  # production's new image: the canary's without the suffix
+    target_version: str = ""  # its tag (``1.3.0``)
+    old_image: str = ""  # production's image before the promotion
+    old_version: str = ""
+    old_revision: int = 0  # production's revision before: the undo's target
+    baseline: dict[str, Any] = field(default_factory=dict)  # production's latency histogram and traffic before
+    rollout_started: float = 0.0  # Unix seconds: the gates' span starts here
+    rollout_done: float = 0.0  # Unix seconds: the rollout was observed complete
+    gates: list[dict[str, Any]] = field(default_factory=list)  # every gate evaluation, with its figures
+    tag: str = ""  # the git tag finalization made
+    commit: str = ""  # the VERSION commit it tagged

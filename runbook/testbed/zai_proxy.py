@@ -12,7 +12,8 @@
   ``zai_proxy_request_duration_seconds`` (a histogram: ``_bucket{variant,le}``, ``_sum``, ``_count``),
   ``zai_proxy_tokens_total{variant,type}`` (type: input or output) and ``zai_proxy_build_info{variant,version}``.
   Every answer to ``/v1/chat/completions`` is counted and timed, 4xx and 5xx included.
-- ``GET /health`` (``ok``), ``GET /version`` (JSON); every answer carries ``X-Zai-Proxy-Version`` and
+- ``GET /health`` (``ok``; HTTP 503 ``warming up`` for ``--warm-up`` seconds after start), ``GET /version``
+  (JSON); every answer carries ``X-Zai-Proxy-Version`` and
   ``X-Zai-Proxy-Variant``.
 
 Failure modes, chosen by flags: ``--error-rate F`` answers exactly that fraction of completions with HTTP 500
@@ -152,8 +153,9 @@ class ProxyApp:
     """ASGI: the proxy's endpoints (see the module's docstring)."""
 
     def __init__(self, *, variant: str, version: str, faults: Faults | None = None, rate_limit: float = 0.0,
-                 token_metrics: bool = True, model: str = "glm-4.6") -> None:
+                 token_metrics: bool = True, model: str = "glm-4.6", warm_up: float = 0.0) -> None:
         self.variant, self.version, self.model = variant, version, model
+        self.ready_at = time.monotonic() + warm_up  # /health answers 503 until then (still warming up)
         self.faults = faults or Faults()
         self.limiter = TokenBucket(rate_limit)
         self.metrics = Metrics(variant, version, tokens=token_metrics)
@@ -174,7 +176,8 @@ class ProxyApp:
         elif path == "/metrics" and method == "GET":
             await self._send(send, 200, self.metrics.render(), _METRICS)
         elif path == "/health" and method == "GET":
-            await self._send(send, 200, b"ok", _TEXT)
+            warming = time.monotonic() < self.ready_at
+            await self._send(send, 503 if warming else 200, b"warming up" if warming else b"ok", _TEXT)
         elif path == "/version" and method == "GET":
             info = {"version": self.version, "variant": self.variant}
             await self._send(send, 200, json.dumps(info).encode(), _JSON)
@@ -264,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--error-for", type=float, default=None, metavar="SECONDS", help="errors only for this long")
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="added to every completion")
     p.add_argument("--no-token-metrics", action="store_true", help="leave zai_proxy_tokens_total out of /metrics")
+    p.add_argument("--warm-up", type=float, default=0.0, metavar="SECONDS",
+                   help="/health answers 503 this long after start (readiness keeps the pod out of its Service)")
     args = p.parse_args(argv)
     if not 0 <= args.error_rate <= 1:
         p.error(f"--error-rate must be in [0, 1], not {args.error_rate}")
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     faults = Faults(error_rate=args.error_rate, error_after=args.error_after, error_for=args.error_for,
                     latency=args.latency, error_status=args.error_status)
     app = ProxyApp(variant=args.variant, version=args.version, faults=faults, rate_limit=args.rate_limit,
-                   token_metrics=not args.no_token_metrics, model=args.model)
+                   token_metrics=not args.no_token_metrics, model=args.model, warm_up=args.warm_up)
     log.info("zai-proxy %s (%s) on %s:%d: error rate %g%s, added latency %gs, rate limit %s, token metrics %s",
              args.version, args.variant, args.bind, args.port, args.error_rate,
              f" from +{args.error_after:g}s for {args.error_for:g}s" if args.error_for is not None else "",
