@@ -22,6 +22,7 @@ from kubernetes import client as k8s
 from runbook.adapters.base import CommandResult, ContainerKind, ContainerState, ContainerStatus, PodInfo, ProcessInfo
 from runbook.adapters.kube_api import call, call_json, check_reachable, connect, describe_failure
 from runbook.adapters.kube_exec import ExecDeadline, refusal, run_exec
+from runbook.adapters.kube_rollouts import RolloutVerbs, ready_condition
 from runbook.env import Env
 from runbook.errors import KubeError
 from runbook.wait import wait_for
@@ -147,8 +148,9 @@ class RolloutState:
 # --------------------------------------------------------------------------- the adapter
 
 
-class KubeWorkloads:
-    """Deployments, pods and containers through the official ``kubernetes`` client."""
+class KubeWorkloads(RolloutVerbs):
+    """Deployments, pods and containers through the official ``kubernetes`` client; the rollout verbs
+    (:class:`~runbook.adapters.base.Rollouts`) come from :mod:`runbook.adapters.kube_rollouts`."""
 
     def __init__(self, env: Env, *, request_timeout: float = 30.0, poll_interval: float = 1.0) -> None:
         self.env = env
@@ -227,7 +229,8 @@ class KubeWorkloads:
         phase = "Terminating" if terminating(pod) else str((pod.get("status") or {}).get("phase", "Unknown"))
         return PodInfo(name=name, deployment=owner, phase=phase,
                        containers=container_statuses(pod), spec_images=_images(pod.get("spec") or {}),
-                       template_images=_images(template))
+                       template_images=_images(template), ip=str((pod.get("status") or {}).get("podIP") or ""),
+                       labels=dict(pod["metadata"].get("labels") or {}), ready_condition=ready_condition(pod))
 
     # -- Workloads protocol
 

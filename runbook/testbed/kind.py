@@ -117,7 +117,8 @@ def image_builds(env: Env, agave_versions: Sequence[str] = AGAVE_VERSIONS,
     wants = kind_images.wanted(env, extra={"agave": agave_versions, "doublezero": doublezero_versions},
                                features_dir=features_dir)
     return [ImageBuild("standin", "", [STANDIN_IMAGE]),
-            *kind_images.builds(wants, kind_images.variant_args(load_env("local")))]
+            *kind_images.builds(wants, kind_images.variant_args(load_env("local"))),
+            *kind_images.zai_proxy_builds()]  # seed 004's proxy (deploy/k8s/canary)
 
 
 def _build_variant(env: Env, build: ImageBuild, built: Sequence[ImageBuild]) -> None:

@@ -13,6 +13,10 @@ A version with a suffix (``v2.2.1-stuck``) is a *variant*: the local testbed's i
 command (``--fail never-healthy``). On kind it is built from the plain image with those arguments
 appended to its entrypoint, so it behaves exactly as on the local testbed. When ``Dockerfile.standin``
 has a target of the variant's name (``agave-stuck``) that target is built instead.
+
+The zai-proxy stand-in of seed 004 (:func:`zai_proxy_builds`): ``ronaldraygun/zai-proxy:<tag>`` for the
+production and canary versions and their failure builds (``-errors``, ``-slow``, ``-notokens``), each from
+a ``Dockerfile.standin`` target (``zai-proxy``, ``zai-proxy-<failure>``) with the tag as its version.
 """
 
 from __future__ import annotations
@@ -142,3 +146,46 @@ def variant_dockerfile(base_image: str, entrypoint: Sequence[str], args: Sequenc
     """A variant image: the plain image with ``args`` appended to its entrypoint (before the pod's args, as
     ``sh -c '... "$@"' name`` and exec-form entrypoints both pass them on)."""
     return f"FROM {base_image}\nENTRYPOINT {json.dumps([*entrypoint, *args])}\n"
+
+
+# --------------------------------------------------------------------------- the zai-proxy stand-in (seed 004)
+
+ZAI_PROXY_REPOS = ("ronaldraygun/zai-proxy", "runbook/zai-proxy-standin")
+ZAI_PROXY_VERSIONS = ("1.2.0", "1.3.0")  # production's version in deploy/k8s/canary, and the one promoted
+# failure builds: the suffix of the tag -> the stand-in's flags (Dockerfile.standin's zai-proxy-<suffix>)
+ZAI_PROXY_FAILURES: dict[str, tuple[str, ...]] = {
+    "errors": ("--error-rate", "0.2"), "slow": ("--latency", "0.3"), "notokens": ("--no-token-metrics",)}
+CANARY_MANIFESTS = PROJECT_ROOT / "deploy" / "k8s" / "canary"
+# Published upstream images the manifests run under their own names: the kind node pulls them (kind needs a
+# registry anyway, for kindest/node); nothing is built for them. Prometheus is not a stand-in: Debian's
+# build (the local testbed's) has no Kubernetes service discovery, the pinned upstream image has.
+UPSTREAM_IMAGES = ("prom/prometheus:v2.55.1",)
+_ZAI_TAG = re.compile(r"(\d+\.\d+\.\d+)(?:-(?!canary$)([a-z]+))?(-canary)?")
+
+
+def zai_proxy_build(tag: str) -> ImageBuild:
+    """The build of one zai-proxy tag: ``1.3.0``, ``1.3.0-canary``, ``1.3.0-<failure>[-canary]``. The image's
+    version (``--version``: /version, X-Zai-Proxy-Version, build_info) is the whole tag, as the seed's
+    images report it; a failure build's target adds that failure's flags to the entrypoint."""
+    m = _ZAI_TAG.fullmatch(tag)
+    failure = m.group(2) if m else None
+    if m is None or (failure is not None and failure not in ZAI_PROXY_FAILURES):
+        raise ConfigError(f"zai-proxy image tag {tag!r}: expected X.Y.Z[-<failure>][-canary], <failure> one of "
+                          f"{', '.join(ZAI_PROXY_FAILURES)}", obj=f"{ZAI_PROXY_REPOS[0]}:{tag}")
+    target = f"zai-proxy-{failure}" if failure else "zai-proxy"
+    return ImageBuild(target, tag, [f"{repo}:{tag}" for repo in ZAI_PROXY_REPOS])
+
+
+def zai_proxy_tags(manifests_dir: Path = CANARY_MANIFESTS) -> list[str]:
+    """Every zai-proxy tag a canary scenario can deploy: each version plain and ``-canary``, each failure
+    build of the promoted version plain and ``-canary``, and every tag the canary manifests name."""
+    tags = {f"{v}{c}" for v in ZAI_PROXY_VERSIONS for c in ("", "-canary")}
+    tags |= {f"{ZAI_PROXY_VERSIONS[-1]}-{f}{c}" for f in ZAI_PROXY_FAILURES for c in ("", "-canary")}
+    for f in sorted(manifests_dir.glob("*.yaml")) if manifests_dir.is_dir() else []:
+        for ref in re.findall(rf"(?<![\w/.-]){re.escape(ZAI_PROXY_REPOS[0])}:([\w.-]+)", f.read_text()):
+            tags.add(ref)
+    return sorted(tags)
+
+
+def zai_proxy_builds(manifests_dir: Path = CANARY_MANIFESTS) -> list[ImageBuild]:
+    return [zai_proxy_build(t) for t in zai_proxy_tags(manifests_dir)]

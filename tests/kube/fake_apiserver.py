@@ -1,9 +1,10 @@
 """A Kubernetes API mock server over real HTTP on loopback, stateful, for the kube adapter's contract suite.
 
 It behaves like the real API server where the adapter depends on it: REST for namespaces, nodes, pods,
-events, deployments, replicasets and daemonsets (get, list with label and field selectors, create,
-replace with resourceVersion preconditions, JSON/merge/strategic patches, delete with propagation);
-discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1``) so the client's dynamic client
+events, deployments, replicasets, daemonsets, services and endpointslices (get, list with label and field
+selectors, create, replace with resourceVersion preconditions, JSON/merge/strategic patches, delete with propagation);
+discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1``,
+``/apis/discovery.k8s.io/v1``) so the client's dynamic client
 works; error bodies as the real server sends them (a ``Status``: ``NotFound``, ``AlreadyExists``,
 ``Conflict``, ``Invalid`` with causes, ``Unauthorized``); pod-update validation; ``pods/exec`` over the
 ``v5.channel.k8s.io``/``v4.channel.k8s.io`` WebSocket protocol; and behind it a controller and a kubelet
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.kube.fake_cluster import FakeCluster
 from tests.kube.fake_exec import ExecCall, Runner, choose_protocol, local_runner, serve_exec, stall
 from tests.kube.fake_state import (
+    GROUPS,
     NO_ROUTE,
     RESOURCES,
     UNAUTHORIZED,
@@ -38,13 +40,13 @@ from tests.kube.fake_state import (
     field_selector_matches,
     label_selector_matches,
 )
-from tests.kube.fake_validation import check_name, validate_deployment, validate_pod_update
+from tests.kube.fake_validation import check_name, validate_deployment, validate_pod_update, validate_service
 
 TOKEN = "test-token"
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "0" * 40,
            "gitTreeState": "clean", "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
            "platform": "linux/amd64"}
-WRITABLE = {"deployments", "pods", "namespaces"}
+WRITABLE = {"deployments", "pods", "namespaces", "services"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def parse_route(path: str) -> Route | None:
     parts = [p for p in path.split("/") if p]
     if parts[:2] == ["api", "v1"]:
         rest, group = parts[2:], ""
-    elif parts[:3] == ["apis", "apps", "v1"]:
-        rest, group = parts[3:], "apps"
+    elif len(parts) >= 3 and parts[0] == "apis" and parts[1] in GROUPS and parts[2] == "v1":
+        rest, group = parts[3:], parts[1]
     else:
         return None
     namespace = ""
@@ -85,7 +87,8 @@ def parse_route(path: str) -> Route | None:
 
 def _resource_list(group_version: str, group: str) -> Obj:
     singular = {"namespaces": "namespace", "nodes": "node", "pods": "pod", "events": "event",
-                "deployments": "deployment", "replicasets": "replicaset", "daemonsets": "daemonset"}
+                "deployments": "deployment", "replicasets": "replicaset", "daemonsets": "daemonset",
+                "services": "service", "endpointslices": "endpointslice"}
     resources: list[Obj] = []
     for r in RESOURCES.values():
         if r.group != group:
@@ -108,13 +111,16 @@ def discovery(path: str, host: str) -> Obj | None:
         return {"kind": "APIVersions", "versions": ["v1"],
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}
     if path == "/apis":
-        apps = {"groupVersion": "apps/v1", "version": "v1"}
-        return {"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [{"name": "apps", "versions": [apps], "preferredVersion": apps}]}
+        groups = []
+        for g in GROUPS:
+            version = {"groupVersion": f"{g}/v1", "version": "v1"}
+            groups.append({"name": g, "versions": [version], "preferredVersion": version})
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
     if path == "/api/v1":
         return _resource_list("v1", "")
-    if path == "/apis/apps/v1":
-        return _resource_list("apps/v1", "apps")
+    for g in GROUPS:
+        if path == f"/apis/{g}/v1":
+            return _resource_list(f"{g}/v1", g)
     return None
 
 
@@ -258,6 +264,8 @@ class FakeApiServer:
                                   "request")
             if route.plural == "deployments":
                 validate_deployment(body, None)
+            if route.plural == "services":
+                validate_service(body, None, c.node_ports_in_use(ns, ""))
             if route.plural == "pods":
                 raise ApiError(405, "MethodNotAllowed", "this fake creates pods through Deployments only")
             return 201, c.create(route.plural, ns, body)
@@ -289,6 +297,8 @@ class FakeApiServer:
             validate_pod_update(name, current, new)
         elif route.plural == "deployments":
             validate_deployment(new, current)
+        elif route.plural == "services":
+            validate_service(new, current, c.node_ports_in_use(ns, name))
         return 200, c.replace(route.plural, ns, name, new)
 
     def _list(self, route: Route, query: dict[str, list[str]]) -> Obj:

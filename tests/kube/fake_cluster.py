@@ -8,7 +8,9 @@ request always sees a state consistent with the clock, and delays are short (ten
 The controllers keep the rules the adapter depends on:
 - a Deployment's controller observes a new generation only after a delay (``observedGeneration`` lags);
 - ``Recreate``: the new ReplicaSet gets pods only once every pod of the old ones is gone, terminating ones
-  included (``RollingUpdate`` is simplified to the same without the wait);
+  included; ``RollingUpdate`` by maxSurge/maxUnavailable, with revisions, rollback renumbering and history
+  (:mod:`tests.kube.fake_rollout`);
+- Services get a cluster IP (and node ports) and an EndpointSlice of their pods (:mod:`tests.kube.fake_services`);
 - a ReplicaSet replaces a pod as soon as it is terminating (a terminating pod is not an active one);
 - deletion: ``Foreground`` keeps the Deployment (with ``deletionTimestamp``) until its pods are gone;
   ``Background`` removes it at once and collects its ReplicaSets and pods afterwards.
@@ -26,6 +28,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from tests.kube import fake_rollout as rollout
+from tests.kube import fake_services as services
 from tests.kube.fake_kubelet import Kubelet
 from tests.kube.fake_state import (
     RESOURCES,
@@ -59,6 +63,10 @@ def _deleting(obj: Obj) -> bool:
     return bool(obj["metadata"].get("deletionTimestamp"))
 
 
+def _ready(pod: Obj) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
 class FakeCluster:
     """Every object of the mock API server, behind one lock."""
 
@@ -77,9 +85,30 @@ class FakeCluster:
         self._rv = itertools.count(1000)
         self._rng = random.Random(seed)
         self._observe_at: dict[Key, float] = {}
+        self._ips = itertools.count(10)
+        self._cluster_ips = itertools.count(10)
+        self._node_ports = itertools.count(30000)
         self._put("nodes", {"metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
                             "status": {"nodeInfo": {"kubeletVersion": "v1.32.0",
                                                     "containerRuntimeVersion": "containerd://1.7.24"}}})
+
+    def pod_ip(self) -> str:
+        """A pod network address for a pod not on the host network (the node's is ``NODE_IP``)."""
+        n = next(self._ips)
+        return f"10.244.{n // 250}.{n % 250 + 2}"
+
+    def node_ports_in_use(self, ns: str, name: str) -> set[int]:
+        """Node ports every Service but ``ns/name`` holds."""
+        return {p["nodePort"] for (n, s), svc in self.objects["services"].items() if (n, s) != (ns, name)
+                for p in svc["spec"].get("ports") or [] if p.get("nodePort")}
+
+    def _node_port(self) -> int:
+        used = self.node_ports_in_use("", "")
+        return next(p for p in self._node_ports if p not in used)
+
+    def _cluster_ip(self) -> str:
+        n = next(self._cluster_ips)
+        return f"10.96.{n // 250}.{n % 250 + 2}"
 
     # -- clock
 
@@ -170,6 +199,8 @@ class FakeCluster:
             obj["metadata"]["generation"] = 1
             obj["status"] = {}
             self._observe_at[(ns, name)] = time.monotonic() + self.observe_delay
+        elif plural == "services":
+            services.service_defaults(obj, self._cluster_ip, self._node_port)
         elif plural == "pods":
             obj["spec"] = pod_defaults(obj.get("spec") or {}, admission=True)
             obj["spec"]["nodeName"] = self.node
@@ -199,6 +230,9 @@ class FakeCluster:
                 obj["metadata"][k] = old["metadata"][k]
         obj["metadata"]["namespace"] = ns
         obj["status"] = old.get("status", {})
+        if plural == "services":
+            obj["spec"].setdefault("clusterIP", old["spec"]["clusterIP"])
+            services.service_defaults(obj, self._cluster_ip, self._node_port)
         if plural == "deployments":
             self._deployment_defaults(obj)
             if obj["spec"] != old["spec"]:
@@ -274,6 +308,7 @@ class FakeCluster:
                 self._delete_pod(pod, None)
         for dep in list(self.objects["deployments"].values()):
             self._deployment_status(dep)
+        self._endpoint_slices()
         for space in list(self.objects["namespaces"].values()):
             if _deleting(space):
                 self._namespace_teardown(space)
@@ -294,6 +329,7 @@ class FakeCluster:
         labels = (spec["template"].get("metadata") or {}).get("labels") or {}
         h = template_hash(spec["template"])
         new = next((rs for rs in sets if rs["metadata"]["labels"].get(HASH_LABEL) == h), None)
+        olds = [rs for rs in sets if rs is not new]
         if new is None:
             template = copy.deepcopy(spec["template"])
             template.setdefault("metadata", {})["labels"] = {**labels, HASH_LABEL: h}
@@ -302,16 +338,31 @@ class FakeCluster:
             new = self._put("replicasets", {
                 "metadata": {"name": f"{meta['name']}-{h}", "namespace": meta["namespace"],
                              "labels": {**labels, HASH_LABEL: h},
-                             "annotations": {"deployment.kubernetes.io/revision": str(len(sets) + 1)},
                              "ownerReferences": [_ref(dep, "Deployment", "apps/v1")]},
                 "spec": {"replicas": 0, "selector": selector, "template": template}, "status": {}})
-        olds = [rs for rs in sets if rs is not new]
-        for rs in olds:
-            rs["spec"]["replicas"] = 0
-        old_pods = [p for rs in olds for p in self._owned("pods", rs)]
-        recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
-        new["spec"]["replicas"] = 0 if recreate and old_pods else spec.get("replicas", 1)
+        if rollout.annotate_new(dep, new, olds):
+            self.touch(new)
+        annotations = meta.setdefault("annotations", {})
+        if annotations.get(rollout.REVISION) != str(rollout.revision(new)):
+            annotations[rollout.REVISION] = str(rollout.revision(new))
+            self.touch(dep)
+        if (spec.get("strategy") or {}).get("type") == "Recreate":
+            for rs in olds:
+                rs["spec"]["replicas"] = 0
+            old_pods = [p for rs in olds for p in self._owned("pods", rs)]
+            new["spec"]["replicas"] = 0 if old_pods else spec.get("replicas", 1)
+        else:
+            rollout.roll(spec, new, olds, self._available)
+        desired = spec.get("replicas", 1)
+        if new["spec"]["replicas"] == desired == self._available(new) and not any(
+                rs["spec"]["replicas"] or self._owned("pods", rs) for rs in olds):
+            for rs in rollout.beyond_history(spec, olds, lambda rs: bool(self._owned("pods", rs))):
+                del self.objects["replicasets"][(meta["namespace"], rs["metadata"]["name"])]
         dep.setdefault("status", {})["observedGeneration"] = meta["generation"]
+
+    def _available(self, rs: Obj) -> int:
+        """Pods of the ReplicaSet that are Ready and not terminating (minReadySeconds 0)."""
+        return sum(1 for p in self._owned("pods", rs) if not _deleting(p) and _ready(p))
 
     def _replicaset(self, rs: Obj) -> None:
         meta = rs["metadata"]
@@ -328,8 +379,9 @@ class FakeCluster:
             rs["metadata"]["deletionTimestamp"] = timestamp(wall())  # garbage collection (background)
             return
         want = rs["spec"].get("replicas", 1)
-        for p in sorted(active, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)[:max(0, len(active)
-                                                                                                     - want)]:
+        victims = sorted(active, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
+        victims.sort(key=_ready)  # not ready ones first, then the newest (getPodsToDelete's ranking, roughly)
+        for p in victims[:max(0, len(active) - want)]:
             self._delete_pod(p, None)
         for _ in range(want - len(active)):
             self._new_pod(rs)
@@ -366,10 +418,30 @@ class FakeCluster:
                                  else "MinimumReplicasUnavailable"}]
         dep["status"] = {k: v for k, v in status.items() if v is not None}
 
+    def _endpoint_slices(self) -> None:
+        """The EndpointSlice controller: one slice per Service with a selector, kept up to date."""
+        by_service = {(s["metadata"]["namespace"], s["metadata"]["labels"].get(services.SERVICE_NAME, "")): s
+                      for s in self.objects["endpointslices"].values()}
+        for (ns, name), slice_ in by_service.items():
+            if self.find("services", ns, name) is None:
+                del self.objects["endpointslices"][(ns, slice_["metadata"]["name"])]
+        for svc in list(self.objects["services"].values()):
+            if not svc["spec"].get("selector"):
+                continue
+            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            endpoints, ports = services.slice_content(svc, self.items("pods", ns))
+            current = by_service.get((ns, name))
+            if current is None:
+                current = self._put("endpointslices", services.new_slice(svc, random_suffix(self._rng)))
+            if (current["endpoints"], current["ports"]) != (endpoints, ports):
+                current["endpoints"], current["ports"] = endpoints, ports
+                self.touch(current)
+
     def _namespace_teardown(self, space: Obj) -> None:
         ns = space["metadata"]["name"]
-        for dep in self.items("deployments", ns):
-            del self.objects["deployments"][(ns, dep["metadata"]["name"])]
+        for plural in ("deployments", "services", "endpointslices"):
+            for obj in self.items(plural, ns):
+                del self.objects[plural][(ns, obj["metadata"]["name"])]
         for pod in self.items("pods", ns):
             if not _deleting(pod):
                 self._delete_pod(pod, None)

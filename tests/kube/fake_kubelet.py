@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str]
 MAX_CRASH_RESTARTS = 6
+NODE_IP = "10.244.0.7"  # the node's address: hostIP, and podIP of a hostNetwork pod
 
 
 def native_sidecars(spec: Obj) -> list[Obj]:
@@ -81,7 +82,10 @@ class Kubelet:
         pod = self._pod(key)
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             return
-        pod["status"]["hostIP"] = pod["status"]["podIP"] = "10.244.0.7"
+        host_network = bool(pod["spec"].get("hostNetwork"))
+        pod["status"]["hostIP"] = NODE_IP
+        pod["status"]["podIP"] = NODE_IP if host_network else self.cluster.pod_ip()
+        pod["status"]["podIPs"] = [{"ip": pod["status"]["podIP"]}]
         pod["status"]["startTime"] = timestamp(wall())
         for c in native_sidecars(pod["spec"]):
             self._run(pod, c, restart=False)

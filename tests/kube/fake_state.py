@@ -40,6 +40,9 @@ class Resource:
         return f"{self.group}/v1" if self.group else "v1"
 
 
+GROUPS = ("apps", "discovery.k8s.io")  # the API groups served besides the core group
+
+
 RESOURCES: dict[str, Resource] = {r.plural: r for r in (
     Resource("namespaces", "Namespace", namespaced=False, verbs=("create", "delete", "get", "list")),
     Resource("nodes", "Node", namespaced=False, verbs=("get", "list")),
@@ -48,6 +51,8 @@ RESOURCES: dict[str, Resource] = {r.plural: r for r in (
     Resource("deployments", "Deployment", "apps"),
     Resource("replicasets", "ReplicaSet", "apps", verbs=("get", "list")),
     Resource("daemonsets", "DaemonSet", "apps", verbs=("get", "list")),
+    Resource("services", "Service"),
+    Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", verbs=("get", "list")),
 )}
 
 
@@ -99,13 +104,15 @@ class Cause:
     """One field error: ``Forbidden``/``Invalid value``/``Required value``, as field.Error words them."""
 
     field: str
-    type: str  # FieldValueForbidden, FieldValueInvalid, FieldValueRequired
+    type: str  # FieldValueForbidden, FieldValueInvalid, FieldValueNotSupported, FieldValueRequired
     detail: str
     value: Any = None
 
     def text(self) -> str:
         if self.type == "FieldValueForbidden":
             return f"Forbidden: {self.detail}"
+        if self.type == "FieldValueNotSupported":
+            return f"Unsupported value: {json.dumps(self.value)}: {self.detail}"
         if self.type == "FieldValueRequired":
             return "Required value" + (f": {self.detail}" if self.detail else "")
         return f"Invalid value: {json.dumps(self.value)}: {self.detail}"

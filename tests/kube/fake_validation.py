@@ -121,3 +121,46 @@ def check_name(body: Obj, url_name: str | None) -> str:
         raise ApiError(400, "BadRequest", f"the name of the object ({name}) does not match the name on the URL "
                        f"({url_name})")
     return str(name)
+
+
+NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
+
+
+def validate_service(svc: Obj, old: Obj | None, node_ports_in_use: set[int]) -> None:
+    """Create/update validation of a Service (ports, names, the NodePort range and allocation), with the
+    real server's field paths and words."""
+    name = (svc.get("metadata") or {}).get("name", "")
+    spec = svc.get("spec") or {}
+    kind = spec.get("type", "ClusterIP")
+    ports = spec.get("ports") or []
+    causes: list[Cause] = []
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        causes.append(Cause("spec.type", "FieldValueNotSupported", 'supported values: "ClusterIP", '
+                            '"ExternalName", "LoadBalancer", "NodePort"', kind))
+    if not ports and kind != "ExternalName":
+        causes.append(Cause("spec.ports", "FieldValueRequired", ""))
+    for i, p in enumerate(ports):
+        if len(ports) > 1 and not p.get("name"):
+            causes.append(Cause(f"spec.ports[{i}].name", "FieldValueRequired", ""))
+        if not 1 <= int(p.get("port") or 0) <= 65535:
+            causes.append(Cause(f"spec.ports[{i}].port", "FieldValueInvalid",
+                                "must be between 1 and 65535, inclusive", p.get("port")))
+        node_port = p.get("nodePort")
+        if node_port is None:
+            continue
+        if kind not in ("NodePort", "LoadBalancer"):
+            causes.append(Cause(f"spec.ports[{i}].nodePort", "FieldValueForbidden",
+                                "may not be used when `type` is 'ClusterIP'"))
+        elif not NODE_PORT_RANGE[0] <= node_port <= NODE_PORT_RANGE[1]:
+            causes.append(Cause(f"spec.ports[{i}].nodePort", "FieldValueInvalid",
+                                "provided port is not in the valid range. The range of valid ports is "
+                                f"{NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}", node_port))
+        elif node_port in node_ports_in_use:
+            causes.append(Cause(f"spec.ports[{i}].nodePort", "FieldValueInvalid",
+                                "provided port is already allocated", node_port))
+    if old is not None:
+        old_ip = (old.get("spec") or {}).get("clusterIP")
+        if spec.get("clusterIP") not in (None, "", old_ip):
+            causes.append(Cause("spec.clusterIP", "FieldValueInvalid", "field is immutable", spec.get("clusterIP")))
+    if causes:
+        raise invalid(RESOURCES["services"], name, causes)

@@ -27,6 +27,7 @@ from tests.kube.fake_cluster import FakeCluster
 from tests.kube.fake_exec import ExecCall, ExecReply
 from tests.kube.fake_state import ImageStore
 from tests.kube.objects import make_env, write_kubeconfig
+from tests.kube.test_kube_rollouts import canary_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Images.of_kind_testbed()
@@ -208,6 +209,8 @@ def _verb(method: str, path: str) -> tuple[str, str, str]:
 def test_the_role_grants_exactly_the_verbs_the_adapter_uses(fake: FakeApiServer, tmp_path: Path) -> None:
     kube = adapter_on(fake, tmp_path, namespace="agave")
     fake.exec_runner = lambda _call, _gone: ExecReply(stdout="DoubleZero 0.6.1\n")
+    canary = canary_objects("agave")
+    kube.core.create_namespaced_service("agave", canary[("Service", "zai-proxy")], _preload_content=False)
     fake.requests.clear()
 
     kube.apply_deployment(render_deployment(kube.env, "green", image=IMAGES.app))  # create
@@ -223,6 +226,16 @@ def test_the_role_grants_exactly_the_verbs_the_adapter_uses(fake: FakeApiServer,
     kube.patch_template_container_image("agave-green", SIDECAR, IMAGES.sidecar_new)
     kube.events(pod.name)
     kube.delete_deployment("agave-green")
+    kube.apply_deployment(canary[("Deployment", "zai-proxy")])  # the canary promotion's verbs (Rollouts)
+    wait_for(lambda: kube.rollout_status("zai-proxy"), lambda s: s.done and s.revision == 1, timeout=10,
+             interval=0.02, what="the production rollout")
+    kube.set_template("zai-proxy", images={"proxy": "ronaldraygun/zai-proxy:1.3.0"}, change_cause="promote")
+    wait_for(lambda: kube.rollout_status("zai-proxy"), lambda s: s.done and s.revision == 2, timeout=10,
+             interval=0.02, what="the promotion")
+    kube.rollout_history("zai-proxy")
+    kube.endpoints("zai-proxy")
+    kube.pods_of("zai-proxy")
+    kube.rollout_undo("zai-proxy")
 
     used = {_verb(r.method, r.path) for r in fake.requests}
     assert ("", "pods/exec", "get") in used
