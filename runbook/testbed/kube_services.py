@@ -317,8 +317,8 @@ class LocalServices:
         for pod in self.pods() if pods is None else pods:
             ann = pod.get("annotations") or {}
             ip = pod.get("ip") or ""
-            if not ip or ann.get("prometheus.io/scrape") != "true":
-                continue
+            if not ip or ann.get("prometheus.io/scrape") != "true" or pod.get("phase") in ("Succeeded", "Failed"):
+                continue  # the kind-side keep (scrape "true") and drop (phase Succeeded|Failed) rules
             port = ann.get("prometheus.io/port")
             if port and re.fullmatch(r"\d+", str(port)):
                 targets = [f"{ip}:{port}"]

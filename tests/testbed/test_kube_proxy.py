@@ -210,6 +210,23 @@ def test_no_ready_endpoint_refuses_connections_and_a_dead_endpoint_is_not_retrie
     assert set(seen) == {"reset", "zai-proxy-0"}, f"about half reset (random per connection), no retry: {seen}"
 
 
+def test_a_half_close_passes_through(kube: Path, pods: list[Pod], proxy: tuple[str, int, Path]) -> None:
+    """The client's FIN reaches the pod (DNAT passes it on): a keep-alive server then sees the end of requests and
+    closes, so the client reads the answer and then the end of the stream."""
+    host, port, _ = proxy
+    pods[0].record(kube)
+    LocalServices(kube).apply(service())
+    wait_for(lambda: refused(host, port), lambda r: not r, timeout=STALENESS * 5, interval=0.02, what="listening")
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: zai-proxy\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := s.recv(4096):  # times out (5 s) if the FIN never reached the pod
+            received += chunk
+    assert received.startswith(b"HTTP/1.0 200") or received.startswith(b"HTTP/1.1 200"), received
+    assert received.endswith(b"zai-proxy-0")
+
+
 def test_the_scrape_targets_file_follows_the_pods(kube: Path, pods: list[Pod],
                                                   proxy: tuple[str, int, Path]) -> None:
     _, _, targets = proxy

@@ -211,6 +211,8 @@ def test_scrape_targets_are_the_annotated_pods_with_an_ip(kube: Path, services: 
     write_pod(kube, "opted-out", ip="127.0.3.6", labels=PROD, ports={"http": 8080},
               annotations={"prometheus.io/scrape": "false", "prometheus.io/port": "8080"})
     write_pod(kube, "plain", ip="127.0.3.7", labels=PROD, ports={"http": 8080})
+    done = write_pod(kube, "zz-completed", ip="127.0.3.8", labels=PROD, annotations=scrape)
+    (kube / "pods" / "zz-completed.json").write_text(json.dumps({**done, "phase": "Succeeded"}))  # dropped
     assert services.scrape_targets() == [
         {"targets": ["127.0.3.5:8080", "127.0.3.5:9100"],
          "labels": {"pod": "no-version", "app_version": "", "namespace": "mcp"}},
