@@ -85,30 +85,16 @@ class FakeCluster:
         self._rv = itertools.count(1000)
         self._rng = random.Random(seed)
         self._observe_at: dict[Key, float] = {}
-        self._ips = itertools.count(10)
-        self._cluster_ips = itertools.count(10)
-        self._node_ports = itertools.count(30000)
+        self.addresses = services.Addresses(self)
         self._put("nodes", {"metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
                             "status": {"nodeInfo": {"kubeletVersion": "v1.32.0",
                                                     "containerRuntimeVersion": "containerd://1.7.24"}}})
 
     def pod_ip(self) -> str:
-        """A pod network address for a pod not on the host network (the node's is ``NODE_IP``)."""
-        n = next(self._ips)
-        return f"10.244.{n // 250}.{n % 250 + 2}"
+        return self.addresses.pod_ip()
 
     def node_ports_in_use(self, ns: str, name: str) -> set[int]:
-        """Node ports every Service but ``ns/name`` holds."""
-        return {p["nodePort"] for (n, s), svc in self.objects["services"].items() if (n, s) != (ns, name)
-                for p in svc["spec"].get("ports") or [] if p.get("nodePort")}
-
-    def _node_port(self) -> int:
-        used = self.node_ports_in_use("", "")
-        return next(p for p in self._node_ports if p not in used)
-
-    def _cluster_ip(self) -> str:
-        n = next(self._cluster_ips)
-        return f"10.96.{n // 250}.{n % 250 + 2}"
+        return self.addresses.node_ports_in_use(ns, name)
 
     # -- clock
 
@@ -136,6 +122,10 @@ class FakeCluster:
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
         self.objects[plural][(meta.get("namespace", ""), meta["name"])] = obj
         return obj
+
+    def put(self, plural: str, obj: Obj) -> Obj:
+        """Store a new object the controllers made (uid, creationTimestamp, resourceVersion, kind)."""
+        return self._put(plural, obj)
 
     def touch(self, obj: Obj) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self._rv))
@@ -200,7 +190,7 @@ class FakeCluster:
             obj["status"] = {}
             self._observe_at[(ns, name)] = time.monotonic() + self.observe_delay
         elif plural == "services":
-            services.service_defaults(obj, self._cluster_ip, self._node_port)
+            services.service_defaults(obj, self.addresses.cluster_ip, self.addresses.node_port)
         elif plural == "pods":
             obj["spec"] = pod_defaults(obj.get("spec") or {}, admission=True)
             obj["spec"]["nodeName"] = self.node
@@ -232,7 +222,7 @@ class FakeCluster:
         obj["status"] = old.get("status", {})
         if plural == "services":
             obj["spec"].setdefault("clusterIP", old["spec"]["clusterIP"])
-            services.service_defaults(obj, self._cluster_ip, self._node_port)
+            services.service_defaults(obj, self.addresses.cluster_ip, self.addresses.node_port)
         if plural == "deployments":
             self._deployment_defaults(obj)
             if obj["spec"] != old["spec"]:
@@ -308,7 +298,7 @@ class FakeCluster:
                 self._delete_pod(pod, None)
         for dep in list(self.objects["deployments"].values()):
             self._deployment_status(dep)
-        self._endpoint_slices()
+        services.sync_endpoint_slices(self, lambda: random_suffix(self._rng))
         for space in list(self.objects["namespaces"].values()):
             if _deleting(space):
                 self._namespace_teardown(space)
@@ -417,25 +407,6 @@ class FakeCluster:
                                  "reason": "MinimumReplicasAvailable" if len(ready) >= desired
                                  else "MinimumReplicasUnavailable"}]
         dep["status"] = {k: v for k, v in status.items() if v is not None}
-
-    def _endpoint_slices(self) -> None:
-        """The EndpointSlice controller: one slice per Service with a selector, kept up to date."""
-        by_service = {(s["metadata"]["namespace"], s["metadata"]["labels"].get(services.SERVICE_NAME, "")): s
-                      for s in self.objects["endpointslices"].values()}
-        for (ns, name), slice_ in by_service.items():
-            if self.find("services", ns, name) is None:
-                del self.objects["endpointslices"][(ns, slice_["metadata"]["name"])]
-        for svc in list(self.objects["services"].values()):
-            if not svc["spec"].get("selector"):
-                continue
-            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
-            endpoints, ports = services.slice_content(svc, self.items("pods", ns))
-            current = by_service.get((ns, name))
-            if current is None:
-                current = self._put("endpointslices", services.new_slice(svc, random_suffix(self._rng)))
-            if (current["endpoints"], current["ports"]) != (endpoints, ports):
-                current["endpoints"], current["ports"] = endpoints, ports
-                self.touch(current)
 
     def _namespace_teardown(self, space: Obj) -> None:
         ns = space["metadata"]["name"]

@@ -10,8 +10,12 @@ a named one through the pod's ``containerPort`` of that name.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.kube.fake_cluster import FakeCluster
 
 Obj = dict[str, Any]
 
@@ -94,3 +98,51 @@ def new_slice(svc: Obj, suffix: str) -> Obj:
                          "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": meta["name"],
                                               "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
             "addressType": "IPv4", "endpoints": [], "ports": []}
+
+
+class Addresses:
+    """Pod IPs (10.244/16), cluster IPs (10.96/16) and node ports (30000 up) handed out by the cluster."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self._pods, self._services, self._node_ports = itertools.count(10), itertools.count(10), itertools.count(30000)
+
+    def pod_ip(self) -> str:
+        """A pod network address for a pod not on the host network (a hostNetwork pod has the node's)."""
+        n = next(self._pods)
+        return f"10.244.{n // 250}.{n % 250 + 2}"
+
+    def cluster_ip(self) -> str:
+        n = next(self._services)
+        return f"10.96.{n // 250}.{n % 250 + 2}"
+
+    def node_ports_in_use(self, ns: str, name: str) -> set[int]:
+        """Node ports every Service but ``ns/name`` holds."""
+        return {p["nodePort"] for (n, s), svc in self.cluster.objects["services"].items() if (n, s) != (ns, name)
+                for p in svc["spec"].get("ports") or [] if p.get("nodePort")}
+
+    def node_port(self) -> int:
+        used = self.node_ports_in_use("", "")
+        return next(p for p in self._node_ports if p not in used)
+
+
+def sync_endpoint_slices(cluster: FakeCluster, suffix: Callable[[], str]) -> None:
+    """The EndpointSlice controller's pass: one slice per Service with a selector, kept up to date; a slice
+    whose Service is gone is collected. ``suffix``: a generated name's random part."""
+    objects = cluster.objects
+    by_service = {(s["metadata"]["namespace"], s["metadata"]["labels"].get(SERVICE_NAME, "")): s
+                  for s in objects["endpointslices"].values()}
+    for (ns, name), slice_ in by_service.items():
+        if cluster.find("services", ns, name) is None:
+            del objects["endpointslices"][(ns, slice_["metadata"]["name"])]
+    for svc in list(objects["services"].values()):
+        if not svc["spec"].get("selector"):
+            continue
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        endpoints, ports = slice_content(svc, cluster.items("pods", ns))
+        current = by_service.get((ns, name))
+        if current is None:
+            current = cluster.put("endpointslices", new_slice(svc, suffix()))
+        if (current["endpoints"], current["ports"]) != (endpoints, ports):
+            current["endpoints"], current["ports"] = endpoints, ports
+            cluster.touch(current)
