@@ -1,4 +1,5 @@
-"""The workloads port on a real Kubernetes API (kind in CI, biscayne in production).
+"""The workloads port on a real Kubernetes API (kind in CI, biscayne in production), with the rollout verbs
+of :class:`runbook.adapters.base.Rollouts` (:mod:`runbook.adapters.kube_rollouts`).
 
 Behind the same protocol as the local kubelet-alike (:class:`runbook.adapters.base.Workloads`). Native
 sidecars are read from ``status.initContainerStatuses`` and app containers from ``status.containerStatuses``

@@ -183,8 +183,7 @@ class RolloutVerbs:
         if (dep.get("spec") or {}).get("paused"):
             raise self._error(f"undo {obj}: you cannot rollback a paused deployment; resume it first with "
                               "'kubectl rollout resume' and try again", obj)
-        sets = [(revision_of(rs), rs) for rs in self._replica_sets(dep)]
-        numbered = sorted((n, rs) for n, rs in sets if n is not None) if sets else []
+        numbered = [(n, rs) for n, rs in ((revision_of(rs), rs) for rs in self._replica_sets(dep)) if n is not None]
         kept = ", ".join(str(n) for n, _ in numbered) or "none"
         if to_revision:
             chosen = next((rs for n, rs in numbered if n == to_revision), None)
