@@ -41,6 +41,7 @@ from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo, Proce
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
 from runbook.images import normalise
+from runbook.testbed.kube_rollout import HASH_LABEL, RolloutsMixin, expand, is_rolling, manifest_env
 from runbook.testbed.shim import container_pid
 from runbook.testbed.supervisor import Supervisor
 from runbook.wait import wait_for
@@ -61,6 +62,9 @@ ENTRYPOINT_NAMES = {"runbook.testbed.doublezerod": "doublezerod"}
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+_RECREATE: dict[str, Any] = {"spec": {"strategy": {"type": "Recreate"}}}
+
+
 def template_hash(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -73,8 +77,9 @@ class ImageNotFound(LookupError):
     pass
 
 
-class LocalWorkloads:
-    """Deployments and pods of one testbed, persisted under ``<state>/kube``."""
+class LocalWorkloads(RolloutsMixin):
+    """Deployments and pods of one testbed, persisted under ``<state>/kube``. RollingUpdate Deployments are
+    stored only: the testbed's controller (:mod:`runbook.testbed.kube_controller`) rolls them out."""
 
     def __init__(self, *, env: Env, supervisor: Supervisor, state_dir: Path, netns: str | None) -> None:
         if env.testbed is None:
@@ -88,6 +93,8 @@ class LocalWorkloads:
         (self.kube / "deployments").mkdir(parents=True, exist_ok=True)
         (self.kube / "pods").mkdir(parents=True, exist_ok=True)
         (self.kube / "daemonsets").mkdir(parents=True, exist_ok=True)
+        (self.kube / "replicasets").mkdir(parents=True, exist_ok=True)
+        (self.kube / "deployment-status").mkdir(parents=True, exist_ok=True)
 
     # -- images ----------------------------------------------------------------------------
     def resolve_image(self, image: str) -> tuple[list[str], str]:
@@ -171,6 +178,8 @@ class LocalWorkloads:
             raise AdapterError("apply_deployment got a DaemonSet: use apply_daemonset", env=self.env.name)
         if manifest.get("kind") != "Deployment":
             raise AdapterError(f"the local kubelet applies Deployments only, got {manifest.get('kind')!r}")
+        if is_rolling(manifest):
+            return self._store_rolling(manifest)
         name = manifest["metadata"]["name"]
         template = manifest["spec"]["template"]
         new_hash = template_hash(template)
@@ -184,11 +193,16 @@ class LocalWorkloads:
         self._create_pod(name, template, new_hash)
 
     def delete_deployment(self, name: str, *, wait: bool = True) -> None:
+        if is_rolling(self.deployment(name) or _RECREATE):  # the Deployment first: the controller stops on it
+            (self.kube / "deployments" / f"{name}.json").unlink(missing_ok=True)
+            self._delete_rolling(name)
         for pod in self._pod_names(name):
             self._delete_pod(pod)
         (self.kube / "deployments" / f"{name}.json").unlink(missing_ok=True)
 
     def wait_rollout(self, name: str, *, timeout: float) -> PodInfo:
+        if is_rolling(self.deployment(name) or _RECREATE):
+            return self._wait_rolled_out(name, timeout=timeout)
         def observe() -> list[PodInfo]:
             return self.pods(name)
 
@@ -221,6 +235,8 @@ class LocalWorkloads:
             containers=tuple(statuses),
             spec_images={c["name"]: c["image"] for _, c in self._containers(spec)},
             template_images={c["name"]: c["image"] for _, c in self._containers(tmpl)},
+            ip=obj.get("ip", ""), labels=dict(obj.get("labels") or {}),
+            ready_condition=bool(obj.get("ready")) if "replicaset" in obj else None,  # the controller's probes
         )
 
     def exec(self, pod: str, container: str, argv: Sequence[str], *, timeout: float = 30.0) -> CommandResult:
@@ -305,7 +321,9 @@ class LocalWorkloads:
         sidecars = [("sidecar", c) for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
         return sidecars + [("app", c) for c in spec.get("containers", [])]
 
-    def _create_pod(self, deployment: str, template: Mapping[str, Any], thash: str) -> str:
+    def _create_pod(self, deployment: str, template: Mapping[str, Any], thash: str,
+                    meta: Mapping[str, Any] | None = None) -> str:
+        """Create and start a pod; ``meta`` (a ReplicaSet's pod: ip, replicaset, annotations...) joins its record."""
         spec = copy.deepcopy(dict(template["spec"]))
         plain_init = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") != "Always"]
         if plain_init:
@@ -313,7 +331,8 @@ class LocalWorkloads:
                                "by the local testbed", env=self.env.name, obj=deployment)
         pod = f"{deployment}-{thash}-{secrets.token_hex(3)[:5]}"
         obj: dict[str, Any] = {"name": pod, "deployment": deployment, "spec": spec, "created": time.time(),
-                               "waiting": {}}
+                               "waiting": {}, **(meta or {}),
+                               "labels": {**(template.get("metadata") or {}).get("labels", {}), HASH_LABEL: thash}}
         self._write("pods", pod, obj)
         self._mount_volumes(pod, spec)
         for kind, c in self._containers(spec):  # sidecars first, each running before the next starts
@@ -402,10 +421,15 @@ class LocalWorkloads:
         env = self.image_env(c["image"])
         env["PATH"] = f"{root / 'bin'}:{env['PATH']}"  # the image's own binaries (its CLIs) come first
         env["HOME"] = str(root / "root")
-        for e in c.get("env", []):
-            if "value" in e:
-                env[e["name"]] = self._translate(pod, c, str(e["value"]))
+        for k, v in self._manifest_env(pod, c).items():
+            env[k] = self._translate(pod, c, v)
         return env
+
+    def _manifest_env(self, pod: str, c: Mapping[str, Any]) -> dict[str, str]:
+        """The manifest's env as a kubelet resolves it (``$(VAR)`` expansion, the downward API's fieldRef)."""
+        obj = self._read("pods", pod) or {"name": pod, "spec": {}}
+        return manifest_env(obj, c, namespace=self.namespace_of(self._read("deployments", obj.get("deployment", ""))
+                                                                or {}))
 
     def _start_container(self, pod: str, obj: dict[str, Any], kind: str, c: dict[str, Any]) -> None:
         try:
@@ -430,8 +454,9 @@ class LocalWorkloads:
             wrapper.write_text("#!/bin/sh\nexec " + shlex.join(target) + ' "$@"\n')
             wrapper.chmod(0o755)
         # a manifest's command replaces the image's entrypoint, its args follow (as a kubelet does)
-        command = [str(a) for a in c.get("command", [])]
-        rest = [self._translate(pod, c, str(a)) for a in command[1:] + [str(a) for a in c.get("args", [])]]
+        menv = self._manifest_env(pod, c)  # command and args expand $(VAR) from the manifest's env
+        command = [expand(str(a), menv) for a in c.get("command", [])]
+        rest = [self._translate(pod, c, a) for a in command[1:] + [expand(str(a), menv) for a in c.get("args", [])]]
         argv = [command[0], *rest] if command else [*argv, *rest]
         config = {"argv": argv, "env": self._container_env(pod, c), "cwd": str(root),
                   "netns": self.netns if self._host_network(obj) else None, "isolate": True}
@@ -439,8 +464,9 @@ class LocalWorkloads:
         cfg.write_text(json.dumps(config, indent=1))
         shim = [sys.executable, "-m", "runbook.testbed.shim", "--testbed", str(self.state_dir),
                 "--id", f"{pod}/{c['name']}", str(cfg)]
+        grace = int(obj["spec"].get("terminationGracePeriodSeconds", 30)) + 5 if "replicaset" in obj else 15
         self.sup.add(_program(pod, c["name"]), shim, env={"PYTHONPATH": str(PROJECT_ROOT)}, directory=root,
-                     startsecs=1, startretries=3)
+                     startsecs=1, startretries=3, stopwaitsecs=grace)  # a ReplicaSet's pod: the controller kills
 
     def image_id(self, image: str) -> str:
         """``sha256:<digest>`` of the image's content: for a stand-in image, its definition (entrypoint, env)."""
