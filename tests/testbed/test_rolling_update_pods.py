@@ -123,3 +123,18 @@ def test_a_container_ignoring_sigterm_is_killed_after_the_grace_period(kube: Kub
     wait_for(lambda: Path(f"/proc/{pid}").exists(), lambda alive: not alive, timeout=5, what="the container gone")
     assert kube.sup.info(_program(pod.name, "main")) is None
     assert record.read_text().split() == ["TERM"]
+
+
+def test_min_ready_seconds_holds_a_ready_pod_unavailable(kube: Kube) -> None:
+    wl = kube.wl
+    m = kube.proxy("steady", "1.0.0", replicas=1)
+    m["spec"]["minReadySeconds"] = 2
+    wl.apply_deployment(m)
+    rec = wait_for(lambda: wl.pod_records("steady"), lambda r: len(r) == 1 and bool(r[0].get("ready")),
+                   timeout=TIMEOUT, interval=0.05, what="the pod ready")[0]
+    status = wl.rollout_status("steady")
+    assert (status.ready, status.available, status.done) == (1, 0, False), status
+    assert status.message == ('Waiting for deployment "steady" rollout to finish: 0 of 1 updated replicas are '
+                              "available...")
+    wl.wait_rollout("steady", timeout=TIMEOUT)
+    assert time.time() - rec["ready_since"] >= 2, "available before minReadySeconds"
