@@ -13,4 +13,5 @@ pytest_plugins = [
     "steps.operator",
     "steps.derived",
     "steps.dz_handover",
+    "steps.canary",
 ]

@@ -4,7 +4,8 @@ feature), never the feature's proofs, with the operator's parameters passed to p
 - ``agave-upgrade``: ``--target-version``, ``--cleanup`` (keep | destroy) and, for destroy on a production env,
   ``--confirm-destroy=<dataset>`` (the old colour's dataset; the procedure checks it against the colour it
   finds live before anything changes);
-- ``dz-upgrade``: ``--target-version`` becomes pytest's ``--dz-target-version`` (an image tag of the sidecar).
+- ``dz-upgrade``: ``--target-version`` becomes pytest's ``--dz-target-version`` (an image tag of the sidecar);
+- ``canary-promote``: ``--target-version`` becomes pytest's ``--canary-version`` (the release the canary runs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Operator:
 OPERATORS = {
     "agave-upgrade": Operator("features/agave_upgrade.feature", "operator and upgrade", "--target-version"),
     "dz-upgrade": Operator("features/dz_upgrade.feature", "operator and doublezero", "--dz-target-version"),
+    "canary-promote": Operator("features/canary_promote.feature", "operator and canary", "--canary-version"),
 }
 NOT_RUN = {
     "agave-rollback": "it is how `runbook rollback agave-upgrade` rolls a finished upgrade back: run that",
@@ -75,7 +77,8 @@ def check(env: Env, req: RunRequest) -> None:
 def params(env: Env, req: RunRequest) -> dict[str, str]:
     """The parameters the scenario runs with, as the operator will read them before it runs."""
     out: dict[str, str] = {}
-    default = env.target_version if req.procedure == "agave-upgrade" else env.doublezero.target_version
+    default = (env.target_version if req.procedure == "agave-upgrade" else None if req.procedure == "canary-promote"
+               else env.doublezero.target_version)
     version = req.target_version or (default if env.disposable else None)
     out["target_version"] = version or "(none given)"
     if req.procedure == "agave-upgrade":

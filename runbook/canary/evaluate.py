@@ -26,7 +26,7 @@ from runbook.canary.promql import ApiCall, QueryResult, Series
 from runbook.canary.window import WindowResult, combine_counters, counts_from_series, moving_window_error_gate
 from runbook.env_canary import CanaryGates
 
-__all__ = ["Baseline", "GateReport", "calls", "evaluate", "measure_baseline"]
+__all__ = ["Baseline", "GateReport", "calls", "evaluate", "measure_baseline", "tokens_presence"]
 
 _ERROR = re.compile(promql.ERROR_STATUS)
 
@@ -160,3 +160,15 @@ def calls(gates: CanaryGates, *, variant: str, labels: Mapping[str, str], start:
         promql.requests_counter(variant, labels),
         promql.selector(promql.DURATION + "_bucket", variant, labels),
         promql.tokens_series_selector(variant, labels))]
+
+
+def tokens_presence(prom: Queries, gates: CanaryGates, *, variant: str, end: float,
+                    labels: Mapping[str, str] | None = None) -> PresenceResult:
+    """Whether ``variant``'s token counter rose over the baseline span before ``end`` while it served
+    requests (the checklist's "token counting verified on canary"); a handful of requests is enough to tell
+    (one answered completion must move it)."""
+    start = end - gates.baseline
+    req = _series(prom, promql.requests_counter(variant, labels), start, end, gates.step)
+    requests, errors = _requests(req, start)
+    tok = _series(prom, promql.tokens_series_selector(variant, labels), start, end, gates.step)
+    return presence_gate(promql.TOKENS, _total(tok, start) if tok else None, requests - errors, min_requests=1)

@@ -15,14 +15,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runbook.adapters.base import PodInfo, Revision, RolloutStatus
-from runbook.adapters.git_repo import TagInfo
+from runbook.adapters.git_repo import GitRepo, TagInfo
+from runbook.canary.evaluate import Baseline
 from runbook.canary.gates import LatencyResult, PresenceResult
 from runbook.canary.window import WindowResult
 from runbook.checks.core import Verdict, check, verdict
+from runbook.env_canary import CanaryGates
 from runbook.images import same_image
+from runbook.procedures.framework import RunResult
 
-__all__ = ["canary_healthy", "canary_tag", "functional", "gate", "no_alerts_firing", "on_version", "revision_current",
-           "tagged", "tokens_counted", "workers_used"]
+__all__ = ["CHECKLIST", "baseline", "canary_healthy", "canary_tag", "checklist_ticked", "failed_at_gate", "functional",
+           "gate", "no_alerts_firing", "not_tagged", "on_version", "refused_at_checklist", "release_repo_ready",
+           "revision_current", "revision_unchanged", "tagged", "tokens_counted", "workers_used"]
 
 _RELEASE = re.compile(r"^\d+\.\d+\.\d+")
 T = "tests/checks/test_canary.py::"
@@ -201,3 +205,125 @@ def tagged(info: TagInfo | None, *, tag: str, version: str, pushed: bool | None)
                                           "VERSION": info.version_file, "pushed": pushed}
     return verdict(f"release {tag}", expected={"annotated": True, "VERSION": version}, observed=observed,
                    problems=problems, obj=tag)
+
+
+@check(negative=(T + "test_a_dirty_release_repo_is_refused", T + "test_an_existing_release_tag_is_refused"))
+def release_repo_ready(repo: GitRepo, *, tag: str) -> Verdict:
+    """Finalization can run: the release repository is a git checkout with no uncommitted change and no tag
+    ``tag`` yet (a tag that exists names a release already made)."""
+    problems, observed = [], {}
+    if not repo.is_repo():
+        problems.append(f"{repo.path} is not a git repository")
+    else:
+        dirty = repo.dirty()
+        info = repo.tag(tag)
+        observed = {"path": str(repo.path), "VERSION": repo.version(), "uncommitted": dirty,
+                    "tag": None if info is None else info.commit[:12]}
+        if dirty:
+            problems.append(f"{repo.path} has uncommitted changes: {dirty[:5]}")
+        if info is not None:
+            problems.append(f"tag {tag} already exists (on {info.commit[:12]}): this release was made already")
+    return verdict("release repository ready", expected={"clean": True, "tag": None}, observed=observed,
+                   problems=problems, obj=str(repo.path))
+
+
+@check(negative=T + "test_a_thin_baseline_is_inconclusive")
+def baseline(base: Baseline, gates: CanaryGates) -> Verdict:
+    """Production's baseline, measured before the rollout, holds enough requests for the latency gate to
+    compare against (fewer: inconclusive, the promotion does not start)."""
+    observations = max(base.buckets.values(), default=0.0)
+    problems = [] if observations >= gates.min_requests else [
+        f"production's baseline holds {observations:g} requests in {base.end - base.start:g}s, fewer than the "
+        f"{gates.min_requests} the gates need: inconclusive, the promotion does not start"]
+    return verdict("production baseline", expected=f">= {gates.min_requests} requests in {gates.baseline:g}s",
+                   observed={"requests": base.requests, "errors": base.errors, "observations": observations},
+                   problems=problems)
+
+
+GATES = {"error rate": "error rate, moving window", "latency": "latency", "tokens": "presence"}
+"""A gate as a scenario names it -> the gate's own name in its verdict."""
+
+CHECKLIST = ("canary.canary_healthy", "canary.no_alerts_firing", "canary.functional", "canary.tokens_counted",
+             "canary.workers_used", "canary.canary_tag", "canary.release_repo_ready", "canary.baseline")
+"""The seed's pre-promotion checklist, one check per item (and the baseline the gates need), as recorded."""
+
+
+@check(negative=(T + "test_a_checklist_with_an_item_missing_is_not_ticked",
+                 T + "test_a_checklist_with_a_failed_item_is_not_ticked"))
+def checklist_ticked(recorded: Mapping[str, str]) -> Verdict:
+    """Every checklist item has a verdict in the evidence, and each passed (``recorded``: check name -> status
+    as the report holds it)."""
+    problems = [f"{name}: no verdict recorded" for name in CHECKLIST if name not in recorded]
+    problems += [f"{name}: {recorded[name]}" for name in CHECKLIST if recorded.get(name, "passed") != "passed"]
+    return verdict("the pre-promotion checklist", expected={n: "passed" for n in CHECKLIST},
+                   observed={n: recorded.get(n, "(none)") for n in CHECKLIST}, problems=problems)
+
+
+@check(negative=(T + "test_a_failure_at_another_step_is_not_the_gates",
+                 T + "test_a_promotion_that_passed_did_not_fail_at_its_gate"))
+def failed_at_gate(result: RunResult | None, journal: Mapping[str, Any], *, gate: str) -> Verdict:
+    """The promotion failed at roll-out because ``gate`` failed (the checklist had passed), and the automatic
+    undo ran: the journal says rolled back."""
+    problems = []
+    steps = {s.name: (s.status, s.error) for s in result.steps} if result else {}
+    if result is None:
+        problems.append("the procedure did not finish")
+    else:
+        if result.ok:
+            problems.append("the promotion succeeded")
+        if steps.get("checklist", ("",))[0] not in ("done", "skipped (already done)"):
+            problems.append(f"the checklist did not pass: {steps.get('checklist')}")
+        status, error = steps.get("roll-out", ("not run", ""))
+        if status != "failed":
+            problems.append(f"roll-out: {status}, not failed")
+        elif f"{GATES.get(gate, gate)} gate failed" not in error:
+            problems.append(f"roll-out failed, but not at the {gate} gate: {error[:300]}")
+        if not result.rolled_back:
+            problems.append("no automatic undo ran")
+    if journal.get("status") != "rolled back":
+        problems.append(f"the journal says {journal.get('status')!r}, not 'rolled back'")
+    return verdict(f"failed at the {gate} gate, then undone", expected=f"roll-out failed: {gate} gate failed; "
+                   "rolled back", observed={"steps": {k: v[0] for k, v in steps.items()},
+                                            "error": result.error[:400] if result else None,
+                                            "journal": journal.get("status")}, problems=problems)
+
+
+@check(negative=(T + "test_a_refusal_for_another_reason_is_not_this_one", T + "test_a_run_that_acted_was_not_refused"))
+def refused_at_checklist(result: RunResult | None, journal: Mapping[str, Any], *, item: str) -> Verdict:
+    """The promotion stopped at its checklist, for ``item`` (the error names it), before changing anything
+    (no step acted)."""
+    problems = []
+    if result is None:
+        problems.append("the procedure did not finish")
+    else:
+        failed = [s for s in result.steps if s.status == "failed"]
+        if result.ok or not failed:
+            problems.append("the promotion was not refused")
+        elif failed[0].name != "checklist":
+            problems.append(f"it failed at {failed[0].name}, not at the checklist: {failed[0].error[:300]}")
+        elif item not in failed[0].error:
+            problems.append(f"the checklist failed, but not for {item!r}: {failed[0].error[:300]}")
+    acted = [a for a in journal.get("acted", []) if a != "checklist"]
+    if acted:
+        problems.append(f"steps acted before the refusal: {acted}")
+    return verdict(f"refused at the checklist: {item}", expected={"failed at": "checklist", "reason": item,
+                                                                  "acted": []},
+                   observed={"error": result.error[:400] if result else None, "acted": journal.get("acted")},
+                   problems=problems)
+
+
+@check(negative=T + "test_a_new_revision_is_a_change")
+def revision_unchanged(status: RolloutStatus, *, before: int) -> Verdict:
+    """Production's Deployment is still at the revision it had before (nothing was rolled out)."""
+    return verdict(f"{status.deployment} revision unchanged", expected=before, observed=status.revision,
+                   problems=[] if status.revision == before and status.done else [
+                       f"{status.deployment} is at revision {status.revision} ({status.message}), was {before}"],
+                   obj=status.deployment)
+
+
+@check(negative=T + "test_a_tag_left_behind_is_found")
+def not_tagged(info: TagInfo | None, *, tag: str) -> Verdict:
+    """No release tag: a promotion that did not finish made no release."""
+    return verdict(f"no release tag {tag}", expected=None,
+                   observed=None if info is None else {"commit": info.commit[:12], "VERSION": info.version_file},
+                   problems=[] if info is None else [f"tag {tag} exists on {info.commit[:12]}"], obj=tag)

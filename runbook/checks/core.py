@@ -167,24 +167,30 @@ def judge(sink: Sink | Callable[[Verdict], None] | None, v: Verdict, *, precondi
     return v.require(precondition=precondition)
 
 
-def judge_all(sink: Sink | None, verdicts: Iterable[Verdict], *, summary: str = "") -> list[Verdict]:
+def judge_all(sink: Sink | Callable[[Verdict], None] | None, verdicts: Iterable[Verdict], *, summary: str = "",
+              precondition: bool = False) -> list[Verdict]:
     """Record every verdict (a step checking several things shows each), then raise naming every failure
     (``summary``: the check's own account of the same verdict, put first in the error, e.g. the zero-drop
-    verdict's lost requests one by one)."""
+    verdict's lost requests one by one; ``precondition``: :class:`PreconditionFailed`, nothing was changed)."""
     every = list(verdicts)
     if not every:
         raise ValueError("judge_all needs at least one verdict: a step that checks nothing cannot pass")
     for v in every:
         if not v.check:
             raise TypeError(f"verdict {v.title!r} did not come from a registered check")
-        if sink is not None:
+        if isinstance(sink, Sink):
             sink.verdict(v)
+        elif sink is not None:
+            sink(v)
     failed = [v for v in every if v.problems]
     if len(failed) == 1 and not summary:
-        failed[0].require()
+        failed[0].require(precondition=precondition)
     if failed:
         text = "; ".join(v.message for v in failed)
-        raise CheckFailed(f"{summary}\n{text}" if summary else text, expected={v.title: v.expected for v in failed},
+        message = f"{summary}\n{text}" if summary else text
+        if precondition:
+            raise PreconditionFailed(message)
+        raise CheckFailed(message, expected={v.title: v.expected for v in failed},
                           observed={v.title: v.observed for v in failed})
     return every
 

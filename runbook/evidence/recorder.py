@@ -153,6 +153,15 @@ class Recorder:
     def note(self, text: str) -> None:
         self.current.entries.append(Entry("note", redact(text), None))
 
+    def verdict_statuses(self) -> dict[str, str]:
+        """Check name -> the status of its last verdict recorded in this test (every step, fixtures too)."""
+        out: dict[str, str] = {}
+        for step in [self._loose, *self.steps]:
+            for e in step.entries:
+                if e.kind == "compare" and isinstance(e.data, dict) and e.data.get("check"):
+                    out[str(e.data["check"])] = str(e.data.get("status"))
+        return out
+
     def attach(self, title: str, content: Any) -> None:
         """Text or a JSON-like value (a config snapshot, pod status), kept inline."""
         self.current.entries.append(Entry("attachment", redact(title), redact_obj(content)))

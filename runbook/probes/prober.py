@@ -315,7 +315,7 @@ class Prober:
         timeouts = {"connect": self.timeout, "read": self.timeout, "write": self.timeout, "pool": self.timeout}
         requests = [httpx.Request(k.method, self.url + k.path, content=k.body(), extensions={"timeout": timeouts},
                                   headers={"user-agent": "runbook-prober/1", "accept": "*/*",
-                                           **({"content-type": "application/json"} if k.rpc_method else {})})
+                                           **({"content-type": "application/json"} if k.body() is not None else {})})
                     for k in self.mix]
         if self._transport is not None:
             self._idle = [TransportLane(self._transport, requests, self.upstream_header)] * self.max_in_flight

@@ -55,9 +55,16 @@ class ProbeKind:
     rpc_method: str | None = None
 
     def body(self) -> bytes | None:
+        if self.path == CHAT_PATH:
+            return CHAT_BODY
         if self.rpc_method is None:
             return None
         return json.dumps({"jsonrpc": "2.0", "id": 1, "method": self.rpc_method}, separators=(",", ":")).encode()
+
+
+CHAT_PATH = "/v1/chat/completions"  # seed 004's proxy: an OpenAI-compatible chat completion, as its workers send
+CHAT_BODY = json.dumps({"model": "glm-4.6", "max_tokens": 8, "messages": [
+    {"role": "user", "content": "zero-drop probe: answer in a word"}]}, separators=(",", ":")).encode()
 
 
 KINDS: dict[str, ProbeKind] = {
@@ -66,8 +73,10 @@ KINDS: dict[str, ProbeKind] = {
         ProbeKind("GET /health", "GET", "/health"),
         ProbeKind("POST getSlot", "POST", "/", "getSlot"),
         ProbeKind("POST getHealth", "POST", "/", "getHealth"),
+        ProbeKind("POST /v1/chat/completions", "POST", CHAT_PATH),
     )
 }
+CHAT_MIX: tuple[str, ...] = ("POST /v1/chat/completions",)
 DEFAULT_MIX: tuple[str, ...] = ("GET /health", "POST getSlot")
 
 
@@ -79,6 +88,8 @@ def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slo
     """(verdict, error, slot) of one answer; ``slot`` is a getSlot result that counts as seen."""
     if status != 200:
         return "http_error", f"HTTP {status}: {_snippet(body)!r}", None
+    if kind.path == CHAT_PATH:
+        return _judge_chat(body)
     if kind.rpc_method is None:
         text = body.strip()
         if text == b"ok":
@@ -109,6 +120,18 @@ def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slo
         return "bad_body", f"getHealth answered {result!r}", None
     if "result" not in doc:
         return "bad_body", f"no result in {_snippet(body)!r}", None
+    return "ok", "", None
+
+
+def _judge_chat(body: bytes) -> tuple[str, str, int | None]:
+    """A chat completion is answered when it holds a choice and its token usage (what a worker reads)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "bad_body", f"not JSON: {_snippet(body)!r}", None
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not doc.get("choices") or not isinstance(usage, dict):
+        return "bad_body", f"not a chat completion with usage: {_snippet(body)!r}", None
     return "ok", "", None
 
 

@@ -104,3 +104,4 @@ class CanaryFacts(Facts):
     gates: list[dict[str, Any]] = field(default_factory=list)  # every gate evaluation, with its figures
     tag: str = ""  # the git tag finalization made
     commit: str = ""  # the VERSION commit it tagged
+    to_revision: int = 0  # canary-undo: the revision named (its template becomes production's again)

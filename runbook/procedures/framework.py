@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from runbook.checks.core import Verdict, judge
+from runbook.checks.core import Verdict, judge, judge_all
 from runbook.errors import RunbookError
 from runbook.procedures.facts import Facts
 from runbook.procedures.journal import Journal, JournalCorrupt, Locked
@@ -136,6 +136,10 @@ class Context(Generic[F]):
         """A verification's verdict (a check from runbook.checks): recorded as computed, raised if it failed
         (:class:`PreconditionFailed` for a precondition: nothing was changed)."""
         return judge(self.verdicts, v, precondition=precondition)
+
+    def judge_all(self, verdicts: list[Verdict], *, precondition: bool = False) -> list[Verdict]:
+        """Several verdicts (a checklist): every one recorded, then one error naming every failure."""
+        return judge_all(self.verdicts, verdicts, precondition=precondition)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from runbook.errors import ConfigError
 
 RUN_ID = "YYYYMMDDTHHMMSSZ-xxxx"  # a run id's shape: what agave_upgrade.snapshot_name gives in plan mode
 CLEANUPS = ("keep", "destroy")
+AGAVE = ("agave-upgrade", "agave-rollback")  # the procedures behind the ingress, on the host's loopback
 NEGATIVE_ONLY = {"seed-upgrade": "the seed document's procedure is for negative tests only (it shows the bugs the "
                                  "suite catches, through pytest --procedure-override agave-upgrade=seed-upgrade on a "
                                  "testbed); it is never run on an env, so it has no plan"}
@@ -135,8 +136,8 @@ def header(env: Env, req: PlanRequest, proc: Any, params: list[str], assumed: li
         "",
         "parameters:", *params,
         "assumed (a run reads these from real state instead):", *assumed,
-        "where the lines run:", *_where(env, req.procedure, loopback=req.procedure != "dz-upgrade",
-                                        root_for="" if req.procedure == "dz-upgrade" else _agave_root(env)),
+        "where the lines run:", *_where(env, req.procedure, loopback=req.procedure in AGAVE,
+                                        root_for=_agave_root(env) if req.procedure in AGAVE else ""),
         "on failure:", *on_failure,
     ]
 
@@ -148,20 +149,20 @@ def _section(title: str, lines: list[str]) -> list[str]:
 
 def render(env: Env, req: PlanRequest, adapters: Any) -> str:
     """The whole plan as text (what ``runbook plan`` prints, and the golden transcripts hold)."""
-    from runbook.procedures import agave_plan, dz_plan, get
+    from runbook.procedures import agave_plan, canary_plan, dz_plan, get
 
     if req.procedure in NEGATIVE_ONLY:
         raise ConfigError(f"{req.procedure} is not planned: {NEGATIVE_ONLY[req.procedure]}")
     proc = get(req.procedure)
     planners: dict[str, Any] = {"agave-upgrade": agave_plan.UPGRADE, "agave-rollback": agave_plan.ROLLBACK,
-                                "dz-upgrade": dz_plan.PLANNER}
+                                "dz-upgrade": dz_plan.PLANNER, "canary-promote": canary_plan.PLANNER}
     if req.procedure not in planners:
         raise ConfigError(f"{req.procedure} has no plan")
     if req.cleanup not in CLEANUPS:
         raise ConfigError(f"--cleanup={req.cleanup}: expected one of {', '.join(CLEANUPS)}")
     if req.cleanup != "keep" and req.procedure != "agave-upgrade":
         raise ConfigError(f"--cleanup is an option of agave-upgrade, not of {req.procedure}")
-    if not req.target_version:
+    if not req.target_version and req.procedure != "canary-promote":  # canary-promote: the canary's tag says
         raise ConfigError(f"{req.procedure} needs --target-version to plan"
                           + (" (the version the upgrade installed)" if req.procedure == "agave-rollback" else ""))
     planner = planners[req.procedure]

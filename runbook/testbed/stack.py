@@ -198,7 +198,7 @@ class Testbed:
             progress("cleaning up what a previous testbed left")
             self.down(progress=progress)
         check_ports(self.env)
-        for stale in ("kube", "containers", "journal", "programs", "systemd"):  # a new testbed remembers nothing old
+        for stale in ("kube", "containers", "journal", "programs", "systemd", "prometheus"):  # nothing old remembered
             shutil.rmtree(self.state_dir / stale, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._save(env=self.env.name, up=False)
@@ -305,7 +305,8 @@ class Testbed:
         name = self._node_name()
         node = NodeNetwork(name)
         self._save(netns=name, netns_reason="")  # recorded first: down() cleans up a half-made node
-        ports = [port for setting, port in self.env.port_settings() if setting != "testbed.supervisor_port"]
+        ports = [port for setting, port in self.env.port_settings()
+                 if setting != "testbed.supervisor_port" and not setting.startswith("canary.")]  # canary: this netns
         progress(f"node network namespace {name}, ports {sorted(set(ports))} mapped from this loopback")
         node.up(ports)
 
