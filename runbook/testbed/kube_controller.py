@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from runbook.env import Env, load_env
 from runbook.errors import RunbookError
@@ -53,10 +54,17 @@ MIN_GRACE_AFTER_HOOK = 2.0  # the kubelet's minimumGracePeriodInSeconds
 
 
 def controller_program(env: Env | str, state_dir: Path, netns: str | None = None) -> tuple[str, list[str]]:
-    """(program name, argv) for the testbed's supervisord."""
-    source = env if isinstance(env, str) else (env.source or env.name)
-    argv = [sys.executable, "-m", "runbook.testbed.kube_controller", "--env", source,
-            "--state-dir", str(Path(state_dir).resolve())]
+    """(program name, argv) for the testbed's supervisord. An :class:`Env` is written as the controller reads it
+    (``<state>/kube/controller-env.yaml``), so an env moved in memory (shifted ports) is the one it runs with."""
+    state = Path(state_dir).resolve()
+    if isinstance(env, str):
+        source = env
+    else:
+        (state / "kube").mkdir(parents=True, exist_ok=True)
+        path = state / "kube" / "controller-env.yaml"
+        path.write_text(yaml.safe_dump(env.model_dump(mode="json"), sort_keys=False))
+        source = str(path)
+    argv = [sys.executable, "-m", "runbook.testbed.kube_controller", "--env", source, "--state-dir", str(state)]
     return "kube-controller", argv + (["--netns", netns] if netns else [])
 
 

@@ -54,7 +54,7 @@ def scratch_kube(tmp_path: Path) -> Iterator[Kube]:
     sup.start()
     try:
         wl = LocalWorkloads(env=env, supervisor=sup, state_dir=state, netns=None)
-        name, argv = controller_program(str(env_file), state)
+        name, argv = controller_program(env, state)  # as the stack gives it: the Env written for the controller
         sup.add(name, argv)
         sup.wait_running(name, timeout=10)
         yield Kube(wl, sup, env, free_port())

@@ -11,6 +11,7 @@ from runbook.adapters.base import Rollouts
 from runbook.env import load_env
 from runbook.errors import AdapterError
 from runbook.testbed import kube_rollout as kr
+from runbook.testbed.kube_controller import controller_program
 from runbook.testbed.kubelet import LocalWorkloads
 from runbook.testbed.supervisor import Supervisor
 from tests.testbed.test_rolling_update_support import ENV_FILE, proxy_deployment
@@ -102,3 +103,14 @@ def test_refusals_name_what_is_there(store: LocalWorkloads) -> None:
         store.rollout_undo("zai-proxy", to_revision=3)
     with pytest.raises(AdapterError, match=r'deployments\.apps "nosuch" not found'):
         store.rollout_status("nosuch")
+
+
+def test_the_controller_program_runs_with_the_env_it_was_given(store: LocalWorkloads, tmp_path: Path) -> None:
+    assert store.env.testbed is not None
+    moved = store.env.model_copy(update={"testbed": store.env.testbed.model_copy(update={"supervisor_port": 29501})})
+    name, argv = controller_program(moved, tmp_path, netns="rbtb-x")
+    assert name == "kube-controller" and argv[1:3] == ["-m", "runbook.testbed.kube_controller"]
+    assert argv[argv.index("--state-dir") + 1] == str(tmp_path.resolve()) and argv[-2:] == ["--netns", "rbtb-x"]
+    written = load_env(argv[argv.index("--env") + 1])
+    assert written.testbed is not None and written.testbed.supervisor_port == 29501
+    assert written.model_copy(update={"source": ""}) == moved.model_copy(update={"source": ""})
