@@ -144,7 +144,9 @@ CleanupOption = typer.Option("keep", "--cleanup", help="agave-upgrade: keep (def
 def plan(procedure: str, env: str = EnvOption, target_version: str = TargetOption,
          live: str = typer.Option(None, "--live", help="the colour assumed serving (plan reads no state): green for "
                                   "agave-upgrade and dz-upgrade, blue (the upgrade's new colour) for agave-rollback"),
-         cleanup: str = CleanupOption) -> None:
+         cleanup: str = CleanupOption,
+         to_revision: int = typer.Option(None, "--to-revision", help="canary-undo: the revision of production's "
+                                         "rollout history to go back to")) -> None:
     """Print every command and API call a procedure would make on an env: per step its checks, action,
     verification and rollback. Reads no state, contacts nothing, runs nothing."""
 
@@ -155,7 +157,7 @@ def plan(procedure: str, env: str = EnvOption, target_version: str = TargetOptio
         e = _env(env)
         if live is not None and live not in ("green", "blue"):
             raise RunbookError(f"--live={live}: expected green or blue")
-        req = PlanRequest(procedure, target_version=target_version, live=live, cleanup=cleanup)
+        req = PlanRequest(procedure, target_version=target_version, live=live, cleanup=cleanup, to_revision=to_revision)
         sys.stdout.write(render(e, req, plan_adapters(e)))
 
     _guard(run)

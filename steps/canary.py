@@ -77,6 +77,7 @@ def _put_on_canary(adapters: Adapters, testbed: Testbed | None, image: str, evid
         adapters.rollouts.set_template(c.canary, images={c.container: image}, labels={cp.VERSION_LABEL:
                                                                                      cp.split_tag(image)[1]})
         cp_wait_done(adapters, c.canary)
+    _release_repo(adapters, image, evidence)
     evidence.call(f"the canary {c.canary} runs {image}", {
         "rollout": adapters.rollouts.rollout_status(c.canary).message,
         "pods": [{"pod": p.name, "image": p.container(c.container).image, "ready": p.ready}
@@ -98,8 +99,18 @@ def canary_release(adapters: Adapters, testbed: Testbed | None, evidence: Record
 
         canary_stack.reset(testbed, progress=evidence.note)
     image = _canary_image(adapters)
+    _release_repo(adapters, image, evidence)
     evidence.call(f"the canary {adapters.canary.canary} runs {image}")
     return image
+
+
+def _release_repo(adapters: Adapters, image: str, evidence: Recorder) -> None:
+    """A disposable env without its release repository gets one, at the canary's tag (on production the
+    operator's checkout is the repository, and the checklist checks it)."""
+    repo = cp.release_repo(adapters.env)
+    if adapters.env.disposable and not repo.is_repo():
+        repo.create(cp.split_tag(image)[1])
+        evidence.call(f"created the release repository {repo.path} at VERSION {cp.split_tag(image)[1]}")
 
 
 @given(parsers.re(r"the canary runs the (?P<build>errors|slow|notokens) build of release (?P<version>\d+\.\d+\.\d+)"),

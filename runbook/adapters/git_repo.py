@@ -49,6 +49,17 @@ class GitRepo:
                                obj=str(self.path))
         return r
 
+    def create(self, version: str, *, message: str = "chore: zai-proxy canary") -> None:
+        """A new repository here with VERSION committed (a disposable env's release repository; refused where
+        one exists)."""
+        if self.is_repo():
+            raise AdapterError(f"{self.path} is already a git repository", obj=str(self.path))
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._git("init", "-q", "-b", "main")
+        self._git("config", "user.name", "runbook")
+        self._git("config", "user.email", "runbook@localhost.invalid")
+        self.commit_version(version, message)
+
     def is_repo(self) -> bool:
         return self.path.is_dir() and self._git("rev-parse", "--git-dir", check=False).returncode == 0
 

@@ -57,6 +57,16 @@ def assume(ctx: Context[CanaryFacts]) -> None:
     f.old_revision = 0
 
 
+def _repo(ctx: Context[CanaryFacts]) -> str:
+    from runbook.procedures.canary_promote import release_repo
+
+    return str(release_repo(ctx.env).path)
+
+
+def _git(ctx: Context[CanaryFacts]) -> str:
+    return f"git -C {_repo(ctx)}"
+
+
 def _rev(ctx: Context[CanaryFacts]) -> str:
     return str(ctx.facts.old_revision) if ctx.facts.old_revision else "$REVISION"
 
@@ -103,8 +113,8 @@ def checklist(ctx: Context[CanaryFacts]) -> list[str]:
         f"{k} rollout status deployment/{c.canary}; {k} get pods -l app=zai-proxy,variant=test   # every pod Ready",
         f"POST {c.canary_url}/v1/chat/completions   # functional test: 200, a choice, usage.total_tokens > 0",
         f"# the canary's tag is <release>{c.suffix} and its pods run {f.canary_image}",
-        f"git -C <canary.repo: {c.repo}> status --porcelain; git -C <repo> rev-parse -q --verify refs/tags/{f.tag}"
-        "   # clean, no such tag yet",
+        f"{_git(ctx)} status --porcelain; {_git(ctx)} rev-parse -q --verify refs/tags/{f.tag}   # clean, no such tag "
+        "yet",
     ]
 
 
@@ -169,24 +179,24 @@ def verify(ctx: Context[CanaryFacts]) -> list[str]:
 
 def finalize(ctx: Context[CanaryFacts]) -> list[str]:
     c, f = _cfg(ctx), ctx.facts
-    lines = [f"echo {f.target_version} > <repo>/VERSION; git -C <repo> add VERSION",
-             f"git -C <repo> commit -m 'chore: release zai-proxy v{f.target_version}'",
-             f"git -C <repo> tag -a {f.tag} -m 'Release zai-proxy v{f.target_version} ...' HEAD"]
+    lines = [f"echo {f.target_version} > {_repo(ctx)}/VERSION; {_git(ctx)} add VERSION",
+             f"{_git(ctx)} commit -m 'chore: release zai-proxy v{f.target_version}'",
+             f"{_git(ctx)} tag -a {f.tag} -m 'Release zai-proxy v{f.target_version} ...' HEAD"]
     if c.remote:
-        lines.append(f"git -C <repo> push {c.remote} refs/tags/{f.tag}")
+        lines.append(f"{_git(ctx)} push {c.remote} refs/tags/{f.tag}")
     return lines
 
 
 def finalize_verify(ctx: Context[CanaryFacts]) -> list[str]:
     f = ctx.facts
-    return [f"git -C <repo> cat-file -t refs/tags/{f.tag}   # tag (annotated)",
-            f"git -C <repo> show {f.tag}^{{commit}}:VERSION   # {f.target_version}"]
+    return [f"{_git(ctx)} cat-file -t refs/tags/{f.tag}   # tag (annotated)",
+            f"{_git(ctx)} show {f.tag}^{{commit}}:VERSION   # {f.target_version}"]
 
 
 def unfinalize(ctx: Context[CanaryFacts]) -> list[str]:
     c, f = _cfg(ctx), ctx.facts
-    return [f"git -C <repo> tag -d {f.tag}   # only when it is on this run's commit",
-            f"echo {f.target_version}{c.suffix} > <repo>/VERSION; git -C <repo> commit -am 'revert: ...'"]
+    return [f"{_git(ctx)} tag -d {f.tag}   # only when it is on this run's commit",
+            f"echo {f.target_version}{c.suffix} > {_repo(ctx)}/VERSION; {_git(ctx)} commit -am 'revert: ...'"]
 
 
 def stalled(pods: list[PodInfo], c: CanaryConfig) -> str:
@@ -201,3 +211,14 @@ def stalled(pods: list[PodInfo], c: CanaryConfig) -> str:
 
 
 PLANNER = Planner(facts=lambda ctx: None, header=header)
+
+
+def undo_header(env: Env, req: PlanRequest, ctx: Context[CanaryFacts]) -> tuple[list[str], list[str], list[str]]:
+    c, f = _cfg(ctx), ctx.facts
+    return ([f"  deployment {c.production}, back to revision {f.to_revision}"],
+            ["  $CURRENT: the revision production runs now, read from its rollout history"],
+            [f"  a verification past {c.rollout:g}s: `kubectl rollout undo deployment/{c.production} "
+             "--to-revision=$CURRENT`, then every pod back on its image"])
+
+
+UNDO = Planner(facts=lambda ctx: None, header=undo_header)

@@ -34,6 +34,7 @@ class PlanRequest:
     target_version: str | None = None
     live: str | None = None  # the colour assumed live; None: the procedure's default assumption
     cleanup: str = "keep"
+    to_revision: int | None = None  # canary-undo
 
 
 # ------------------------------------------------------------------------------------------- lines
@@ -128,6 +129,8 @@ def header(env: Env, req: PlanRequest, proc: Any, params: list[str], assumed: li
         argv.append(f"--live={req.live}")
     if req.procedure == "agave-upgrade":
         argv.append(f"--cleanup={req.cleanup}")
+    if req.to_revision is not None:
+        argv.append(f"--to-revision={req.to_revision}")
     kind = "PRODUCTION" if env.production else ("disposable testbed" if env.disposable else "not disposable")
     return [
         "# " + " ".join(argv),
@@ -155,14 +158,17 @@ def render(env: Env, req: PlanRequest, adapters: Any) -> str:
         raise ConfigError(f"{req.procedure} is not planned: {NEGATIVE_ONLY[req.procedure]}")
     proc = get(req.procedure)
     planners: dict[str, Any] = {"agave-upgrade": agave_plan.UPGRADE, "agave-rollback": agave_plan.ROLLBACK,
-                                "dz-upgrade": dz_plan.PLANNER, "canary-promote": canary_plan.PLANNER}
+                                "dz-upgrade": dz_plan.PLANNER, "canary-promote": canary_plan.PLANNER,
+                                "canary-undo": canary_plan.UNDO}
     if req.procedure not in planners:
         raise ConfigError(f"{req.procedure} has no plan")
     if req.cleanup not in CLEANUPS:
         raise ConfigError(f"--cleanup={req.cleanup}: expected one of {', '.join(CLEANUPS)}")
     if req.cleanup != "keep" and req.procedure != "agave-upgrade":
         raise ConfigError(f"--cleanup is an option of agave-upgrade, not of {req.procedure}")
-    if not req.target_version and req.procedure != "canary-promote":  # canary-promote: the canary's tag says
+    if req.procedure == "canary-undo" and req.to_revision is None:
+        raise ConfigError("canary-undo needs --to-revision to plan (a revision of `kubectl rollout history`)")
+    if not req.target_version and not req.procedure.startswith("canary-"):  # canary-promote: the canary's tag says
         raise ConfigError(f"{req.procedure} needs --target-version to plan"
                           + (" (the version the upgrade installed)" if req.procedure == "agave-rollback" else ""))
     planner = planners[req.procedure]
@@ -193,6 +199,8 @@ def _params(req: PlanRequest) -> dict[str, Any]:
         params["live"] = req.live
     if req.procedure == "agave-upgrade":
         params["cleanup"] = req.cleanup
+    if req.to_revision is not None:
+        params["to_revision"] = req.to_revision
     return params
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,12 +154,6 @@ def release_repo_path(tb: Testbed) -> Path:
     return release_repo(tb.env).path
 
 
-def _git(path: Path, *args: str) -> None:
-    r = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise TestbedError(f"git {' '.join(args)} in {path}: {(r.stderr or r.stdout).strip()}")
-
-
 def canary_version(tb: Testbed) -> str:
     c = config(tb)
     for m in manifests():
@@ -171,16 +164,12 @@ def canary_version(tb: Testbed) -> str:
 
 def init_release_repo(tb: Testbed, version: str | None = None) -> Path:
     """A fresh release repository: VERSION at the canary's tag, one commit (the seed's state before step 5)."""
-    path = release_repo_path(tb)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    _git(path, "init", "-q", "-b", "main")
-    _git(path, "config", "user.name", "runbook testbed")
-    _git(path, "config", "user.email", "runbook@testbed.invalid")
-    (path / "VERSION").write_text((version or canary_version(tb)) + "\n")
-    _git(path, "add", "VERSION")
-    _git(path, "commit", "-q", "-m", "chore: zai-proxy canary")
-    return path
+    from runbook.procedures.canary_promote import release_repo
+
+    repo = release_repo(tb.env)
+    shutil.rmtree(repo.path, ignore_errors=True)
+    repo.create(version or canary_version(tb))
+    return repo.path
 
 
 def reset(tb: Testbed, *, canary_image: str | None = None, progress: Progress = _quiet) -> None:
