@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runbook.errors import AdapterError, WaitTimeout
+from runbook.testbed.kube_services import LocalServices
 from runbook.wait import wait_for
 from tests.testbed.test_rolling_update_support import IMAGE, Kube, Monitor, scratch_kube, served_version
 
@@ -33,12 +34,17 @@ def test_surge_one_unavailable_zero_never_drops_below_three_ready_and_ends_on_th
     wl.wait_rollout("zai-proxy", timeout=TIMEOUT)
     before = {p.name for p in wl.pods_of("zai-proxy")}
     assert len(before) == 3
-    with Monitor(wl, "zai-proxy").running() as mon:
+    LocalServices(wl.kube).apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "zai-proxy"}, "spec": {
+        "selector": {"app": "zai-proxy"}, "ports": [{"port": 80, "targetPort": "http"}]}})
+    old_endpoints = {f"{p.ip}:{kube.port}" for p in wl.pods_of("zai-proxy")}
+    assert set(wl.endpoints("zai-proxy")) == old_endpoints
+    with Monitor(wl, "zai-proxy", service="zai-proxy").running() as mon:
         wl.set_template("zai-proxy", images={"proxy": IMAGE.format("1.1.0")}, change_cause="promote 1.1.0")
         pod = wl.wait_rollout("zai-proxy", timeout=TIMEOUT)
     assert mon.saw_both(IMAGE.format("1.0.0"), IMAGE.format("1.1.0")), "the monitor never saw the rollout run"
     assert mon.min_ready >= 3, f"ready pods dropped to {mon.min_ready} with maxUnavailable 0"
     assert mon.max_pods <= 4, f"{mon.max_pods} pods at once with maxSurge 1"
+    assert min(len(e) for e in mon.endpoints) >= 3, "the Service's ready endpoints dropped below 3"
     status = wl.rollout_status("zai-proxy")
     assert status.done and status.message == 'deployment "zai-proxy" successfully rolled out', status
     assert (status.desired, status.replicas, status.updated, status.available, status.revision) == (3, 3, 3, 3, 2)
@@ -51,6 +57,7 @@ def test_surge_one_unavailable_zero_never_drops_below_three_ready_and_ends_on_th
         assert p.ready and p.spec_images == {"proxy": IMAGE.format("1.1.0")}
         assert p.labels["app"] == "zai-proxy" and p.labels["pod-template-hash"]
         assert served_version(p.ip, kube.port) == "1.1.0"  # bound to its own IP through $(POD_IP)
+    assert set(wl.endpoints("zai-proxy")) == {f"{p.ip}:{kube.port}" for p in pods} != old_endpoints
     history = wl.rollout_history("zai-proxy")
     assert [(r.number, r.images["proxy"], r.replicas, r.change_cause) for r in history] == [
         (1, IMAGE.format("1.0.0"), 0, ""), (2, IMAGE.format("1.1.0"), 3, "promote 1.1.0")]
@@ -61,10 +68,13 @@ def test_surge_zero_unavailable_one_drops_to_two_ready(kube: Kube) -> None:
     wl = kube.wl
     wl.apply_deployment(kube.proxy("zai-proxy", "1.0.0", surge=0, unavailable=1))
     wl.wait_rollout("zai-proxy", timeout=TIMEOUT)
-    with Monitor(wl, "zai-proxy").running() as mon:
+    LocalServices(wl.kube).apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "zai-proxy"}, "spec": {
+        "selector": {"app": "zai-proxy"}, "ports": [{"port": 80, "targetPort": "http"}]}})
+    with Monitor(wl, "zai-proxy", service="zai-proxy").running() as mon:
         wl.set_template("zai-proxy", images={"proxy": IMAGE.format("1.1.0")})
         wl.wait_rollout("zai-proxy", timeout=TIMEOUT)
     assert mon.min_ready == 2 and mon.max_pods == 3, (mon.min_ready, mon.max_pods)
+    assert min(len(e) for e in mon.endpoints) == 2, "the endpoints' sampling would miss a drop"
 
 
 def test_a_bad_image_stalls_with_the_old_pods_serving_and_undo_keeps_them(kube: Kube) -> None:

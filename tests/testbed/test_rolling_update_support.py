@@ -99,6 +99,8 @@ class Monitor:
     wl: LocalWorkloads
     deployment: str
     samples: list[tuple[int, int, frozenset[str]]] = field(default_factory=list)  # (ready, pods, images)
+    service: str | None = None  # also sample this Service's endpoints
+    endpoints: list[list[str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -106,6 +108,8 @@ class Monitor:
             pods = self.wl.pods_of(self.deployment)
             images = frozenset(img for p in pods for img in p.spec_images.values())
             self.samples.append((sum(1 for p in pods if p.ready), len(pods), images))
+            if self.service:
+                self.endpoints.append(self.wl.endpoints(self.service))
             self.stop.wait(0.02)
 
     @contextmanager
