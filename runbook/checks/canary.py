@@ -21,7 +21,8 @@ from runbook.canary.gates import LatencyResult, PresenceResult
 from runbook.canary.window import WindowResult
 from runbook.checks.core import Verdict, check, verdict
 from runbook.env_canary import CanaryGates
-from runbook.images import same_image
+from runbook.errors import ConfigError
+from runbook.images import parse, same_image
 from runbook.procedures.framework import RunResult
 
 __all__ = ["CHECKLIST", "baseline", "canary_healthy", "canary_tag", "checklist_ticked", "failed_at_gate", "functional",
@@ -78,7 +79,8 @@ def functional(status: int, body: Any, *, url: str) -> Verdict:
     if not doc.get("choices"):
         problems.append("no choices in the answer")
     usage = doc.get("usage") or {}
-    if not isinstance(usage.get("total_tokens"), int) or usage["total_tokens"] <= 0:
+    total = usage.get("total_tokens")
+    if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
         problems.append(f"no token usage in the answer ({usage or 'none'})")
     observed = {"status": status, "usage": usage, "model": doc.get("model")} if doc else {"status": status,
                                                                                            "body": str(body)[:200]}
@@ -107,8 +109,15 @@ def workers_used(requests: float, *, variant: str, span: float, minimum: float =
 def canary_tag(image: str, pods: Sequence[PodInfo], *, container: str, suffix: str) -> Verdict:
     """Checklist: the canary's image tag is a release with the canary suffix (``1.3.0-canary``), and the
     canary's pods run that image (containerd's name for it, compared normalised)."""
-    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    try:
+        ref = parse(image)
+        tag, digest = ref.tag or "", ref.digest
+    except ConfigError as exc:
+        tag, digest = "", str(exc)
     problems = []
+    if digest:
+        problems.append(f"the canary is pinned by digest ({image}): the promotion names the release by its tag, "
+                        "so the production image would not be the canary's")
     if not tag.endswith(suffix) or not _RELEASE.match(tag):
         problems.append(f"the canary's tag {tag or '(none)'!r} is not <release>{suffix}")
     for p in pods:

@@ -101,10 +101,14 @@ def test_no_worker_traffic_on_the_canary_fails_the_checklist() -> None:
 def test_a_canary_tag_without_the_suffix_is_refused() -> None:
     pods = [_pod("zai-proxy-test-7f9c-a1", CANARY)]
     assert canary.canary_tag(CANARY, pods, container="proxy", suffix="-canary").ok
-    for image, tag in ((NEW, "1.3.0"), ("zai-proxy:latest-canary", "latest-canary"), ("zai-proxy", "(none)")):
+    # an image without a tag is :latest, as a container runtime reads it
+    for image, tag in ((NEW, "1.3.0"), ("zai-proxy:latest-canary", "latest-canary"), ("zai-proxy", "latest")):
         running = [_pod("zai-proxy-test-7f9c-a1", image)]
         v = canary.canary_tag(image, running, container="proxy", suffix="-canary")
         assert v.problems == (f"the canary's tag {tag!r} is not <release>-canary",), image
+    pinned = CANARY + "@sha256:" + "ab" * 32  # a digest: promoting by tag would not promote this image
+    v = canary.canary_tag(pinned, [_pod("zai-proxy-test-7f9c-a1", pinned)], container="proxy", suffix="-canary")
+    assert v.problems and "pinned by digest" in v.problems[0]
 
 
 def test_canary_pods_running_another_image_are_refused() -> None:
