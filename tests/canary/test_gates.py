@@ -265,3 +265,14 @@ def test_each_window_is_judged_as_the_error_rate_gate_judges_it() -> None:
         assert result.failed == sum(r.verdict == "fail" for r in by_hand)
         assert result.inconclusive == sum(r.verdict == "inconclusive" for r in by_hand)
         assert result.worst.lower == max(r.lower for r in by_hand)
+
+
+def test_min_requests_turns_a_thin_pass_into_inconclusive_but_keeps_a_fail() -> None:
+    thin = error_rate_gate(0, 100, min_requests=200)  # 0 errors pass from 52 requests without the floor
+    assert error_rate_gate(0, 100).verdict == "pass"
+    assert thin.verdict == "inconclusive" and "at least 200 requests are needed to pass" in thin.reason
+    assert error_rate_gate(0, 200, min_requests=200).verdict == "pass"
+    assert error_rate_gate(40, 100, min_requests=200).verdict == "fail"  # 40%: a fail stands on 100
+    run = [(t, t * 10.0, 0.0) for t in range(0, 11)]  # 100 requests, no error
+    assert moving_window_error_gate(run, window=5, step=1, min_requests=200).verdict == "inconclusive"
+    assert moving_window_error_gate(run, window=5, step=1).verdict == "pass"
