@@ -168,13 +168,14 @@ class Controller:
         surge, unavailable = kr.fenceposts(m)
         everything = [*olds, new]
         total = sum(rs["spec"]["replicas"] for rs in everything)
-        scaled_up = False
-        if new["spec"]["replicas"] > desired:  # reconcileNewReplicaSet
+        scaled_new = True  # reconcileNewReplicaSet; when it scaled, the old ones wait for the next sync
+        if new["spec"]["replicas"] > desired:
             scale(new, desired)
         elif new["spec"]["replicas"] < desired and total < desired + surge:
             scale(new, new["spec"]["replicas"] + min(desired + surge - total, desired - new["spec"]["replicas"]))
-            scaled_up = True
-        if not scaled_up and sum(rs["spec"]["replicas"] for rs in olds) > 0:  # reconcileOldReplicaSets
+        else:
+            scaled_new = False
+        if not scaled_new and sum(rs["spec"]["replicas"] for rs in olds) > 0:  # reconcileOldReplicaSets
             self._scale_down_olds(olds, new, desired - unavailable, avail, scale)
         for rs in everything:
             if rs["metadata"]["name"] in dirty:
