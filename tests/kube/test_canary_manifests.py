@@ -55,6 +55,10 @@ def promtool(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     for job in config["scrape_configs"]:
         if job.pop("kubernetes_sd_configs", None) is not None:
             job["file_sd_configs"] = [{"files": [str(targets)]}]
+    rules = objects()[("ConfigMap", "prometheus")]["data"].get("zai-proxy-rules.yml")
+    if rules is not None:  # the ConfigMap's rules file, where the container mounts it, is here in tmp_path
+        (tmp_path / "zai-proxy-rules.yml").write_text(rules)
+        config["rule_files"] = [str(tmp_path / Path(f).name) for f in config.get("rule_files") or []]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True, timeout=60,
@@ -229,3 +233,17 @@ def test_the_dockerfile_runs_the_stand_in_with_each_failure_builds_flags() -> No
         command = yaml.safe_load(entrypoint)[2]
         assert command == ("exec python -m runbook.testbed.zai_proxy --version \"$RUNBOOK_IMAGE_VERSION\" "
                            + "".join(f"{f} " for f in flags) + '"$@"')
+
+
+def test_kinds_alert_rules_are_the_testbeds() -> None:
+    """One set of alert rules (the checklist's "no alert firing for the canary"): the ConfigMap carries
+    deploy/prometheus/zai-proxy-rules.yml as the local testbed's Prometheus loads it, and promtool accepts it."""
+    data = objects()[("ConfigMap", "prometheus")]["data"]
+    source = PROJECT_ROOT / "deploy" / "prometheus" / "zai-proxy-rules.yml"
+    assert yaml.safe_load(data["zai-proxy-rules.yml"]) == yaml.safe_load(source.read_text())
+    assert yaml.safe_load(data["prometheus.yml"])["rule_files"] == ["/etc/prometheus/zai-proxy-rules.yml"]
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian's prometheus package, .ci/setup) is not installed")
+    out = subprocess.run(["promtool", "check", "rules", str(source)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0 and "SUCCESS: 2 rules found" in out.stdout, out.stdout + out.stderr
