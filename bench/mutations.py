@@ -159,4 +159,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        if owner_running and key in (\"entries\", \"written\"):",
         "        if key in (\"entries\", \"written\", \"newest_ctime\"):  # MUTANT",
         ("tests/procedures/test_untouched.py::test_a_write_after_the_colour_stopped_fails[copy]",)),
+    # ---------------------------------------------------------------- the canary gates (seed 004)
+    Mutation(
+        "inconclusive-gate-passes", "a gate with too little data to decide is taken for a pass (Flagger #1689)",
+        "runbook/checks/canary.py",
+        "    elif result.verdict == \"inconclusive\":\n        problems.append(",
+        "    elif result.verdict == \"never\":  # MUTANT\n        problems.append(",
+        ("tests/checks/test_canary.py::test_an_inconclusive_gate_is_not_a_pass",)),
+    Mutation(
+        "counts-as-increase", "a counter series first seen after the span's start is counted from its first value, "
+        "as PromQL's increase() does: a new pod's and a first 500's counts are dropped",
+        "runbook/canary/window.py",
+        "                delta = value  # first seen after the start: counted from 0",
+        "                delta = 0.0  # MUTANT",
+        ("tests/canary/test_evaluate.py::test_new_pods_and_a_late_error_series_are_counted_from_zero",)),
+    Mutation(
+        "error-floor-ignored", "the error gate passes on fewer requests than min_requests",
+        "runbook/canary/gates.py",
+        "    elif upper < threshold and requests < min_requests:",
+        "    elif False:  # MUTANT",
+        ("tests/canary/test_gates.py::test_min_requests_turns_a_thin_pass_into_inconclusive_but_keeps_a_fail",)),
 )

@@ -104,6 +104,10 @@ def prepare(ctx: Context[CanaryFacts]) -> None:
     if ctx.params.get("plan"):
         plan.assume(ctx)
         return
+    if ctx.env.production and not ctx.params.get("target_version"):
+        raise PreconditionFailed(f"env {ctx.env.name} is production: name the release to promote (--target-version, "
+                                 "pytest's --canary-version); the canary's tag must be it", env=ctx.env.name,
+                                 procedure=NAME)
     w, r = ctx.adapters.workloads, ctx.adapters.rollouts
     canary, prod = w.deployment(c.canary), w.deployment(c.production)
     for name, dep in ((c.canary, canary), (c.production, prod)):
