@@ -10,7 +10,7 @@ Feature: Canary promotion gated on Prometheus (seed 004)
   @operator
   Scenario: The operator promotes a good canary to production with every checklist item ticked
     Given the canary runs its release
-    And a prober sending chat completions through the production Service at 40 requests/s
+    And a prober sending chat completions through the production Service at 60 requests/s
     And workers have sent 3 chat completions to the canary
     When the canary-promote procedure runs
     Then every step of the promotion passed
@@ -22,7 +22,7 @@ Feature: Canary promotion gated on Prometheus (seed 004)
   @proof
   Scenario: A release that answers errors under production load is undone automatically
     Given the canary runs the errors build of release 1.3.0
-    And a prober sending chat completions through the production Service at 40 requests/s
+    And a prober sending chat completions through the production Service at 60 requests/s
     And workers have sent 3 chat completions to the canary
     When the canary-promote procedure runs, expected to fail at the error rate gate
     Then the promotion failed at that gate and was undone automatically
@@ -32,7 +32,7 @@ Feature: Canary promotion gated on Prometheus (seed 004)
   @proof
   Scenario: A latency regression is caught against production's baseline and undone
     Given the canary runs the slow build of release 1.3.0
-    And a prober sending chat completions through the production Service at 40 requests/s
+    And a prober sending chat completions through the production Service at 60 requests/s
     And workers have sent 3 chat completions to the canary
     When the canary-promote procedure runs, expected to fail at the latency gate
     Then the promotion failed at that gate and was undone automatically
@@ -42,7 +42,7 @@ Feature: Canary promotion gated on Prometheus (seed 004)
   @proof
   Scenario: A canary that lost its token metrics is not promoted
     Given the canary runs the notokens build of release 1.3.0
-    And a prober sending chat completions through the production Service at 40 requests/s
+    And a prober sending chat completions through the production Service at 60 requests/s
     And workers have sent 3 chat completions to the canary
     When the canary-promote procedure runs
     Then the promotion was refused at the checklist: token counting on canary

@@ -20,6 +20,7 @@ from runbook.testbed.stack import Testbed, check_ports
 log = logging.getLogger("runbook")
 
 ENV_KEY = pytest.StashKey[Env]()
+NO_CANARY_KEY = pytest.StashKey[int]()  # canary scenarios deselected: the env has no canary section
 REFUSED_KEY = pytest.StashKey[list[str]]()  # proof scenarios refused on a non-disposable env
 
 
@@ -116,6 +117,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if not item.get_closest_marker("proof")]
             config.hook.pytest_deselected(items=refused)
             config.stash[REFUSED_KEY] = [item.nodeid for item in refused]
+    if env.canary is None:  # seed 004's system is not on this env: its scenarios are not this env's to run
+        absent = [item for item in items if item.get_closest_marker("canary")]
+        if absent:
+            items[:] = [item for item in items if not item.get_closest_marker("canary")]
+            config.hook.pytest_deselected(items=absent)
+            config.stash[NO_CANARY_KEY] = len(absent)
     allow = config.getoption("allow_mutations") or env.disposable
     for item in items:
         if item.get_closest_marker("mutating") and not allow:
@@ -126,6 +133,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if config.stash.get(NO_CANARY_KEY, 0):
+        env = config.stash[ENV_KEY]
+        terminalreporter.write_sep("-", f"{config.stash[NO_CANARY_KEY]} canary scenarios deselected: env {env.name} "
+                                        "has no canary section (runbook.env_canary)")
     refused = config.stash.get(REFUSED_KEY, [])
     if refused:
         env = config.stash[ENV_KEY]

@@ -182,7 +182,12 @@ def reset(tb: Testbed, *, canary_image: str | None = None, progress: Progress = 
         if m["kind"] != "Deployment":
             continue
         name = m["metadata"]["name"]
-        w.delete_deployment(name)
+        # pods still terminating from the last rollout or undo are the controller's to finish (their preStop and
+        # grace): wait for them, then delete (a pod its kill thread is stopping cannot be removed under it)
+        wait_for(functools.partial(_terminating, w, name), lambda terminating: terminating == 0,
+                 timeout=60, interval=0.2, what=f"deployment {name}'s terminating pods gone", env=tb.env.name, obj=name)
+        wait_for(functools.partial(_delete, w, name), bool, timeout=30, interval=0.5, tolerate=(TestbedError,),
+                 what=f"deployment {name} deleted", env=tb.env.name, obj=name)
         # as `kubectl delete --wait` with foreground cascading: its pods gone before a Deployment of the same name
         # comes back (the testbed's garbage collector matches owners by name, not uid)
         wait_for(functools.partial(w.pods, name), lambda pods: not pods, timeout=60, interval=0.2,
@@ -195,3 +200,12 @@ def reset(tb: Testbed, *, canary_image: str | None = None, progress: Progress = 
         w.apply_deployment(m)
     init_release_repo(tb, (canary_image or "").rsplit(":", 1)[-1] or None)
     wait_ready(tb, progress=progress)
+
+
+def _delete(w: Any, name: str) -> bool:
+    w.delete_deployment(name)
+    return True
+
+
+def _terminating(w: Any, name: str) -> int:
+    return len(w.pods(name)) - len(w.pods_of(name))
