@@ -45,7 +45,7 @@ Feature: Canary promotion gated on Prometheus (seed 004)
     And a prober sending chat completions through the production Service at 60 requests/s
     And workers have sent 3 chat completions to the canary
     When the canary-promote procedure runs
-    Then the promotion was refused at the checklist: token counting on canary
+    Then the promotion was refused at the checklist: tokens counted on canary
     And no release tag was made
 
   @proof

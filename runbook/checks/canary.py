@@ -92,7 +92,7 @@ def functional(status: int, body: Any, *, url: str) -> Verdict:
 def tokens_counted(result: PresenceResult, *, variant: str) -> Verdict:
     """Checklist: token counting verified on the canary (``zai_proxy_tokens_total`` exported and rising while
     it served requests); too little traffic to tell is not a pass."""
-    return gate(result, title=f"token counting on {variant}")
+    return gate(result, title=f"tokens counted on {variant}")
 
 
 @check(negative=T + "test_no_worker_traffic_on_the_canary_fails_the_checklist")

@@ -113,6 +113,15 @@ def redact(text: str) -> str:
     return text
 
 
+_TOKEN_COUNT = re.compile(r"(?i)^[\w.-]*_tokens$")  # an LLM's usage: prompt_tokens, completion_tokens, total_tokens
+
+
+def _token_count(name: object, value: object) -> bool:
+    """``"total_tokens": 12``: a count of a model's tokens (an integer under a ``*_tokens`` name), not a secret."""
+    return (isinstance(name, str) and bool(_TOKEN_COUNT.match(name)) and isinstance(value, int)
+            and not isinstance(value, bool))
+
+
 def is_secret_name(name: object) -> bool:
     """True for a field name whose value is a secret (``token``, ``db_password``, ``identity_seed``...)."""
     return isinstance(name, str) and bool(_SECRET_KEY.match(name))
@@ -133,8 +142,8 @@ def redact_obj(obj: Any) -> Any:
         except UnicodeDecodeError:
             return f"<{len(raw)} bytes, not shown>"
     if isinstance(obj, dict):
-        return {k: (REDACTED if is_secret_name(k) and v not in (None, True, False, "") else redact_obj(v))
-                for k, v in obj.items()}
+        return {k: (REDACTED if is_secret_name(k) and v not in (None, True, False, "") and not _token_count(k, v)
+                    else redact_obj(v)) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         if _looks_like_key_bytes(obj):
             return REDACTED

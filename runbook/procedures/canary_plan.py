@@ -109,7 +109,7 @@ def checklist(ctx: Context[CanaryFacts]) -> list[str]:
         _range(c, promql.requests_counter(c.canary_variant), before, NOW) + "   # workers used the canary",
         f"GET {c.prometheus}/api/v1/alerts   # no alert firing with variant={c.canary_variant}",
         _range(c, promql.tokens_series_selector(c.canary_variant), before, NOW)
-        + "   # token counting on the canary: rose while it served",
+        + "   # tokens counted on the canary: rose while it served",
         f"{k} rollout status deployment/{c.canary}; {k} get pods -l app=zai-proxy,variant=test   # every pod Ready",
         f"POST {c.canary_url}/v1/chat/completions   # functional test: 200, a choice, usage.total_tokens > 0",
         f"# the canary's tag is <release>{c.suffix} and its pods run {f.canary_image}",

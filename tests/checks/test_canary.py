@@ -84,7 +84,7 @@ def test_a_canary_without_token_metrics_fails_the_checklist() -> None:
     assert canary.tokens_counted(presence_gate(TOKENS, 360.0, 30), variant="canary").ok
     missing = canary.tokens_counted(presence_gate(TOKENS, None, 30), variant="canary")
     assert missing.problems == (f"presence gate failed: {TOKENS} is not exported while 30 requests were served",)
-    assert missing.title == "token counting on canary"
+    assert missing.title == "tokens counted on canary"
     flat = canary.tokens_counted(presence_gate(TOKENS, 0.0, 30), variant="canary")
     assert flat.problems == (f"presence gate failed: {TOKENS} did not increase while 30 requests were served",)
     idle = canary.tokens_counted(presence_gate(TOKENS, None, 0), variant="canary")  # no traffic: not a pass

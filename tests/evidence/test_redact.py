@@ -75,3 +75,10 @@ def test_megabytes_without_secrets_are_fast() -> None:
     start = time.perf_counter()
     assert redact(text) == text
     assert time.perf_counter() - start < 1.5
+
+
+def test_a_models_token_counts_are_shown_and_a_token_still_hidden() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert redact_obj({"usage": usage}) == {"usage": usage}
+    assert redact_obj({"access_tokens": "abcdef123456", "token": 123456, "auth_tokens": ["x"]}) == {
+        "access_tokens": REDACTED, "token": REDACTED, "auth_tokens": REDACTED}
