@@ -154,7 +154,8 @@ def evaluate(prom: Queries, gates: CanaryGates, *, variant: str, labels: Mapping
 
 
 def calls(gates: CanaryGates, *, variant: str, labels: Mapping[str, str], start: float, end: float) -> list[ApiCall]:
-    """The range queries :func:`evaluate` (and :func:`measure_baseline`, with the baseline's span) sends."""
+    """The range queries :func:`evaluate` sends, in its order (:func:`measure_baseline` sends the first two, the
+    histogram before the requests, over the baseline's span)."""
     step = gates.step
     return [promql.range_query(q, start=start, end=end, step=step) for q in (
         promql.requests_counter(variant, labels),
