@@ -16,7 +16,8 @@ exactly ``env`` (the manifest's env plus the image's, as a kubelet does; nothing
   namespaces directly; otherwise it first makes a user namespace (root inside maps to the caller).
 
 The shim stays as the parent (as containerd-shim does), forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to the
-container and exits with its status. If the shim dies, the container gets SIGKILL (PR_SET_PDEATHSIG),
+container (in a process group of its own: each stop signal arrives once) and exits with its status. If the
+shim dies, the container gets SIGKILL (PR_SET_PDEATHSIG),
 so nothing outlives the supervisor. The shim's command line names the testbed (``--testbed``), so the
 testbed finds its own processes without marking the container's environment.
 """
@@ -24,6 +25,7 @@ testbed finds its own processes without marking the container's environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -91,6 +93,10 @@ def isolate() -> None:
 def _child(config: dict[str, Any], isolated: bool) -> None:
     """In the forked child (PID 1 of the new PID namespace when isolated): exec the container."""
     try:
+        # its own process group: supervisord's group stop (stopasgroup) reaches the shim, which forwards it once,
+        # as containerd signals a container's init once; the group's TERM and the forwarded one would otherwise
+        # both arrive, and a second SIGTERM makes some servers (uvicorn) exit at once, dropping in-flight requests
+        os.setpgid(0, 0)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if isolated:
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -112,6 +118,8 @@ def run(config: dict[str, Any]) -> int:
     pid = os.fork()
     if pid == 0:
         _child(config, isolated)
+    with contextlib.suppress(OSError):  # also from this side, so no group signal can reach it before the child's
+        os.setpgid(pid, pid)
     def forward(signum: int, _frame: object) -> None:
         os.kill(pid, signum)
 
