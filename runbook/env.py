@@ -17,7 +17,7 @@ import base58
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runbook.env_canary import CanaryConfig
+from runbook.env_canary import CanaryConfig, http_url
 from runbook.errors import ConfigError, UnknownEnvironment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,10 +67,7 @@ class IngressConfig(_Model):
     @field_validator("url", "admin")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {v!r}")
-        return v.rstrip("/")
+        return http_url(v)
 
     @property
     def admin_port(self) -> int:

@@ -38,6 +38,14 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
+def http_url(v: str) -> str:
+    """An http(s) URL with a host, without its trailing slash (every URL an env names)."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {v!r}")
+    return v.rstrip("/")
+
+
 Fraction = Annotated[float, BeforeValidator(_fraction)]
 Seconds = Annotated[float, BeforeValidator(_duration)]
 
@@ -91,10 +99,7 @@ class CanaryConfig(_Model):
     @field_validator("url", "canary_url", "prometheus")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {v!r}")
-        return v.rstrip("/")
+        return http_url(v)
 
     @model_validator(mode="after")
     def _two_deployments(self) -> CanaryConfig:

@@ -7,7 +7,6 @@ on the local testbed; a testbed also gets a fresh rollout history and release re
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,7 @@ import pytest
 from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters
-from runbook.canary import promql
-from runbook.canary.window import combine_counters
+from runbook.canary import evaluate
 from runbook.checks import canary as cc
 from runbook.checks import outcome, zero_drop
 from runbook.checks.core import judge, judge_all
@@ -33,9 +31,8 @@ from runbook.procedures.facts import CanaryFacts
 from runbook.procedures.framework import Context, RunResult
 from runbook.testbed.stack import Testbed
 from runbook.wait import wait_for
+from steps.common import report_to
 from steps.upgrade import ProbeRun
-
-log = logging.getLogger("runbook.progress")
 
 
 @dataclass
@@ -48,16 +45,7 @@ class CanaryRun:
 
 def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None, proc: Any,
              params: dict[str, Any]) -> Context[CanaryFacts]:
-    def progress(msg: str) -> None:
-        log.info(msg)
-        evidence.note(msg)
-
-    def mark(name: str, detail: str) -> None:
-        if probe is not None:
-            probe.prober.event(name, detail)
-
-    return proc.context(adapters, params, progress=progress, record=evidence.call, mark=mark,
-                        verdicts=evidence.verdict)
+    return proc.context(adapters, params, **report_to(evidence, probe))
 
 
 def _canary_image(adapters: Adapters) -> str:
@@ -147,12 +135,8 @@ def start_prober(adapters: Adapters, rate: int, request: pytest.FixtureRequest, 
 
 
 def _requests_since(adapters: Adapters, variant: str, start: float) -> float:
-    c = adapters.canary
     with adapters.prometheus() as prom:
-        series = prom.query_range(promql.requests_counter(variant), start=start, end=max(time.time(), start + 1),
-                                  step=c.gates.step).matrix
-    combined = combine_counters([s.values for s in series], start=start)
-    return combined[-1][1] if combined else 0.0
+        return evaluate.requests_between(prom, variant, start=start, end=time.time(), step=adapters.canary.gates.step)
 
 
 @given(parsers.parse("workers have sent {n:d} chat completions to the canary"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from pytest_bdd import given
 
 from runbook.adapters.base import PodInfo
@@ -10,6 +13,22 @@ from runbook.checks.workloads import running_pod
 from runbook.errors import CheckFailed
 from runbook.evidence.recorder import Recorder
 from runbook.procedures import bluegreen as bg
+
+log = logging.getLogger("runbook.progress")
+
+
+def report_to(evidence: Recorder, probe: Any = None) -> dict[str, Any]:
+    """Where a procedure run from a step reports (a Context's progress, record, mark and verdicts): progress to
+    the log and the evidence, calls and verdicts to the evidence, timeline events to the prober when one runs."""
+    def progress(msg: str) -> None:
+        log.info(msg)
+        evidence.note(msg)
+
+    def mark(name: str, detail: str) -> None:
+        if probe is not None:
+            probe.prober.event(name, detail)
+
+    return {"progress": progress, "record": evidence.call, "mark": mark, "verdicts": evidence.verdict}
 
 
 @given("the green deployment's running pod", target_fixture="pod")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,7 @@ from runbook.procedures import accounts, agave_rollback, journal_for, procedure_
 from runbook.procedures import bluegreen as bg
 from runbook.procedures.facts import UpgradeFacts
 from runbook.procedures.framework import Context, Interrupted, RunResult
-
-log = logging.getLogger("runbook.progress")
+from steps.common import report_to
 
 
 @dataclass
@@ -66,16 +64,7 @@ class UpgradeRun:
 
 def _context(adapters: Adapters, evidence: Recorder, probe: ProbeRun | None,
              params: dict[str, Any]) -> Context[UpgradeFacts]:
-    def progress(msg: str) -> None:
-        log.info(msg)
-        evidence.note(msg)
-
-    def mark(name: str, detail: str) -> None:
-        if probe is not None:
-            probe.prober.event(name, detail)
-
-    return Context(adapters=adapters, params=params, facts=UpgradeFacts(), progress=progress, record=evidence.call,
-                   mark=mark, verdicts=evidence.verdict)
+    return Context(adapters=adapters, params=params, facts=UpgradeFacts(), **report_to(evidence, probe))
 
 
 # ------------------------------------------------------------------------------------------- given

@@ -26,7 +26,7 @@ from runbook.canary.promql import ApiCall, QueryResult, Series
 from runbook.canary.window import WindowResult, combine_counters, counts_from_series, moving_window_error_gate
 from runbook.env_canary import CanaryGates
 
-__all__ = ["Baseline", "GateReport", "calls", "evaluate", "measure_baseline", "tokens_presence"]
+__all__ = ["Baseline", "GateReport", "calls", "evaluate", "measure_baseline", "requests_between", "tokens_presence"]
 
 _ERROR = re.compile(promql.ERROR_STATUS)
 
@@ -59,6 +59,12 @@ def _requests(series: Sequence[Series], start: float) -> tuple[float, float]:
     """(requests, errors) over the span from the request counters (every status; errors: 5xx)."""
     errors = [s for s in series if _ERROR.fullmatch(s.labels.get("status", ""))]
     return _total(series, start), _total(errors, start)
+
+
+def requests_between(prom: Queries, variant: str, *, start: float, end: float, step: float,
+                     labels: Mapping[str, str] | None = None) -> float:
+    """Requests ``variant`` answered from ``start`` to ``end`` (every status), counted as the gates count."""
+    return _total(_series(prom, promql.requests_counter(variant, labels), start, end, step), start)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from typing import Any
 
 from runbook.adapters.git_repo import GitRepo
 from runbook.canary import evaluate as ev
-from runbook.canary import promql
 from runbook.checks import canary as cc
 from runbook.checks.core import Verdict
 from runbook.env import PROJECT_ROOT, Env
@@ -153,22 +152,13 @@ def _functional(ctx: Context[CanaryFacts]) -> Verdict:
     return cc.functional(status, body, url=url)
 
 
-def _canary_span_requests(ctx: Context[CanaryFacts], *, end: float) -> float:
-    c = cfg(ctx)
-    start = end - c.gates.baseline
-    with ctx.adapters.prometheus() as prom:
-        series = prom.query_range(promql.requests_counter(c.canary_variant), start=start, end=end,
-                                  step=c.gates.step).matrix
-    combined = ev.combine_counters([s.values for s in series], start=start)
-    return combined[-1][1] if combined else 0.0
-
-
 def checklist(ctx: Context[CanaryFacts]) -> None:
     """The seed's pre-promotion checklist; every item recorded, then one error naming each that failed."""
     c, f, r = cfg(ctx), ctx.facts, ctx.adapters.rollouts
     now = time.time()
-    workers = _canary_span_requests(ctx, end=now)  # before our own functional test adds to it
     with ctx.adapters.prometheus() as prom:
+        # workers' requests on the canary: read before the runbook's own functional test adds to them
+        workers = ev.requests_between(prom, c.canary_variant, start=now - c.gates.baseline, end=now, step=c.gates.step)
         alerts = prom.alerts()
         tokens = ev.tokens_presence(prom, c.gates, variant=c.canary_variant, end=now)
     canary_pods = r.pods_of(c.canary)
@@ -238,9 +228,8 @@ def watch(ctx: Context[CanaryFacts]) -> None:
         if status.done and not f.rollout_done:
             f.rollout_done = now
             ctx.mark("rolled out", status.message)
-        with ctx.adapters.prometheus() as prom:
-            report = ev.evaluate(prom, g, variant=c.variant, labels=labels, start=f.rollout_started, end=now,
-                                 baseline=baseline)
+        report = ev.evaluate(prom, g, variant=c.variant, labels=labels, start=f.rollout_started, end=now,
+                             baseline=baseline)
         f.gates.append({"t": now, "rollout": status.message, **report.to_json()})
         if report.failed:  # a failed gate stops the promotion now, whatever the rollout's state
             ctx.mark("gate failed", "; ".join(report.failed))
@@ -259,10 +248,12 @@ def watch(ctx: Context[CanaryFacts]) -> None:
     # decide it) until the deadline, where it fails the step: too little data never passes a promotion
     remaining = f.rollout_started + c.rollout + g.soak - time.time()
     try:
-        tick = wait_for(observe, lambda t: t.soaked and t.report.passed, timeout=max(remaining, 2 * g.check_every),
-                        interval=g.check_every, what=f"{c.production} rolled out and soaked with every gate passing",
-                        on_progress=progress, progress_every=max(g.check_every, 5.0), env=ctx.env.name,
-                        procedure=NAME, step="roll-out", obj=c.production)
+        with ctx.adapters.prometheus() as prom:  # one client (and its connection) for every tick
+            tick = wait_for(observe, lambda t: t.soaked and t.report.passed,
+                            timeout=max(remaining, 2 * g.check_every),
+                            interval=g.check_every, on_progress=progress, progress_every=max(g.check_every, 5.0),
+                            what=f"{c.production} rolled out and soaked with every gate passing", env=ctx.env.name,
+                            procedure=NAME, step="roll-out", obj=c.production)
     except WaitTimeout as exc:
         last = exc.last_state
         if isinstance(last, _Tick) and last.status.done:
