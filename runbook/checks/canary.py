@@ -45,6 +45,18 @@ def _pods(pods: Sequence[PodInfo], container: str) -> dict[str, Any]:
     return out
 
 
+def _has(p: PodInfo, container: str) -> bool:
+    return any(c.name == container for c in p.containers)
+
+
+def _image_problems(p: PodInfo, container: str, image: str) -> list[str]:
+    """What is wrong with ``container`` in pod ``p`` running ``image`` (containerd's name, normalised)."""
+    if not _has(p, container):
+        return [f"pod {p.name} has no container {container}"]
+    running = p.container(container).image
+    return [] if same_image(running, image) else [f"pod {p.name} runs {running}, not {image}"]
+
+
 @check(negative=T + "test_a_canary_with_a_pod_not_ready_is_not_healthy")
 def canary_healthy(status: RolloutStatus, pods: Sequence[PodInfo], *, container: str) -> Verdict:
     """Checklist: the canary Deployment is rolled out and every pod of it is Ready (the seed's
@@ -121,13 +133,7 @@ def canary_tag(image: str, pods: Sequence[PodInfo], *, container: str, suffix: s
     if not tag.endswith(suffix) or not _RELEASE.match(tag):
         problems.append(f"the canary's tag {tag or '(none)'!r} is not <release>{suffix}")
     for p in pods:
-        try:
-            running = p.container(container).image
-        except KeyError:
-            problems.append(f"pod {p.name} has no container {container}")
-            continue
-        if not same_image(running, image):
-            problems.append(f"pod {p.name} runs {running}, not {image}")
+        problems += _image_problems(p, container, image)
     return verdict("canary image tag confirmed", expected=f"<release>{suffix}, run by every canary pod",
                    observed={"template": image, "pods": _pods(pods, container)}, problems=problems, obj=image)
 
@@ -160,13 +166,9 @@ def on_version(status: RolloutStatus, pods: Sequence[PodInfo], *, container: str
     if status.images.get(container) and not same_image(status.images[container], image):
         problems.append(f"the template names {status.images[container]}, not {image}")
     for p in pods:
-        try:
-            running = p.container(container).image
-        except KeyError:
-            problems.append(f"pod {p.name} has no container {container}")
+        problems += _image_problems(p, container, image)
+        if not _has(p, container):
             continue
-        if not same_image(running, image):
-            problems.append(f"pod {p.name} runs {running}, not {image}")
         if not p.ready:
             problems.append(f"pod {p.name} is not Ready")
         if p.labels.get("version") != version:
