@@ -98,7 +98,11 @@ class CommandFailed(AdapterError):
 
 
 class KubeError(AdapterError):
-    """The Kubernetes API refused or could not be reached."""
+    """The Kubernetes API refused or could not be reached; ``status`` is the HTTP status when it answered."""
+
+    def __init__(self, message: str, *, status: int = 0, **ctx: Any) -> None:
+        self.status = status
+        super().__init__(message, **ctx)
 
 
 class TestbedError(RunbookError):

@@ -33,6 +33,7 @@ __all__ = ["KubeWorkloads", "RolloutState", "check_reachable", "container_status
 
 COLOUR_LABEL = "runbook/colour"
 JSON_PATCH = "application/json-patch+json"
+CONFLICT_RETRIES = 5  # replace attempts when only the status moved under us
 
 
 # --------------------------------------------------------------------------- pure parsing
@@ -245,9 +246,21 @@ class KubeWorkloads(RolloutVerbs):
             self._call(self.apps.create_namespaced_deployment, self.namespace, body, action="create",
                        obj=f"deployment/{name}", _preload_content=False)
             return
-        body["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion")
-        self._call(self.apps.replace_namespaced_deployment, name, self.namespace, body, action="replace",
-                   obj=f"deployment/{name}", _preload_content=False)
+        for attempt in range(CONFLICT_RETRIES):
+            body["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion")
+            try:
+                self._call(self.apps.replace_namespaced_deployment, name, self.namespace, body, action="replace",
+                           obj=f"deployment/{name}", _preload_content=False)
+                return
+            except KubeError as exc:
+                # The Deployment controller writes status (a new resourceVersion, the same generation) while
+                # we replace: re-read and retry. A spec changed by someone else (a new generation) stands.
+                if exc.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                read_generation = current["metadata"].get("generation")
+                current = self._find_deployment(name)
+                if current is None or current["metadata"].get("generation") != read_generation:
+                    raise
 
     def delete_deployment(self, name: str, *, wait: bool = True) -> None:
         """Delete the Deployment (its pods go with it); with ``wait``, until it and its pods are gone.

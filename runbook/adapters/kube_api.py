@@ -139,7 +139,7 @@ def describe_failure(exc: BaseException, *, action: str, obj: str, target: KubeT
             return KubeError(f"{where}: not found (404){detail}", **kw)
         if status == 409:
             return KubeError(f"{where}: conflict (409){detail}; it was changed or created by someone else "
-                             "meanwhile: re-read it and retry", **kw)
+                             "meanwhile: re-read it and retry", status=409, **kw)
         if status == 422:
             return KubeError(f"{where}: rejected as invalid (422){detail}", **kw)
         return KubeError(f"{where}: the API server answered {status} {reason}{detail}", **kw)

@@ -6,6 +6,7 @@ test_contract.py."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import threading
 import time
@@ -204,6 +205,45 @@ def _verb(method: str, path: str) -> tuple[str, str, str]:
     verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
             "DELETE": "delete"}[method]
     return group, resource, verb
+
+
+def _stale_read(kube: KubeWorkloads, fake: FakeApiServer, change: str) -> None:
+    """Make the adapter's next read of a Deployment stale: right after it, someone writes the object (the
+    controller's status, or another client's spec)."""
+    real = kube._find_deployment
+
+    def read_then_write(name: str) -> dict | None:
+        seen = real(name)
+        if seen is not None and not getattr(read_then_write, "done", False):
+            read_then_write.done = True  # type: ignore[attr-defined]
+            with fake.cluster.lock:
+                obj = copy.deepcopy(fake.cluster.get("deployments", kube.namespace, name))
+                if change == "spec":
+                    obj["spec"]["replicas"] = 3
+                fake.cluster.replace("deployments", kube.namespace, name, obj)
+        return seen
+
+    kube._find_deployment = read_then_write  # type: ignore[method-assign]
+
+
+def test_a_replace_that_races_a_status_write_is_retried(fake: FakeApiServer, tmp_path: Path) -> None:
+    kube = adapter_on(fake, tmp_path, namespace="agave")
+    kube.apply_deployment(render_deployment(kube.env, "green", image=IMAGES.app))
+    _stale_read(kube, fake, "status")
+    kube.apply_deployment(render_deployment(kube.env, "green", image=IMAGES.sidecar_new))
+    dep = fake.cluster.get("deployments", "agave", "agave-green")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGES.sidecar_new
+
+
+def test_a_replace_that_races_another_clients_spec_change_is_refused(fake: FakeApiServer,
+                                                                     tmp_path: Path) -> None:
+    kube = adapter_on(fake, tmp_path, namespace="agave")
+    kube.apply_deployment(render_deployment(kube.env, "green", image=IMAGES.app))
+    _stale_read(kube, fake, "spec")
+    with pytest.raises(KubeError, match=r"conflict \(409\)") as err:
+        kube.apply_deployment(render_deployment(kube.env, "green", image=IMAGES.sidecar_new))
+    assert err.value.status == 409
+    assert fake.cluster.get("deployments", "agave", "agave-green")["spec"]["replicas"] == 3
 
 
 def test_the_role_grants_exactly_the_verbs_the_adapter_uses(fake: FakeApiServer, tmp_path: Path) -> None:
