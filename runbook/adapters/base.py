@@ -208,6 +208,34 @@ class Rollouts(Protocol):
         ...
 
 
+OBJECT_KINDS = ("ConfigMap", "Service")
+
+
+@runtime_checkable
+class Objects(Protocol):
+    """ConfigMaps and Services as the API server stores them (seed 003's release: each colour's ConfigMaps and
+    Services, the common ConfigMap clients read, the release state and history). On kind/biscayne the API server
+    (CoreV1); on the local testbed, the testbed's store, whose Services the testbed's kube-proxy and cluster DNS
+    serve and whose ConfigMaps its kubelet projects into pods' configMap volumes."""
+
+    def apply_object(self, manifest: dict[str, Any]) -> None:
+        """Create the object (``kind`` one of :data:`OBJECT_KINDS`), or replace it on the resourceVersion just
+        read. The API server's validation applies (its words: a 422 is a KubeError with status 422)."""
+        ...
+
+    def get_object(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The live object as the platform returns it (``metadata.resourceVersion`` included), or None."""
+        ...
+
+    def delete_object(self, kind: str, name: str) -> None:
+        """Delete it; one that does not exist is not an error (a re-run converges)."""
+        ...
+
+    def list_objects(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        """Every object of that kind in the namespace whose labels match ``selector`` (``k=v,k2=v2``), by name."""
+        ...
+
+
 @runtime_checkable
 class Workloads(Protocol):
     """Deployments, pods and containers (Kubernetes API, or the local kubelet-alike under supervisord)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runbook.adapters.base import CommandResult, Host, Ingress, Rollouts, Storage, Workloads
+from runbook.adapters.base import CommandResult, Host, Ingress, Objects, Rollouts, Storage, Workloads
 from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.reference import ReferenceTip
@@ -73,6 +73,14 @@ class Adapters:
         """The workloads port's rollout verbs (RollingUpdate Deployments and their Services)."""
         if not isinstance(self.workloads, Rollouts):
             raise RunbookError(f"the workloads port of env {self.env.name} has no rollout verbs "
+                               f"({type(self.workloads).__name__})", env=self.env.name)
+        return self.workloads
+
+    @property
+    def objects(self) -> Objects:
+        """The workloads port's ConfigMaps and Services (seed 003's release)."""
+        if not isinstance(self.workloads, Objects):
+            raise RunbookError(f"the workloads port of env {self.env.name} has no ConfigMaps and Services "
                                f"({type(self.workloads).__name__})", env=self.env.name)
         return self.workloads
 
