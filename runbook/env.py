@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runbook.env_canary import CanaryConfig, http_url
+from runbook.env_release import ReleaseConfig
 from runbook.errors import ConfigError, UnknownEnvironment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -228,6 +229,28 @@ class TestbedConfig(_Model):
     host_paths: dict[str, str] = Field(default_factory=dict, description="hostPath prefix -> local path")
     cluster_rate_limit: float = Field(default=4.0, ge=0, description="requests/s per client address the cluster "
                                       "stand-in answers before HTTP 429 + Retry-After, as a public RPC; 0: no limit")
+    service_cidr: str = Field(default="127.240.0.0/16", description="the Services' clusterIPs (the API server's "
+                              "--service-cluster-ip-range): a loopback range the kube-proxy listens in, outside the "
+                              "controller's pod IPs (127.20-219.x.y)")
+    dns_ip: str = Field(default="127.240.0.10", description="the cluster DNS (runbook.testbed.kube_dns), port 53: the "
+                        "nameserver of a pod's ClusterFirst resolv.conf (kind's is 10.96.0.10)")
+
+    @field_validator("service_cidr")
+    @classmethod
+    def _loopback_range(cls, v: str) -> str:
+        import ipaddress
+        net = ipaddress.IPv4Network(v)  # ValueError: pydantic names the field
+        if not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")) or net.num_addresses < 16:
+            raise ValueError(f"{v} must be a loopback range (inside 127.0.0.0/8) of 16 addresses at least")
+        return str(net)
+
+    @field_validator("dns_ip")
+    @classmethod
+    def _loopback_ip(cls, v: str) -> str:
+        import ipaddress
+        if not ipaddress.IPv4Address(v).is_loopback:
+            raise ValueError(f"{v} must be a loopback address (the testbed's DNS listens on this machine)")
+        return v
 
 
 HOST_LOOPBACK = "127.0.0.1"
@@ -340,6 +363,7 @@ class Env(_Model):
     probe: ProbeConfig = ProbeConfig()
     testbed: TestbedConfig | None = None
     canary: CanaryConfig | None = Field(default=None, description="seed 004's canary promotion (runbook.env_canary)")
+    release: ReleaseConfig | None = Field(default=None, description="seed 003's release (runbook.env_release)")
     source: str = Field(default="", exclude=True)
 
     @model_validator(mode="after")
@@ -410,6 +434,8 @@ class Env(_Model):
             c = self.canary
             out += [("canary.url", _url_port(c.url)), ("canary.canary_url", _url_port(c.canary_url)),
                     ("canary.prometheus", _url_port(c.prometheus))]
+        if self.release is not None and self.testbed is not None:
+            out += [("release.url", _url_port(self.release.url))]
         return out
 
     def setting_for_port(self, port: int) -> str:
@@ -443,6 +469,8 @@ def shift_ports(data: dict[str, Any], shift: int) -> None:
     if data.get("canary"):
         for key in ("url", "canary_url", "prometheus"):
             data["canary"][key] = moved(data["canary"][key])
+    if data.get("release"):
+        data["release"]["url"] = moved(data["release"]["url"])
 
 
 def envs_dir() -> Path:

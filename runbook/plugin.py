@@ -58,7 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ENV_KEY] = env
     if not env.disposable and config.getoption("procedure_override", None):
         raise pytest.UsageError(f"env {env.name} is not disposable: --procedure-override swaps in procedures kept for "
-                                "negative tests (seed-upgrade, upgrade-identity-unchecked, upgrade-writes-old-data), "
+                                "negative tests (seed-upgrade, upgrade-identity-unchecked, upgrade-writes-old-data, "
+                                "release-*), "
                                 "which break what they run on; refused")
     if env.production and config.getoption("allow_mutations"):
         if not config.getoption("target_version") and not config.getoption("dz_target_version"):

@@ -21,6 +21,7 @@ from runbook.adapters.rpc import RpcClient
 from runbook.adapters.tunnel import Direct, Reach, reach_for
 from runbook.env import Env
 from runbook.env_canary import CanaryConfig
+from runbook.env_release import ReleaseConfig
 from runbook.errors import ConfigError, RunbookError
 
 if TYPE_CHECKING:
@@ -75,6 +76,15 @@ class Adapters:
             raise RunbookError(f"the workloads port of env {self.env.name} has no rollout verbs "
                                f"({type(self.workloads).__name__})", env=self.env.name)
         return self.workloads
+
+    # -- seed 003's blue-green release ------------------------------------------------------------
+    @property
+    def release(self) -> ReleaseConfig:
+        """The env's ``release`` section; an env without one cannot run the release procedure."""
+        if self.env.release is None:
+            raise ConfigError(f"env {self.env.name} has no release section (runbook.env_release): nothing to "
+                              "release there", env=self.env.name)
+        return self.env.release
 
     @property
     def objects(self) -> Objects:

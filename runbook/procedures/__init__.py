@@ -15,10 +15,20 @@ HOST_JOURNAL_DIR = "/var/lib/runbook"
 
 
 def registry() -> dict[str, Procedure]:
-    from runbook.procedures import agave_rollback, agave_upgrade, canary_promote, canary_undo, dz_upgrade, seed
+    from runbook.procedures import (
+        agave_rollback,
+        agave_upgrade,
+        canary_promote,
+        canary_undo,
+        dz_upgrade,
+        release,
+        release_flaws,
+        seed,
+    )
 
     procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, dz_upgrade.PROCEDURE, seed.PROCEDURE,
-             seed.IDENTITY_UNCHECKED, seed.WRITES_OLD_DATA, canary_promote.PROCEDURE, canary_undo.PROCEDURE]
+             seed.IDENTITY_UNCHECKED, seed.WRITES_OLD_DATA, canary_promote.PROCEDURE, canary_undo.PROCEDURE,
+             release.PROCEDURE, *release_flaws.FLAWED]
     return {p.name: p for p in procs}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from runbook.errors import RunbookError
 
-__all__ = ["CanaryFacts", "DzFacts", "Facts", "UpgradeFacts"]
+__all__ = ["CanaryFacts", "DzFacts", "Facts", "ReleaseFacts", "UpgradeFacts"]
 
 
 @dataclass
@@ -105,3 +105,17 @@ class CanaryFacts(Facts):
     tag: str = ""  # the git tag finalization made
     commit: str = ""  # the VERSION commit it tagged
     to_revision: int = 0  # canary-undo: the revision named (its template becomes production's again)
+
+
+@dataclass
+class ReleaseFacts(Facts):
+    """Seed 003's release: what it deploys, on which colour, and what it must leave as it was."""
+
+    version: str = ""  # the release's version
+    tags: dict[str, str] = field(default_factory=dict)  # component -> image tag
+    rollback_of: str = ""  # a manual rollback: the version in the history it returns to
+    active: str = ""  # the colour clients were on when the run started ("" before the first release)
+    pending: str = ""  # the colour it deploys
+    active_before: dict[str, Any] = field(default_factory=dict)  # the active colour's snapshot (checks.release)
+    ready_since: float = 0.0  # Unix seconds: the new colour ready without a break since
+    deleted: list[dict[str, Any]] = field(default_factory=list)  # the old colour's objects as cleanup deleted them

@@ -25,7 +25,10 @@ CLEANUPS = ("keep", "destroy")
 AGAVE = ("agave-upgrade", "agave-rollback")  # the procedures behind the ingress, on the host's loopback
 NEGATIVE_ONLY = {"seed-upgrade": "the seed document's procedure is for negative tests only (it shows the bugs the "
                                  "suite catches, through pytest --procedure-override agave-upgrade=seed-upgrade on a "
-                                 "testbed); it is never run on an env, so it has no plan"}
+                                 "testbed); it is never run on an env, so it has no plan",
+                 **{name: "a release with a known flaw, for negative tests only (pytest --procedure-override "
+                          f"release={name} on a testbed); it has no plan"
+                    for name in ("release-early-switch", "release-rollback-deletes-active", "release-deadline-resets")}}
 
 
 @dataclass(frozen=True)
@@ -152,14 +155,14 @@ def _section(title: str, lines: list[str]) -> list[str]:
 
 def render(env: Env, req: PlanRequest, adapters: Any) -> str:
     """The whole plan as text (what ``runbook plan`` prints, and the golden transcripts hold)."""
-    from runbook.procedures import agave_plan, canary_plan, dz_plan, get
+    from runbook.procedures import agave_plan, canary_plan, dz_plan, get, release_plan
 
     if req.procedure in NEGATIVE_ONLY:
         raise ConfigError(f"{req.procedure} is not planned: {NEGATIVE_ONLY[req.procedure]}")
     proc = get(req.procedure)
     planners: dict[str, Any] = {"agave-upgrade": agave_plan.UPGRADE, "agave-rollback": agave_plan.ROLLBACK,
                                 "dz-upgrade": dz_plan.PLANNER, "canary-promote": canary_plan.PLANNER,
-                                "canary-undo": canary_plan.UNDO}
+                                "canary-undo": canary_plan.UNDO, "release": release_plan.PLANNER}
     if req.procedure not in planners:
         raise ConfigError(f"{req.procedure} has no plan")
     if req.cleanup not in CLEANUPS:
