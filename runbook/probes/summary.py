@@ -67,6 +67,9 @@ CHAT_BODY = json.dumps({"model": "glm-4.6", "max_tokens": 8, "messages": [
     {"role": "user", "content": "zero-drop probe: answer in a word"}]}, separators=(",", ":")).encode()
 
 
+# seed 003's application through its gateway: a client's read of each service (the answer names its component)
+META_PATHS = {"storage": "/storage/probe", "schema": "/schema/probe"}
+
 KINDS: dict[str, ProbeKind] = {
     k.name: k
     for k in (
@@ -74,9 +77,11 @@ KINDS: dict[str, ProbeKind] = {
         ProbeKind("POST getSlot", "POST", "/", "getSlot"),
         ProbeKind("POST getHealth", "POST", "/", "getHealth"),
         ProbeKind("POST /v1/chat/completions", "POST", CHAT_PATH),
+        *(ProbeKind(f"GET {path}", "GET", path) for path in META_PATHS.values()),
     )
 }
 CHAT_MIX: tuple[str, ...] = ("POST /v1/chat/completions",)
+META_MIX: tuple[str, ...] = tuple(f"GET {path}" for path in META_PATHS.values())
 DEFAULT_MIX: tuple[str, ...] = ("GET /health", "POST getSlot")
 
 
@@ -90,6 +95,9 @@ def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slo
         return "http_error", f"HTTP {status}: {_snippet(body)!r}", None
     if kind.path == CHAT_PATH:
         return _judge_chat(body)
+    component = next((c for c, path in META_PATHS.items() if path == kind.path), None)
+    if component is not None:
+        return _judge_meta(component, body)
     if kind.rpc_method is None:
         text = body.strip()
         if text == b"ok":
@@ -120,6 +128,18 @@ def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slo
         return "bad_body", f"getHealth answered {result!r}", None
     if "result" not in doc:
         return "bad_body", f"no result in {_snippet(body)!r}", None
+    return "ok", "", None
+
+
+def _judge_meta(component: str, body: bytes) -> tuple[str, str, int | None]:
+    """A service's answer through the gateway names the component asked for (a gateway routing to the wrong
+    Service, or an error page with status 200, is not an answer)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "bad_body", f"not JSON: {_snippet(body)!r}", None
+    if not isinstance(doc, dict) or doc.get("component") != component:
+        return "bad_body", f"not an answer of {component}: {_snippet(body)!r}", None
     return "ok", "", None
 
 
