@@ -20,7 +20,8 @@ from runbook.testbed.stack import Testbed, check_ports
 log = logging.getLogger("runbook")
 
 ENV_KEY = pytest.StashKey[Env]()
-NO_CANARY_KEY = pytest.StashKey[int]()  # canary scenarios deselected: the env has no canary section
+NO_SYSTEM_KEY = pytest.StashKey[dict[str, int]]()  # scenarios deselected per system the env does not have
+SYSTEMS = {"canary": "canary", "release": "release"}  # a feature's marker -> the env section its system needs
 REFUSED_KEY = pytest.StashKey[list[str]]()  # proof scenarios refused on a non-disposable env
 
 
@@ -118,12 +119,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if not item.get_closest_marker("proof")]
             config.hook.pytest_deselected(items=refused)
             config.stash[REFUSED_KEY] = [item.nodeid for item in refused]
-    if env.canary is None:  # seed 004's system is not on this env: its scenarios are not this env's to run
-        absent = [item for item in items if item.get_closest_marker("canary")]
-        if absent:
-            items[:] = [item for item in items if not item.get_closest_marker("canary")]
-            config.hook.pytest_deselected(items=absent)
-            config.stash[NO_CANARY_KEY] = len(absent)
+    # a system the env does not have (seed 004's canary, seed 003's release): its scenarios are not this env's
+    absent_systems = {}
+    for marker, section in SYSTEMS.items():
+        if getattr(env, section) is None:
+            absent = [item for item in items if item.get_closest_marker(marker)]
+            if absent:
+                items[:] = [item for item in items if not item.get_closest_marker(marker)]
+                config.hook.pytest_deselected(items=absent)
+                absent_systems[marker] = len(absent)
+    config.stash[NO_SYSTEM_KEY] = absent_systems
     allow = config.getoption("allow_mutations") or env.disposable
     for item in items:
         if item.get_closest_marker("mutating") and not allow:
@@ -134,10 +139,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if config.stash.get(NO_CANARY_KEY, 0):
-        env = config.stash[ENV_KEY]
-        terminalreporter.write_sep("-", f"{config.stash[NO_CANARY_KEY]} canary scenarios deselected: env {env.name} "
-                                        "has no canary section (runbook.env_canary)")
+    env = config.stash.get(ENV_KEY, None)
+    for marker, n in config.stash.get(NO_SYSTEM_KEY, {}).items():
+        section = SYSTEMS[marker]
+        terminalreporter.write_sep("-", f"{n} {marker} scenarios deselected: env {env.name if env else '?'} has no "
+                                        f"{section} section (runbook.env_{section})")
     refused = config.stash.get(REFUSED_KEY, [])
     if refused:
         env = config.stash[ENV_KEY]
