@@ -20,10 +20,12 @@ from typing import Any
 
 from runbook.env import PROJECT_ROOT, known_envs, load_env
 from runbook.errors import RunbookError
+from runbook.kustomize import kustomize
 from runbook.manifests import COLOURS, all_manifests, cluster_manifests, render_deployment
 
 MIN_VERSION = "1.32.0"  # in-place native-sidecar image updates (design trap 5)
 WORKFLOW_SCHEMA = "vendor.github-workflows"
+RELEASE_DIR = PROJECT_ROOT / "deploy" / "k8s" / "release"
 
 
 def manifests() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -31,6 +33,9 @@ def manifests() -> Iterator[tuple[str, dict[str, Any]]]:
     for source, docs in all_manifests().items():
         for i, doc in enumerate(docs):
             yield f"{source}[{i}]", doc
+    for release in (RELEASE_DIR, RELEASE_DIR / "colour"):  # seed 003: the base and the colour template
+        for i, doc in enumerate(kustomize(release)):
+            yield f"{release.relative_to(PROJECT_ROOT)}[{i}]", doc
     for name in known_envs():
         env = load_env(name)
         for colour in COLOURS:
