@@ -41,8 +41,6 @@ from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo, Proce
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
 from runbook.images import normalise
-from runbook.testbed.kube_dns import pod_resolv_conf
-from runbook.testbed.kube_objects import ObjectsMixin
 from runbook.testbed.kube_rollout import HASH_LABEL, RolloutsMixin, expand, is_rolling, manifest_env
 from runbook.testbed.shim import container_pid
 from runbook.testbed.supervisor import Supervisor
@@ -80,7 +78,7 @@ class ImageNotFound(LookupError):
     pass
 
 
-class LocalWorkloads(ObjectsMixin, RolloutsMixin):
+class LocalWorkloads(RolloutsMixin):
     """Deployments and pods of one testbed, persisted under ``<state>/kube``. RollingUpdate Deployments are
     stored only: the testbed's controller (:mod:`runbook.testbed.kube_controller`) rolls them out."""
 
@@ -304,9 +302,6 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
         for rec in self._event_records():
             if rec["process"].startswith(pod + "--"):
                 when = datetime.fromtimestamp(rec["t"], UTC).isoformat(timespec="milliseconds")
-                if "message" in rec:  # the kubelet's own (FailedMount): Warning <reason> <message>
-                    out.append(f"{when} Warning {rec['event']} {rec['message']}")
-                    continue
                 out.append(f"{when} {rec['process'].split('--', 1)[1]} {rec['event']} from {rec['from']}")
         return out
 
@@ -341,19 +336,14 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
                                "labels": {**(template.get("metadata") or {}).get("labels", {}), HASH_LABEL: thash}}
         self._write("pods", pod, obj)
         self._mount_volumes(pod, spec)
-        if not self._setup_configmap_volumes(pod, obj):  # MountVolume.SetUp failed: ContainerCreating, retried
-            return pod
-        self._start_containers(pod, obj)
-        return pod
-
-    def _start_containers(self, pod: str, obj: dict[str, Any]) -> None:
-        for kind, c in self._containers(obj["spec"]):  # sidecars first, each running before the next starts
+        for kind, c in self._containers(spec):  # sidecars first, each running before the next starts
             self._start_container(pod, obj, kind, c)
             if kind == "sidecar" and not obj["waiting"].get(c["name"]):
                 # the next container starts once the sidecar has started; one that then keeps exiting is
                 # CrashLoopBackOff in the pod's status, not an error of the apply (as with a real kubelet)
                 with contextlib.suppress(TestbedError):
                     self.sup.wait_running(_program(pod, c["name"]), timeout=self.env.timeouts.rollout)
+        return pod
 
     def _delete_pod(self, pod: str) -> None:
         obj = self._read("pods", pod)
@@ -387,9 +377,6 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
             (root / "root").mkdir(parents=True, exist_ok=True)
             for m in c.get("volumeMounts", []):
                 vol = volumes.get(m["name"])
-                if vol is not None and "configMap" in vol:  # projected by kube_objects, refreshed by the controller
-                    self._mount_configmap(pod, vol, root / m["mountPath"].lstrip("/"))
-                    continue
                 if vol is None or "hostPath" not in vol:
                     raise AdapterError(f"pod {pod}: volume {m['name']} must be a hostPath on the testbed",
                                        env=self.env.name, obj=pod)
@@ -473,8 +460,7 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
         rest = [self._translate(pod, c, a) for a in command[1:] + [expand(str(a), menv) for a in c.get("args", [])]]
         argv = [command[0], *rest] if command else [*argv, *rest]
         config = {"argv": argv, "env": self._container_env(pod, c), "cwd": str(root),
-                  "netns": self.netns if self._host_network(obj) else None, "isolate": True,
-                  "resolv_conf": self._resolv_conf(pod, obj)}
+                  "netns": self.netns if self._host_network(obj) else None, "isolate": True}
         cfg = self._config_path(pod, c["name"])
         cfg.write_text(json.dumps(config, indent=1))
         shim = [sys.executable, "-m", "runbook.testbed.shim", "--testbed", str(self.state_dir),
@@ -492,19 +478,6 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
     @staticmethod
     def _host_network(obj: Mapping[str, Any]) -> bool:
         return bool(obj["spec"].get("hostNetwork"))
-
-    def _resolv_conf(self, pod: str, obj: Mapping[str, Any]) -> str | None:
-        """The pod's resolv.conf (the kubelet's, by dnsPolicy: the testbed's cluster DNS for ClusterFirst) as a
-        file for the shim to mount, or None: the node's. A ReplicaSet's pods only; the agave pods keep the node's."""
-        if "replicaset" not in obj:
-            return None
-        text = pod_resolv_conf(obj["spec"], str(obj.get("namespace") or "default"), self.tb.dns_ip)
-        if text is None:
-            return None
-        path = self.state_dir / "containers" / pod / "resolv.conf"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return str(path)
 
     def _config_path(self, pod: str, container: str) -> Path:
         return self.state_dir / "containers" / pod / f"{container}.config.json"
