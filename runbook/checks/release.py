@@ -17,11 +17,12 @@ from typing import Any
 
 from runbook.adapters.base import PodInfo, RolloutStatus
 from runbook.checks.core import Verdict, check, verdict
+from runbook.procedures.framework import RunResult
 from runbook.procedures.release_state import Record, State
 
 __all__ = ["FAILING_REASONS", "clients_switched", "colour_gone", "colour_not_failing", "colour_ready",
-           "common_names", "history_is", "ready_held", "released", "snapshot", "switched_after_grace",
-           "untouched"]
+           "common_names", "first_release_failed", "history_is", "ready_held", "released", "rolled_back_for",
+           "snapshot", "switched_after_grace", "untouched"]
 
 T = "tests/checks/test_release.py::"
 # the kubelet's waiting reasons that mean a container will not start without a change (the seed's checkPodStatus)
@@ -202,3 +203,53 @@ def switched_after_grace(samples: Sequence[tuple[float, bool]], *, switched_at: 
     return verdict(f"switch to {colour} after the grace period", expected=f"ready for >= {grace:g}s before the switch",
                    observed=f"ready for {held:.1f}s before the switch ({len(before)} samples)", problems=problems,
                    obj=colour)
+
+
+@check(negative=[T + "test_a_rollback_for_another_step_or_reason_fails",
+                 T + "test_a_failure_found_after_the_deadline_fails"])
+def rolled_back_for(result: RunResult | None, journal: Mapping[str, Any], *, step: str, reason: str,
+                    within: float) -> Verdict:
+    """The run failed at ``step``, its error naming ``reason`` (the waiting reason or restart count that was
+    read), within ``within`` seconds of that step's start (a deadline no crash resets), then rolled back."""
+    problems = []
+    observed: dict[str, Any] = {"journal": journal.get("status")}
+    if result is None:
+        problems.append("the release did not finish (interrupted)")
+    else:
+        observed["steps"] = [f"{s.name}: {s.status} ({s.seconds:.1f}s) {s.error}".strip() for s in result.steps]
+        failed = [s for s in result.steps if s.status == "failed"]
+        if result.ok or not failed:
+            problems.append("the release did not fail")
+        elif failed[0].name != step:
+            problems.append(f"failed at {failed[0].name}, not at {step}: {failed[0].error}")
+        else:
+            if reason not in failed[0].error:
+                problems.append(f"{step} failed without naming {reason}: {failed[0].error}")
+            if failed[0].seconds > within:
+                problems.append(f"{step} failed after {failed[0].seconds:.1f}s, past {within:g}s")
+        if not result.rolled_back:
+            problems.append("no automatic rollback ran")
+    if journal.get("status") != "rolled back":
+        problems.append(f"the journal says {journal.get('status')!r}, not 'rolled back'")
+    return verdict(f"failed at {step} for {reason} within {within:g}s, then rolled back",
+                   expected={"step": step, "reason": reason, "within": within}, observed=observed, problems=problems)
+
+
+@check(negative=T + "test_a_failed_first_release_that_was_deleted_or_not_recorded_fails")
+def first_release_failed(state: State, *, version: str, colour: str, present: Sequence[str],
+                         expected: Sequence[str]) -> Verdict:
+    """A first release that failed: the state Failed, its record Failed, and nothing rolled back (there is no
+    colour to go back to): every object it created still there for the operator."""
+    rec = state.history[-1] if state.history else None
+    problems = []
+    if state.phase != "Failed":
+        problems.append(f"phase {state.phase}, not Failed")
+    if rec is None or (rec.version, rec.colour, rec.status) != (version, colour, "Failed"):
+        problems.append(f"the newest record is {f'{rec.version} {rec.colour} {rec.status}' if rec else 'none'}, "
+                        f"not {version} {colour} Failed")
+    missing = [e for e in expected if e not in present]
+    if missing:
+        problems.append(f"deleted, though there was nothing to roll back to: {missing}")
+    return verdict(f"first release {version} Failed, nothing rolled back", expected={"phase": "Failed",
+                   "record": f"{version} {colour} Failed", "objects": list(expected)},
+                   observed={"phase": state.phase, "objects": list(present)}, problems=problems, obj=colour)

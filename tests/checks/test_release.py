@@ -229,3 +229,45 @@ def test_a_colour_missing_an_object_cannot_be_derived_from() -> None:
     partial = [o for o in _blue() if o["metadata"]["name"] != "meta-schema-blue" or o["kind"] != "Service"]
     with pytest.raises(ConfigError, match="colour blue has no Service meta-schema-blue"):
         rs.derive(partial, c, src="blue", dst="green", target=rs.Target("1.1.0", {"storage": "1", "schema": "1"}))
+
+
+def _result(step: str, status: str, seconds: float, error: str, *, rolled_back: bool = True) -> object:
+    from runbook.procedures.framework import RunResult, StepOutcome
+
+    return RunResult("release", False, [StepOutcome("deploy", "done", 0.3),
+                                        StepOutcome(step, status, seconds, error)], error, rolled_back=rolled_back)
+
+
+def test_a_rollback_for_another_step_or_reason_fails() -> None:
+    ok = _result("await-ready", "failed", 4.0, "colour green not failing: ... is CrashLoopBackOff")
+    assert rc.rolled_back_for(ok, {"status": "rolled back"}, step="await-ready", reason="CrashLoopBackOff",  # type: ignore[arg-type]
+                              within=25).ok
+    wrong = _result("await-ready", "failed", 4.0, "colour green ready: 1 of 2 replicas ready")
+    v = rc.rolled_back_for(wrong, {"status": "rolled back"}, step="await-ready", reason="CrashLoopBackOff",  # type: ignore[arg-type]
+                           within=25)
+    assert v.problems == ("await-ready failed without naming CrashLoopBackOff: colour green ready: 1 of 2 replicas "
+                          "ready",)
+    other = _result("switch", "failed", 4.0, "CrashLoopBackOff")
+    assert "failed at switch, not at await-ready" in rc.rolled_back_for(
+        other, {"status": "rolled back"}, step="await-ready", reason="CrashLoopBackOff", within=25).problems[0]  # type: ignore[arg-type]
+    kept = _result("await-ready", "failed", 4.0, "CrashLoopBackOff", rolled_back=False)
+    assert not rc.rolled_back_for(kept, {"status": "failed"}, step="await-ready", reason="CrashLoopBackOff",  # type: ignore[arg-type]
+                                  within=25).ok
+
+
+def test_a_failure_found_after_the_deadline_fails() -> None:
+    late = _result("await-ready", "failed", 31.0, "timed out ... CrashLoopBackOff")
+    v = rc.rolled_back_for(late, {"status": "rolled back"}, step="await-ready", reason="CrashLoopBackOff",  # type: ignore[arg-type]
+                           within=25)
+    assert v.problems == ("await-ready failed after 31.0s, past 25s",)
+
+
+def test_a_failed_first_release_that_was_deleted_or_not_recorded_fails() -> None:
+    objs = ["ConfigMap/meta-storage-blue", "Deployment/meta-storage-blue"]
+    st = rs.State(phase="Failed", history=[_rec("1.0.0", "blue", "Failed")])
+    assert rc.first_release_failed(st, version="1.0.0", colour="blue", present=objs, expected=objs).ok
+    v = rc.first_release_failed(st, version="1.0.0", colour="blue", present=objs[:1], expected=objs)
+    assert v.problems == ("deleted, though there was nothing to roll back to: ['Deployment/meta-storage-blue']",)
+    stable = rs.State(phase="Stable", history=[])
+    assert len(rc.first_release_failed(stable, version="1.0.0", colour="blue", present=objs, expected=objs)
+               .problems) == 2
