@@ -21,8 +21,8 @@ from runbook.procedures.framework import RunResult
 from runbook.procedures.release_state import Record, State
 
 __all__ = ["FAILING_REASONS", "clients_switched", "colour_gone", "colour_not_failing", "colour_ready",
-           "common_names", "first_release_failed", "history_is", "ready_held", "released", "rolled_back_for",
-           "snapshot", "switched_after_grace", "untouched"]
+           "common_names", "first_release_failed", "history_is", "phase_is", "ready_held", "released", "resumed",
+           "rolled_back_for", "snapshot", "switched_after_grace", "untouched"]
 
 T = "tests/checks/test_release.py::"
 # the kubelet's waiting reasons that mean a container will not start without a change (the seed's checkPodStatus)
@@ -253,3 +253,25 @@ def first_release_failed(state: State, *, version: str, colour: str, present: Se
     return verdict(f"first release {version} Failed, nothing rolled back", expected={"phase": "Failed",
                    "record": f"{version} {colour} Failed", "objects": list(expected)},
                    observed={"phase": state.phase, "objects": list(present)}, problems=problems, obj=colour)
+
+
+@check(negative=T + "test_a_run_that_was_not_stopped_at_that_phase_fails")
+def phase_is(state: State, *, phase: str, interrupted: str) -> Verdict:
+    """The run was interrupted, and the state kept in the cluster is at ``phase``."""
+    problems = [] if interrupted else ["the run was not interrupted"]
+    if state.phase != phase:
+        problems.append(f"the release state is at {state.phase}, not {phase}")
+    return verdict(f"release stopped at {phase}", expected=phase, observed={"phase": state.phase,
+                   "interrupted": interrupted or "no"}, problems=problems)
+
+
+@check(negative=T + "test_a_second_run_that_repeated_a_step_did_not_resume")
+def resumed(result: RunResult | None, journal: Mapping[str, Any], *, before: Sequence[str]) -> Verdict:
+    """A second run (its own journal: another machine) finished the release without acting again in the steps
+    ``before`` the phase the first reached: it read the phase from the cluster."""
+    acted = list(journal.get("acted", []))
+    problems = [] if result is not None and result.ok else [f"the second run did not finish: "
+                                                            f"{result.error if result else 'interrupted'}"]
+    problems += [f"{s} acted again" for s in before if s in acted]
+    return verdict("the second run resumed at the phase reached", expected={"not repeated": list(before)},
+                   observed={"acted": acted, "journal": journal.get("status")}, problems=problems)

@@ -150,7 +150,7 @@ def snapshot(ctx: Context[Any], colour: str) -> dict[str, Any]:
     return rc.snapshot(found, pods)
 
 
-def _present(ctx: Context[Any], colour: str) -> list[str]:
+def present(ctx: Context[Any], colour: str) -> list[str]:
     objs, w = ctx.adapters.objects, ctx.adapters.workloads
     return [f"{kind}/{name}" for kind, name in rs.colour_names(cfg(ctx), colour)
             if (w.deployment(name) if kind == "Deployment" else objs.get_object(kind, name)) is not None]
@@ -227,7 +227,7 @@ def verify_deployed(ctx: Ctx) -> None:
     st = state(ctx)
     if _is_released(ctx, st):
         return
-    missing = [p for p in (f"{k}/{n}" for k, n in rs.colour_names(c, f.pending)) if p not in _present(ctx, f.pending)]
+    missing = [p for p in (f"{k}/{n}" for k, n in rs.colour_names(c, f.pending)) if p not in present(ctx, f.pending)]
     if missing:
         raise _err(ctx, f"colour {f.pending} lacks {', '.join(missing)} after the deploy", CheckFailed)
 
@@ -260,16 +260,22 @@ def delete_colour(ctx: Context[Any], colour: str) -> None:
             w.delete_deployment(name, wait=True)
         else:
             objs.delete_object(kind, name)
-    ctx.judge(rc.colour_gone(colour, _present(ctx, colour)))
+    ctx.judge(rc.colour_gone(colour, present(ctx, colour)))
+
+
+def serving(ctx: Context[Any], colour: str) -> list[Verdict]:
+    """The common ConfigMap names the colour's Services, and every client process has loaded them."""
+    c = cfg(ctx)
+    return [rc.common_names(ctx.adapters.objects.get_object("ConfigMap", c.common), hosts=hosts(c, colour)),
+            rc.clients_switched(loaded_by_clients(ctx), hosts=client_hosts(c, colour))]
 
 
 def steady_state(ctx: Ctx) -> None:
-    """After a rollback: the colour clients were on is as it was, and the common ConfigMap still names it."""
-    c, f = cfg(ctx), ctx.facts
+    """After a rollback: the colour clients were on is as it was, and they are all still on it."""
+    f = ctx.facts
     if not f.active:
         return
-    ctx.judge_all([rc.untouched(f.active, f.active_before, snapshot(ctx, f.active)),
-                   rc.common_names(ctx.adapters.objects.get_object("ConfigMap", c.common), hosts=hosts(c, f.active))])
+    ctx.judge_all([rc.untouched(f.active, f.active_before, snapshot(ctx, f.active)), *serving(ctx, f.active)])
 
 
 # ----------------------------------------------------------------------------- await-ready
@@ -433,7 +439,7 @@ def unswitch(ctx: Ctx) -> None:
 
 def cleaned(ctx: Ctx) -> bool:
     st = state(ctx)
-    return _is_released(ctx, st) and (not ctx.facts.active or not _present(ctx, ctx.facts.active))
+    return _is_released(ctx, st) and (not ctx.facts.active or not present(ctx, ctx.facts.active))
 
 
 def cleanup(ctx: Ctx) -> None:
@@ -455,7 +461,7 @@ def verify_cleaned(ctx: Ctx) -> None:
     f = ctx.facts
     judged = [rc.released(state(ctx), version=f.version, colour=f.pending)]
     if f.active and f.active != f.pending:
-        judged.append(rc.colour_gone(f.active, _present(ctx, f.active)))
+        judged.append(rc.colour_gone(f.active, present(ctx, f.active)))
     ctx.judge_all(judged)
 
 

@@ -271,3 +271,21 @@ def test_a_failed_first_release_that_was_deleted_or_not_recorded_fails() -> None
     stable = rs.State(phase="Stable", history=[])
     assert len(rc.first_release_failed(stable, version="1.0.0", colour="blue", present=objs, expected=objs)
                .problems) == 2
+
+
+def test_a_run_that_was_not_stopped_at_that_phase_fails() -> None:
+    at = rs.State(phase="Switching")
+    assert rc.phase_is(at, phase="Switching", interrupted="interrupted after await-ready").ok
+    assert rc.phase_is(at, phase="Switching", interrupted="").problems == ("the run was not interrupted",)
+    assert rc.phase_is(rs.State(phase="Stable"), phase="Switching", interrupted="x").problems == (
+        "the release state is at Stable, not Switching",)
+
+
+def test_a_second_run_that_repeated_a_step_did_not_resume() -> None:
+    from runbook.procedures.framework import RunResult
+
+    ok = RunResult("release", True, [])
+    assert rc.resumed(ok, {"acted": ["switch", "cleanup"]}, before=["deploy", "await-ready"]).ok
+    v = rc.resumed(ok, {"acted": ["deploy", "await-ready", "switch", "cleanup"]}, before=["deploy", "await-ready"])
+    assert v.problems == ("deploy acted again", "await-ready acted again")
+    assert not rc.resumed(RunResult("release", False, [], "boom"), {"acted": []}, before=["deploy"]).ok
