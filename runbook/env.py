@@ -229,6 +229,10 @@ class TestbedConfig(_Model):
     host_paths: dict[str, str] = Field(default_factory=dict, description="hostPath prefix -> local path")
     cluster_rate_limit: float = Field(default=4.0, ge=0, description="requests/s per client address the cluster "
                                       "stand-in answers before HTTP 429 + Retry-After, as a public RPC; 0: no limit")
+    configmap_sync: Duration = Field(default=2.0, gt=0, description="how often the testbed's kubelet refreshes a "
+                                     "pod's configMap volumes from their ConfigMaps (per pod, from its creation): "
+                                     "a client sees a ConfigMap change this late at most (a real kubelet: its sync "
+                                     "period plus its ConfigMap cache TTL, ~60-90 s)")
     service_cidr: str = Field(default="127.240.0.0/16", description="the Services' clusterIPs (the API server's "
                               "--service-cluster-ip-range): a loopback range the kube-proxy listens in, outside the "
                               "controller's pod IPs (127.20-219.x.y)")

@@ -104,6 +104,7 @@ class Controller:
         self.stopping = threading.Event()
         self.octet = 20 + zlib.crc32(str(wl.state_dir).encode()) % 200
         self.next_ip = 0
+        self.volumes_synced: dict[str, float] = {}  # pod -> when its configMap volumes were last synced
 
     # -- loop ------------------------------------------------------------------------------------
     def run(self, interval: float = 0.1) -> None:
@@ -124,6 +125,7 @@ class Controller:
             self.sync_deployment(name, manifest)
         self.sync_replicasets(deployments)
         self.collect_garbage(deployments)
+        self.sync_volumes()
 
     # -- the Deployment controller ---------------------------------------------------------------
     def sync_deployment(self, name: str, m: dict[str, Any]) -> None:
@@ -348,6 +350,23 @@ class Controller:
         for rec in self.wl.pod_records():
             if rec.get("replicaset") and (rec["replicaset"] not in names or rec.get("terminating")):
                 self.delete_pod(rec["name"])
+
+    # -- the kubelet's configMap volumes ---------------------------------------------------------
+    def sync_volumes(self) -> None:
+        """The kubelet's periodic pod sync, for configMap volumes: each pod's every ``testbed.configmap_sync``
+        counted from its creation (so pods see a ConfigMap change at different times, never at the write)."""
+        now = time.time()
+        period = float(self.wl.tb.configmap_sync)
+        records = self.wl.pod_records()
+        for rec in records:
+            last = self.volumes_synced.get(rec["name"], float(rec.get("created") or now))
+            if now - last >= period:
+                self.volumes_synced[rec["name"]] = now
+                self.wl.sync_configmap_volumes(rec["name"])
+        live = {rec["name"] for rec in records}
+        for gone in set(self.volumes_synced) - live:
+            self.volumes_synced.pop(gone, None)
+            self.wl.remove_orphan_volumes()
 
     # -- the kubelet's prober --------------------------------------------------------------------
     def probe_all(self) -> None:

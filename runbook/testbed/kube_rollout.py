@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from runbook.adapters.base import PodInfo, Revision, RolloutStatus
 from runbook.env import HOST_LOOPBACK
-from runbook.errors import AdapterError
+from runbook.errors import AdapterError, KubeError
 from runbook.wait import wait_for
 
 if TYPE_CHECKING:
@@ -101,6 +101,26 @@ def validate(manifest: Mapping[str, Any]) -> list[str]:
     if replicas_of(manifest) < 0:
         problems.append("spec.replicas: must be greater than or equal to 0")
     return problems
+
+
+def go_label_selector(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector as the API server's field error prints it (Go's %#v of v1.LabelSelector)."""
+    def go_str(v: Any) -> str:
+        return json.dumps(str(v))
+    labels = selector.get("matchLabels")
+    ml = "map[string]string(nil)" if labels is None else \
+        "map[string]string{" + ", ".join(f"{go_str(k)}:{go_str(v)}" for k, v in sorted(labels.items())) + "}"
+    exprs = selector.get("matchExpressions")
+    if exprs is None:
+        me = "[]v1.LabelSelectorRequirement(nil)"
+    else:
+        def req(r: Mapping[str, Any]) -> str:
+            values = r.get("values")
+            vs = "[]string(nil)" if values is None else "[]string{" + ", ".join(go_str(v) for v in values) + "}"
+            return (f"v1.LabelSelectorRequirement{{Key:{go_str(r.get('key', ''))}, "
+                    f"Operator:{go_str(r.get('operator', ''))}, Values:{vs}}}")
+        me = "[]v1.LabelSelectorRequirement{" + ", ".join(req(r) for r in exprs) + "}"
+    return f"v1.LabelSelector{{MatchLabels:{ml}, MatchExpressions:{me}}}"
 
 
 def revision_of(rs: Mapping[str, Any]) -> int:
@@ -188,11 +208,14 @@ class RolloutsMixin:
         """The API server's part of an apply: validate, bump ``metadata.generation`` when the spec changed."""
         name = manifest["metadata"]["name"]
         problems = validate(manifest)
-        if problems:
-            raise AdapterError(f'Deployment.apps "{name}" is invalid: ' + "; ".join(problems),
-                               env=self.env.name, obj=name)
-        manifest = copy.deepcopy(manifest)
         old = self._read("deployments", name)
+        selector = (manifest.get("spec") or {}).get("selector")
+        if old is not None and selector != (old.get("spec") or {}).get("selector"):  # apps/v1: immutable
+            problems.append(f"spec.selector: Invalid value: {go_label_selector(selector or {})}: field is immutable")
+        if problems:
+            body = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"  # the API server's list
+            raise KubeError(f'Deployment.apps "{name}" is invalid: {body}', status=422, env=self.env.name, obj=name)
+        manifest = copy.deepcopy(manifest)
         gen = int(((old or {}).get("metadata") or {}).get("generation", 0))
         if old is None or old.get("spec") != manifest.get("spec"):
             gen += 1

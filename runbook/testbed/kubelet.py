@@ -41,6 +41,7 @@ from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo, Proce
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
 from runbook.images import normalise
+from runbook.testbed.kube_objects import ObjectsMixin
 from runbook.testbed.kube_rollout import HASH_LABEL, RolloutsMixin, expand, is_rolling, manifest_env
 from runbook.testbed.shim import container_pid
 from runbook.testbed.supervisor import Supervisor
@@ -78,7 +79,7 @@ class ImageNotFound(LookupError):
     pass
 
 
-class LocalWorkloads(RolloutsMixin):
+class LocalWorkloads(ObjectsMixin, RolloutsMixin):
     """Deployments and pods of one testbed, persisted under ``<state>/kube``. RollingUpdate Deployments are
     stored only: the testbed's controller (:mod:`runbook.testbed.kube_controller`) rolls them out."""
 
@@ -302,6 +303,9 @@ class LocalWorkloads(RolloutsMixin):
         for rec in self._event_records():
             if rec["process"].startswith(pod + "--"):
                 when = datetime.fromtimestamp(rec["t"], UTC).isoformat(timespec="milliseconds")
+                if "message" in rec:  # the kubelet's own (FailedMount): Warning <reason> <message>
+                    out.append(f"{when} Warning {rec['event']} {rec['message']}")
+                    continue
                 out.append(f"{when} {rec['process'].split('--', 1)[1]} {rec['event']} from {rec['from']}")
         return out
 
@@ -336,14 +340,19 @@ class LocalWorkloads(RolloutsMixin):
                                "labels": {**(template.get("metadata") or {}).get("labels", {}), HASH_LABEL: thash}}
         self._write("pods", pod, obj)
         self._mount_volumes(pod, spec)
-        for kind, c in self._containers(spec):  # sidecars first, each running before the next starts
+        if not self._setup_configmap_volumes(pod, obj):  # MountVolume.SetUp failed: ContainerCreating, retried
+            return pod
+        self._start_containers(pod, obj)
+        return pod
+
+    def _start_containers(self, pod: str, obj: dict[str, Any]) -> None:
+        for kind, c in self._containers(obj["spec"]):  # sidecars first, each running before the next starts
             self._start_container(pod, obj, kind, c)
             if kind == "sidecar" and not obj["waiting"].get(c["name"]):
                 # the next container starts once the sidecar has started; one that then keeps exiting is
                 # CrashLoopBackOff in the pod's status, not an error of the apply (as with a real kubelet)
                 with contextlib.suppress(TestbedError):
                     self.sup.wait_running(_program(pod, c["name"]), timeout=self.env.timeouts.rollout)
-        return pod
 
     def _delete_pod(self, pod: str) -> None:
         obj = self._read("pods", pod)
@@ -377,6 +386,9 @@ class LocalWorkloads(RolloutsMixin):
             (root / "root").mkdir(parents=True, exist_ok=True)
             for m in c.get("volumeMounts", []):
                 vol = volumes.get(m["name"])
+                if vol is not None and "configMap" in vol:  # projected by kube_objects, refreshed by the controller
+                    self._mount_configmap(pod, vol, root / m["mountPath"].lstrip("/"))
+                    continue
                 if vol is None or "hostPath" not in vol:
                     raise AdapterError(f"pod {pod}: volume {m['name']} must be a hostPath on the testbed",
                                        env=self.env.name, obj=pod)
