@@ -118,7 +118,8 @@ def image_builds(env: Env, agave_versions: Sequence[str] = AGAVE_VERSIONS,
                                features_dir=features_dir)
     return [ImageBuild("standin", "", [STANDIN_IMAGE]),
             *kind_images.builds(wants, kind_images.variant_args(load_env("local"))),
-            *kind_images.zai_proxy_builds()]  # seed 004's proxy (deploy/k8s/canary)
+            *kind_images.zai_proxy_builds(),  # seed 004's proxy (deploy/k8s/canary)
+            *kind_images.meta_builds()]  # seed 003's application "meta" (deploy/k8s/release)
 
 
 def _build_variant(env: Env, build: ImageBuild, built: Sequence[ImageBuild]) -> None:

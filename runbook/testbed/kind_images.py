@@ -17,6 +17,10 @@ has a target of the variant's name (``agave-stuck``) that target is built instea
 The zai-proxy stand-in of seed 004 (:func:`zai_proxy_builds`): ``ronaldraygun/zai-proxy:<tag>`` for the
 production and canary versions and their failure builds (``-errors``, ``-slow``, ``-notokens``), each from
 a ``Dockerfile.standin`` target (``zai-proxy``, ``zai-proxy-<failure>``) with the tag as its version.
+
+Seed 003's application "meta" (:func:`meta_builds`): ``e6data/storage:<tag>`` and ``e6data/schema:<tag>`` for
+every release number a release scenario can deploy, each plain and as its failure builds (``-crash``,
+``-slow``), and ``e6data/meta-gateway:<tag>``, from the ``meta-<component>[-<failure>]`` targets.
 """
 
 from __future__ import annotations
@@ -189,3 +193,56 @@ def zai_proxy_tags(manifests_dir: Path = CANARY_MANIFESTS) -> list[str]:
 
 def zai_proxy_builds(manifests_dir: Path = CANARY_MANIFESTS) -> list[ImageBuild]:
     return [zai_proxy_build(t) for t in zai_proxy_tags(manifests_dir)]
+
+
+# --------------------------------------------------------------------------- seed 003's application "meta"
+
+META_REPOS = {"storage": "e6data/storage", "schema": "e6data/schema", "gateway": "e6data/meta-gateway"}
+META_VERSIONS = ("1.0.0", "1.1.0", "1.2.0")  # the first release (deploy/k8s/release) and the next ones
+# failure builds of storage and schema: the suffix of the tag -> the service's flags (Dockerfile.standin's
+# meta-<component>-<suffix>, the local testbed's e6data/<component>:{version}-<suffix>)
+META_FAILURES: dict[str, tuple[str, ...]] = {"crash": ("--crash-after", "0.5"), "slow": ("--warm-up", "8")}
+RELEASE_MANIFESTS = PROJECT_ROOT / "deploy" / "k8s" / "release"
+_META_TAG = re.compile(r"(\d+\.\d+\.\d+)(?:-([a-z]+))?")
+# a release number in a release feature (not an agave/doublezero v-version), with a failure suffix or none
+_RELEASE_VERSION = re.compile(rf"(?<![\w.-])(\d+\.\d+\.\d+(?:-(?:{'|'.join(META_FAILURES)}))?)(?![\w.-])")
+
+
+def meta_build(component: str, tag: str) -> ImageBuild:
+    """The build of one image of the application: ``storage``/``schema`` at ``1.1.0`` or ``1.1.0-<failure>``,
+    ``gateway`` at a release number. The image's version (RUNBOOK_IMAGE_VERSION) is the whole tag."""
+    m = _META_TAG.fullmatch(tag)
+    failure = m.group(2) if m else None
+    if component not in META_REPOS or m is None or (failure is not None and (
+            failure not in META_FAILURES or component == "gateway")):
+        raise ConfigError(f"meta image {component}:{tag}: expected storage or schema at X.Y.Z[-<failure>] "
+                          f"(<failure> one of {', '.join(META_FAILURES)}), or gateway at X.Y.Z",
+                          obj=f"{META_REPOS.get(component, component)}:{tag}")
+    target = f"meta-{component}" + (f"-{failure}" if failure else "")
+    return ImageBuild(target, tag, [f"{META_REPOS[component]}:{tag}"])
+
+
+def meta_tags(manifests_dir: Path = RELEASE_MANIFESTS, features_dir: Path = FEATURES_DIR,
+              versions: Iterable[str] = ()) -> dict[str, list[str]]:
+    """component -> every tag a release scenario can deploy: the release numbers (META_VERSIONS, ``versions``
+    and those the release features name) for storage and schema each plain and as every failure build, and
+    every tag the release manifests name (the gateway's included). A tag no scenario names (9.9.9-missing)
+    is not built: ImagePullBackOff, as on the local testbed."""
+    releases = set(META_VERSIONS) | set(versions)
+    named: set[str] = set()
+    for path in sorted(features_dir.glob("release*.feature")) if features_dir.is_dir() else []:
+        named |= set(_RELEASE_VERSION.findall(path.read_text()))
+    releases |= {t.partition("-")[0] for t in named}
+    services = {f"{v}{s}" for v in releases for s in ("", *(f"-{f}" for f in META_FAILURES))}
+    out = {"storage": set(services), "schema": set(services), "gateway": {META_VERSIONS[0]}}
+    by_repo = {repo: c for c, repo in META_REPOS.items()}
+    for f in sorted(manifests_dir.rglob("*.yaml")) if manifests_dir.is_dir() else []:
+        for repo, tag in re.findall(r"(?<![\w/.-])(e6data/[\w.-]+):([\w.-]+)", f.read_text()):
+            if repo in by_repo:
+                out[by_repo[repo]].add(tag)
+    return {c: sorted(tags) for c, tags in out.items()}
+
+
+def meta_builds(manifests_dir: Path = RELEASE_MANIFESTS, features_dir: Path = FEATURES_DIR,
+                versions: Iterable[str] = ()) -> list[ImageBuild]:
+    return [meta_build(c, t) for c, tags in meta_tags(manifests_dir, features_dir, versions).items() for t in tags]
