@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import urllib3
 import yaml
 from kubernetes import client as k8s
@@ -129,6 +130,7 @@ def describe_failure(exc: BaseException, *, action: str, obj: str, target: KubeT
             status = int(m.group(1))
         detail = _status_message(body)
         detail = f": {detail}" if detail else ""
+        kw["status"] = status
         if status == 401:
             return KubeError(f"{where}: the API server at {target.server} rejected the credentials of {ctx} "
                              f"(401 Unauthorized){detail}; refresh the kubeconfig ({target.kubeconfig})", **kw)
@@ -139,10 +141,14 @@ def describe_failure(exc: BaseException, *, action: str, obj: str, target: KubeT
             return KubeError(f"{where}: not found (404){detail}", **kw)
         if status == 409:
             return KubeError(f"{where}: conflict (409){detail}; it was changed or created by someone else "
-                             "meanwhile: re-read it and retry", status=409, **kw)
+                             "meanwhile: re-read it and retry", **kw)
         if status == 422:
             return KubeError(f"{where}: rejected as invalid (422){detail}", **kw)
         return KubeError(f"{where}: the API server answered {status} {reason}{detail}", **kw)
+    if isinstance(exc, pydantic.ValidationError):  # the client checks a body against its model before sending
+        problems = "; ".join(".".join(str(p) for p in e["loc"][1:] if p != "body") + f": {e['msg']}"
+                             for e in exc.errors())
+        return KubeError(f"{where}: the kubernetes client refused the object before sending it: {problems}", **kw)
     cause = _root_cause(exc)
     if isinstance(cause, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
         return KubeError(f"{where}: cannot reach the API server at {target.server} ({ctx}): connection "
@@ -156,7 +162,7 @@ def describe_failure(exc: BaseException, *, action: str, obj: str, target: KubeT
                      f"{type(cause).__name__}: {cause}", **kw)
 
 
-_FAILURES = (k8s.ApiException, urllib3.exceptions.HTTPError, OSError)
+_FAILURES = (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, pydantic.ValidationError)
 
 
 def call(fn: Callable[..., T], *args: Any, action: str, obj: str, target: KubeTarget, timeout: float,

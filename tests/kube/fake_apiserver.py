@@ -1,12 +1,13 @@
 """A Kubernetes API mock server over real HTTP on loopback, stateful, for the kube adapter's contract suite.
 
 It behaves like the real API server where the adapter depends on it: REST for namespaces, nodes, pods,
-events, deployments, replicasets, daemonsets, services and endpointslices (get, list with label and field
+events, deployments, replicasets, daemonsets, services, configmaps and endpointslices (get, list with label and field
 selectors, create, replace with resourceVersion preconditions, JSON/merge/strategic patches, delete with propagation);
 discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1``,
 ``/apis/discovery.k8s.io/v1``) so the client's dynamic client
 works; error bodies as the real server sends them (a ``Status``: ``NotFound``, ``AlreadyExists``,
-``Conflict``, ``Invalid`` with causes, ``Unauthorized``); pod-update validation; ``pods/exec`` over the
+``Conflict``, ``Invalid`` with causes, ``Unauthorized``); pod-update, Deployment, Service and ConfigMap
+validation (:mod:`tests.kube.fake_validation`, :mod:`tests.kube.fake_configmaps`); ``pods/exec`` over the
 ``v5.channel.k8s.io``/``v4.channel.k8s.io`` WebSocket protocol; and behind it a controller and a kubelet
 (:mod:`tests.kube.fake_cluster`, :mod:`tests.kube.fake_kubelet`) that report container status as
 containerd's CRI does.
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.kube.fake_cluster import FakeCluster
+from tests.kube.fake_configmaps import validate_configmap, validate_service_meta
 from tests.kube.fake_exec import ExecCall, Runner, choose_protocol, local_runner, serve_exec, stall
 from tests.kube.fake_state import (
     GROUPS,
@@ -46,7 +48,7 @@ TOKEN = "test-token"
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "0" * 40,
            "gitTreeState": "clean", "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
            "platform": "linux/amd64"}
-WRITABLE = {"deployments", "pods", "namespaces", "services"}
+WRITABLE = {"deployments", "pods", "namespaces", "services", "configmaps"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def parse_route(path: str) -> Route | None:
 def _resource_list(group_version: str, group: str) -> Obj:
     singular = {"namespaces": "namespace", "nodes": "node", "pods": "pod", "events": "event",
                 "deployments": "deployment", "replicasets": "replicaset", "daemonsets": "daemonset",
-                "services": "service", "endpointslices": "endpointslice"}
+                "services": "service", "endpointslices": "endpointslice", "configmaps": "configmap"}
     resources: list[Obj] = []
     for r in RESOURCES.values():
         if r.group != group:
@@ -265,7 +267,10 @@ class FakeApiServer:
             if route.plural == "deployments":
                 validate_deployment(body, None)
             if route.plural == "services":
+                validate_service_meta(body)
                 validate_service(body, None, c.node_ports_in_use(ns, ""))
+            if route.plural == "configmaps":
+                validate_configmap(body, None)
             if route.plural == "pods":
                 raise ApiError(405, "MethodNotAllowed", "this fake creates pods through Deployments only")
             return 201, c.create(route.plural, ns, body)
@@ -298,7 +303,10 @@ class FakeApiServer:
         elif route.plural == "deployments":
             validate_deployment(new, current)
         elif route.plural == "services":
+            validate_service_meta(new)
             validate_service(new, current, c.node_ports_in_use(ns, name))
+        elif route.plural == "configmaps":
+            validate_configmap(new, current)
         return 200, c.replace(route.plural, ns, name, new)
 
     def _list(self, route: Route, query: dict[str, list[str]]) -> Obj:

@@ -30,6 +30,7 @@ from typing import Any
 
 from tests.kube import fake_rollout as rollout
 from tests.kube import fake_services as services
+from tests.kube.fake_configmaps import root_ca
 from tests.kube.fake_kubelet import Kubelet
 from tests.kube.fake_state import (
     RESOURCES,
@@ -184,6 +185,7 @@ class FakeCluster:
             obj["metadata"]["namespace"] = ns
         if plural == "namespaces":
             obj["spec"], obj["status"] = {"finalizers": ["kubernetes"]}, {"phase": "Active"}
+            self._put("configmaps", root_ca(name))  # the root CA publisher's, in every namespace
         elif plural == "deployments":
             self._deployment_defaults(obj)
             obj["metadata"]["generation"] = 1
@@ -219,9 +221,13 @@ class FakeCluster:
             if k in old["metadata"]:
                 obj["metadata"][k] = old["metadata"][k]
         obj["metadata"]["namespace"] = ns
-        obj["status"] = old.get("status", {})
-        if plural == "services":
-            obj["spec"].setdefault("clusterIP", old["spec"]["clusterIP"])
+        obj.pop("status", None)
+        if "status" in old:  # ConfigMaps have none
+            obj["status"] = old["status"]
+        if plural == "services":  # what the update keeps of the allocated values (patchAllocatedValues)
+            if not obj["spec"].get("clusterIP"):
+                obj["spec"]["clusterIP"] = old["spec"]["clusterIP"]
+            services.keep_node_ports(old, obj)
             services.service_defaults(obj, self.addresses.cluster_ip, self.addresses.node_port)
         if plural == "deployments":
             self._deployment_defaults(obj)
@@ -410,7 +416,7 @@ class FakeCluster:
 
     def _namespace_teardown(self, space: Obj) -> None:
         ns = space["metadata"]["name"]
-        for plural in ("deployments", "services", "endpointslices"):
+        for plural in ("deployments", "services", "endpointslices", "configmaps"):
             for obj in self.items(plural, ns):
                 del self.objects[plural][(ns, obj["metadata"]["name"])]
         for pod in self.items("pods", ns):

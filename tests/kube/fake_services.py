@@ -44,6 +44,19 @@ def service_defaults(svc: Obj, cluster_ip: Callable[[], str], node_port: Callabl
     svc["status"] = {"loadBalancer": {}}
 
 
+def keep_node_ports(old: Obj, new: Obj) -> None:
+    """An update's ports without a node port get the one the old port of the same name had, unless another
+    of the new ports holds it (the API server's patchAllocatedValues)."""
+    kinds = ("NodePort", "LoadBalancer")
+    if old["spec"].get("type", "ClusterIP") not in kinds or new["spec"].get("type", "ClusterIP") not in kinds:
+        return
+    by_name = {p.get("name", ""): p.get("nodePort") for p in old["spec"].get("ports") or []}
+    held = {p.get("nodePort") for p in new["spec"].get("ports") or [] if p.get("nodePort")}
+    for p in new["spec"].get("ports") or []:
+        if not p.get("nodePort") and by_name.get(p.get("name", "")) not in held:
+            p["nodePort"] = by_name.get(p.get("name", ""))
+
+
 def _ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])

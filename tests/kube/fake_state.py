@@ -52,6 +52,7 @@ RESOURCES: dict[str, Resource] = {r.plural: r for r in (
     Resource("replicasets", "ReplicaSet", "apps", verbs=("get", "list")),
     Resource("daemonsets", "DaemonSet", "apps", verbs=("get", "list")),
     Resource("services", "Service"),
+    Resource("configmaps", "ConfigMap"),
     Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", verbs=("get", "list")),
 )}
 
@@ -99,12 +100,17 @@ def conflict(res: Resource, name: str) -> ApiError:
                     _details(res, name))
 
 
+class GoValue(str):
+    """A bad value as the API server (1.32) prints a struct or slice in a field error: Go's ``%#v``
+    (``v1.LabelSelector{MatchLabels:map[string]string{...}, ...}``, ``[]string{"10.96.0.7"}``), not JSON."""
+
+
 @dataclass(frozen=True)
 class Cause:
     """One field error: ``Forbidden``/``Invalid value``/``Required value``, as field.Error words them."""
 
     field: str
-    type: str  # FieldValueForbidden, FieldValueInvalid, FieldValueNotSupported, FieldValueRequired
+    type: str  # FieldValueForbidden, FieldValueInvalid, FieldValueNotSupported, FieldValueRequired, FieldValueTooLong
     detail: str
     value: Any = None
 
@@ -115,7 +121,10 @@ class Cause:
             return f"Unsupported value: {json.dumps(self.value)}: {self.detail}"
         if self.type == "FieldValueRequired":
             return "Required value" + (f": {self.detail}" if self.detail else "")
-        return f"Invalid value: {json.dumps(self.value)}: {self.detail}"
+        if self.type == "FieldValueTooLong":
+            return f"Too long: {self.detail}"
+        shown = str(self.value) if isinstance(self.value, GoValue) else json.dumps(self.value)
+        return f"Invalid value: {shown}: {self.detail}"
 
 
 def invalid(res: Resource, name: str, causes: list[Cause]) -> ApiError:

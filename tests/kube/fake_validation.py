@@ -15,7 +15,7 @@ import copy
 import json
 from typing import Any
 
-from tests.kube.fake_state import RESOURCES, ApiError, Cause, Obj, invalid
+from tests.kube.fake_state import RESOURCES, ApiError, Cause, GoValue, Obj, invalid
 
 UPDATABLE_POD_SPEC_FIELDS = (
     "`spec.containers[*].image`",
@@ -89,6 +89,24 @@ def _labels_match(selector: Obj, labels: Obj) -> bool:
     return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
 
 
+def _go_strings(values: Any) -> str:
+    return "[]string(nil)" if values is None else "[]string{" + ", ".join(json.dumps(v) for v in values) + "}"
+
+
+def go_label_selector(selector: Obj) -> GoValue:
+    """A LabelSelector as Go's ``%#v`` prints it in the API server's field errors (1.32): map keys sorted, nil
+    maps and slices typed."""
+    labels = selector.get("matchLabels")
+    shown = "map[string]string(nil)" if labels is None else "map[string]string{" + ", ".join(
+        f"{json.dumps(k)}:{json.dumps(labels[k])}" for k in sorted(labels)) + "}"
+    exprs = selector.get("matchExpressions")
+    requirement = "v1.LabelSelectorRequirement"
+    listed = f"[]{requirement}(nil)" if exprs is None else f"[]{requirement}{{" + ", ".join(
+        f"{requirement}{{Key:{json.dumps(e.get('key', ''))}, Operator:{json.dumps(e.get('operator', ''))}, "
+        f"Values:{_go_strings(e.get('values'))}}}" for e in exprs) + "}"
+    return GoValue(f"v1.LabelSelector{{MatchLabels:{shown}, MatchExpressions:{listed}}}")
+
+
 def validate_deployment(dep: Obj, old: Obj | None) -> None:
     """Create/update validation of a Deployment (the parts the runbook's objects can get wrong)."""
     name = (dep.get("metadata") or {}).get("name", "")
@@ -104,7 +122,8 @@ def validate_deployment(dep: Obj, old: Obj | None) -> None:
             causes.append(Cause("spec.template.metadata.labels", "FieldValueInvalid",
                                 "`selector` does not match template `labels`", labels))
         if old is not None and (old.get("spec") or {}).get("selector") != selector:
-            causes.append(Cause("spec.selector", "FieldValueInvalid", "field is immutable", selector))
+            causes.append(Cause("spec.selector", "FieldValueInvalid", "field is immutable",
+                                go_label_selector(selector)))
     pod_spec = template.get("spec") or {}
     if not pod_spec.get("containers"):
         causes.append(Cause("spec.template.spec.containers", "FieldValueRequired", ""))
@@ -158,9 +177,13 @@ def validate_service(svc: Obj, old: Obj | None, node_ports_in_use: set[int]) -> 
         elif node_port in node_ports_in_use:
             causes.append(Cause(f"spec.ports[{i}].nodePort", "FieldValueInvalid",
                                 "provided port is already allocated", node_port))
-    if old is not None:
-        old_ip = (old.get("spec") or {}).get("clusterIP")
-        if spec.get("clusterIP") not in (None, "", old_ip):
-            causes.append(Cause("spec.clusterIP", "FieldValueInvalid", "field is immutable", spec.get("clusterIP")))
+    if old is not None:  # validateUpgradeDowngradeClusterIPs, after the update kept what the body left out
+        old_ips = (old.get("spec") or {}).get("clusterIPs") or []
+        new_ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else old_ips)
+        if spec.get("clusterIP") and new_ips[:1] != [spec["clusterIP"]]:
+            new_ips = [spec["clusterIP"]]
+        shown = GoValue("[]string{" + ", ".join(json.dumps(ip) for ip in new_ips) + "}")
+        causes += [Cause(f"spec.clusterIPs[{i}]", "FieldValueInvalid", "may not change once set", shown)
+                   for i, ip in enumerate(old_ips) if i < len(new_ips) and new_ips[i] != ip]
     if causes:
         raise invalid(RESOURCES["services"], name, causes)

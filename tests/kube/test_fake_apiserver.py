@@ -276,6 +276,19 @@ def test_the_role_grants_exactly_the_verbs_the_adapter_uses(fake: FakeApiServer,
     kube.endpoints("zai-proxy")
     kube.pods_of("zai-proxy")
     kube.rollout_undo("zai-proxy")
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meta-release", "labels": {"app": "meta"}},
+              "data": {"state.json": "{}"}}
+    kube.apply_object(config)  # the Objects port (seed 003's release): create, replace, get, list, delete
+    kube.apply_object(config)
+    kube.get_object("ConfigMap", "meta-release")
+    kube.list_objects("ConfigMap", "app=meta")
+    kube.delete_object("ConfigMap", "meta-release")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "meta-storage-blue"},
+               "spec": {"selector": {"app": "meta"}, "ports": [{"port": 8080, "targetPort": "http"}]}}
+    kube.apply_object(service)
+    kube.apply_object(service)
+    kube.list_objects("Service", "app=meta")
+    kube.delete_object("Service", "meta-storage-blue")
 
     used = {_verb(r.method, r.path) for r in fake.requests}
     assert ("", "pods/exec", "get") in used
