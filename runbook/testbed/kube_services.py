@@ -13,6 +13,12 @@ What is kept from Kubernetes:
 - endpoints are pods whose labels match the selector, that have an IP, are Ready (unless the Service sets
   ``publishNotReadyAddresses``) and are not terminating; a named targetPort is resolved in each pod's own spec,
   and a pod that does not declare that port is left out (the EndpointSlice controller's FindPort);
+- a ClusterIP or NodePort Service gets a ``spec.clusterIP`` from the testbed's service range (a loopback range,
+  ``testbed.service_cidr``; the API server's ``--service-cluster-ip-range``): one given is kept when it is in
+  the range and free, ``None`` is headless (no proxying: DNS answers the ready pods' IPs), a missing one is
+  allocated at random above the range's static band (as the allocator since Kubernetes 1.26), and a replace
+  keeps it: a different one is refused (``may not change once set``). :mod:`runbook.testbed.kube_proxy`
+  serves each clusterIP:port, :mod:`runbook.testbed.kube_dns` answers ``<svc>.<ns>.svc.cluster.local``;
 - scrape targets are every pod with an IP annotated ``prometheus.io/scrape: "true"``, Ready or not, terminating
   or not (kubernetes_sd lists a pod until it is deleted: discovery/kubernetes/pod.go buildPod), relabelled as
   the kind-side Prometheus configuration does: address ``<ip>:<prometheus.io/port>``, ``pod``, ``app_version``
@@ -21,18 +27,27 @@ What is kept from Kubernetes:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import ipaddress
 import json
+import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook.errors import AdapterError
+
+if TYPE_CHECKING:
+    from runbook.env import Env
 
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
 SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
 SERVED_TYPES = ("ClusterIP", "NodePort")  # what this testbed forwards
 PROTOCOLS = ("SCTP", "TCP", "UDP")
+DEFAULT_SERVICE_CIDR = "127.240.0.0/16"  # on loopback, outside the controller's pod IPs (127.20-219.x.y)
+HEADLESS = "None"
 
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -177,6 +192,15 @@ def validate_service(manifest: Mapping[str, Any], *, allocated: Mapping[int, str
                 errs.append(f"{path}.nodePort: Invalid value: {node_port}: provided port is already allocated")
                 continue
             taken[node_port] = f"{name}#{i}"  # a second port of this Service may not take it either
+    cip = spec.get("clusterIP") or (spec.get("clusterIPs") or [""])[0] or ""
+    if cip and cip != HEADLESS:
+        try:
+            ipaddress.IPv4Address(cip)
+        except ValueError:
+            errs.append(f"spec.clusterIPs[0]: Invalid value: {_q(cip)}: must be a valid IP address, "
+                        "(e.g. 10.9.8.7 or 2001:db8::ffff)")
+    elif cip == HEADLESS and kind == "NodePort":
+        errs.append(f"spec.clusterIPs[0]: Invalid value: {_q(cip)}: may not be set to 'None' for NodePort services")
     if errs:
         who = name or "?"
         body = errs[0] if len(errs) == 1 else "[" + ", ".join(errs) + "]"
@@ -202,16 +226,83 @@ def resolve_target_port(target: int | str, pod_spec: Mapping[str, Any]) -> int |
 class LocalServices:
     """The Services of one local testbed and what they select among the local kubelet's pods."""
 
-    def __init__(self, kube_dir: Path, *, namespace: str = "default") -> None:
+    def __init__(self, kube_dir: Path, *, namespace: str = "default", service_cidr: str = DEFAULT_SERVICE_CIDR) -> None:
         self.kube = Path(kube_dir)
         self.namespace = namespace
+        self.service_cidr = ipaddress.IPv4Network(service_cidr)
         self.dir = self.kube / "services"
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    @classmethod
+    def of(cls, env: Env, kube_dir: Path) -> LocalServices:
+        """The Services of ``env``'s testbed (its service range; its kube namespace, as the kubelet's pods)."""
+        cidr = env.testbed.service_cidr if env.testbed is not None else DEFAULT_SERVICE_CIDR
+        return cls(kube_dir, namespace=(env.kube.namespace if env.kube else "") or "default", service_cidr=cidr)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (two applies must not take the same clusterIP or nodePort)."""
+        with (self.dir / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _cluster_ip(self, name: str, spec: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+        """The API server's clusterIP allocation for an applied spec (in place), or AdapterError in its words."""
+        given = spec.get("clusterIP") or (spec.get("clusterIPs") or [""])[0] or ""
+        held = str(((old or {}).get("spec") or {}).get("clusterIP") or "")
+        if held and given and given != held:
+            raise AdapterError(f'Service "{name}" is invalid: spec.clusterIPs[0]: Invalid value: ["{given}"]: '
+                               "may not change once set", obj=name)
+        ip = given or held
+        if ip != HEADLESS:
+            taken = {c for n, c in self.cluster_ips().items() if n != name}
+            if ip and ip != held:
+                why = ("provided IP is already allocated" if ip in taken else
+                       f"the provided IP ({ip}) is not in the valid range. The range of valid IPs is "
+                       f"{self.service_cidr}" if ipaddress.IPv4Address(ip) not in self.service_cidr else "")
+                if why:
+                    raise AdapterError(f'Service "{name}" is invalid: spec.clusterIPs: Invalid value: ["{ip}"]: '
+                                       f"failed to allocate IP {ip}: {why}", obj=name)
+            elif not ip:
+                ip = self._allocate(taken, name)
+        spec["clusterIP"], spec["clusterIPs"] = ip, [ip]
+
+    def _allocate(self, taken: set[str], name: str) -> str:
+        """A free address at random above the static band (min(max(16, size/16), 256) addresses), as the API
+        server's allocator; a nearly full range: the first free one, the static band last."""
+        net, size = self.service_cidr, self.service_cidr.num_addresses
+        static = min(max(16, size // 16), 256)
+        for _ in range(64 if size - 1 > static else 0):
+            ip = str(net[random.randrange(static, size - 1)])
+            if ip not in taken:
+                return ip
+        for i in [*range(static, size - 1), *range(1, min(static, size - 1))]:
+            if str(net[i]) not in taken:
+                return str(net[i])
+        raise AdapterError(f'Service "{name}" is invalid: spec.clusterIPs: Internal error: failed to allocate a '
+                           "serviceIP: range is full", obj=name)
+
+    def cluster_ips(self) -> dict[str, str]:
+        """Service name -> its clusterIP (headless ``None`` included; Services stored before clusterIPs: none)."""
+        out = {}
+        for n in self.names():
+            ip = ((self.get(n) or {}).get("spec") or {}).get("clusterIP")
+            if ip:
+                out[n] = str(ip)
+        return out
+
+    def namespace_of(self, svc: Mapping[str, Any]) -> str:
+        """The Service's namespace: its manifest's, else this store's."""
+        return str((svc.get("metadata") or {}).get("namespace") or self.namespace)
+
     # -- the store -------------------------------------------------------------------------
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Create or replace a Service (``kubectl apply``); returns it as stored (defaults, allocated nodePorts).
-        An invalid one raises AdapterError with the API server's message and changes nothing."""
+        """Create or replace a Service (``kubectl apply``); returns it as stored (defaults, allocated nodePorts
+        and clusterIP). An invalid one raises AdapterError with the API server's message and changes nothing."""
+        with self._locked():
+            return self._apply(manifest)
+
+    def _apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         name = (manifest.get("metadata") or {}).get("name") or ""
         allocated: dict[int, str] = {}
         for other in self.names():
@@ -229,6 +320,7 @@ class LocalServices:
                     if p.get("nodePort") is None and held.get(p.get("name") or ""):
                         p["nodePort"] = held[p.get("name") or ""]
         svc = validate_service(manifest, allocated=allocated)
+        self._cluster_ip(name, svc["spec"], old)
         path = self.dir / f"{svc['metadata']['name']}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(svc, indent=1, sort_keys=True))

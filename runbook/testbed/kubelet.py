@@ -41,6 +41,7 @@ from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo, Proce
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
 from runbook.images import normalise
+from runbook.testbed.kube_dns import pod_resolv_conf
 from runbook.testbed.kube_objects import ObjectsMixin
 from runbook.testbed.kube_rollout import HASH_LABEL, RolloutsMixin, expand, is_rolling, manifest_env
 from runbook.testbed.shim import container_pid
@@ -472,7 +473,8 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
         rest = [self._translate(pod, c, a) for a in command[1:] + [expand(str(a), menv) for a in c.get("args", [])]]
         argv = [command[0], *rest] if command else [*argv, *rest]
         config = {"argv": argv, "env": self._container_env(pod, c), "cwd": str(root),
-                  "netns": self.netns if self._host_network(obj) else None, "isolate": True}
+                  "netns": self.netns if self._host_network(obj) else None, "isolate": True,
+                  "resolv_conf": self._resolv_conf(pod, obj)}
         cfg = self._config_path(pod, c["name"])
         cfg.write_text(json.dumps(config, indent=1))
         shim = [sys.executable, "-m", "runbook.testbed.shim", "--testbed", str(self.state_dir),
@@ -490,6 +492,19 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
     @staticmethod
     def _host_network(obj: Mapping[str, Any]) -> bool:
         return bool(obj["spec"].get("hostNetwork"))
+
+    def _resolv_conf(self, pod: str, obj: Mapping[str, Any]) -> str | None:
+        """The pod's resolv.conf (the kubelet's, by dnsPolicy: the testbed's cluster DNS for ClusterFirst) as a
+        file for the shim to mount, or None: the node's. A ReplicaSet's pods only; the agave pods keep the node's."""
+        if "replicaset" not in obj:
+            return None
+        text = pod_resolv_conf(obj["spec"], str(obj.get("namespace") or "default"), self.tb.dns_ip)
+        if text is None:
+            return None
+        path = self.state_dir / "containers" / pod / "resolv.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
 
     def _config_path(self, pod: str, container: str) -> Path:
         return self.state_dir / "containers" / pod / f"{container}.config.json"

@@ -4,7 +4,8 @@
 
 ``CONFIG.json`` is the container as the kubelet created it from the pod manifest::
 
-    {"argv": [...], "env": {...}, "cwd": "...", "netns": "rbtb-..." | null, "isolate": true}
+    {"argv": [...], "env": {...}, "cwd": "...", "netns": "rbtb-..." | null, "isolate": true,
+     "resolv_conf": "<file>" | null}
 
 The shim (run by supervisord, which passes its own environment to it) starts the container process with
 exactly ``env`` (the manifest's env plus the image's, as a kubelet does; nothing of the runner's) and:
@@ -40,6 +41,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND = 4096
 MS_REC, MS_SLAVE = 16384, 1 << 19
 PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -70,8 +72,9 @@ def join_netns(name: str) -> None:
         os.close(fd)
 
 
-def isolate() -> None:
-    """Private mount + PID namespaces (and a user namespace when not root). Call before fork."""
+def isolate(resolv_conf: str | None = None) -> None:
+    """Private mount + PID namespaces (and a user namespace when not root), ``resolv_conf`` over the container's
+    /etc/resolv.conf. Call before fork."""
     flags = CLONE_NEWNS | CLONE_NEWPID
     if os.geteuid() != 0:
         uid, gid = os.geteuid(), os.getegid()
@@ -88,6 +91,20 @@ def isolate() -> None:
     # /run only: /tmp stays shared, because the testbed's volumes are the host's directories seen through
     # the container's root (a state dir under /tmp must stay visible), not bind mounts of its own
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    if resolv_conf:
+        bind_resolv_conf(resolv_conf)
+
+
+def bind_resolv_conf(source: str, target: str = "/etc/resolv.conf") -> None:
+    """Bind-mount ``source`` over ``target`` in this (private) mount namespace. A symlink is followed (the mount
+    lands on its target); one into the container's fresh ``/run`` gets an empty file there to mount on."""
+    real = os.path.realpath(target)
+    if not os.path.exists(real):
+        if not (real == "/run" or real.startswith("/run/")):
+            raise ShimError(f"cannot mount the pod's resolv.conf: {target} -> {real} does not exist")
+        Path(real).parent.mkdir(parents=True, exist_ok=True)  # on the container's own /run tmpfs
+        Path(real).touch()
+    _mount(source, real, None, MS_BIND)
 
 
 def _child(config: dict[str, Any], isolated: bool) -> None:
@@ -114,7 +131,9 @@ def run(config: dict[str, Any]) -> int:
         join_netns(str(config["netns"]))
     isolated = bool(config.get("isolate"))
     if isolated:
-        isolate()
+        isolate(config.get("resolv_conf"))
+    elif config.get("resolv_conf"):
+        raise ShimError("resolv_conf needs isolate (a mount namespace of the container's own)")
     pid = os.fork()
     if pid == 0:
         _child(config, isolated)
