@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from tests.kube import fake_rollout as rollout
 from tests.kube import fake_services as services
@@ -398,21 +397,8 @@ class FakeCluster:
         self.create("pods", meta["namespace"], body)
 
     def _deployment_status(self, dep: Obj) -> None:
-        h = template_hash(dep["spec"]["template"])
-        sets = self._owned("replicasets", dep)
-        pods = [p for rs in sets for p in self._owned("pods", rs) if not _deleting(p)]
-        updated = [p for p in pods if p["metadata"]["labels"].get(HASH_LABEL) == h]
-        ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
-                                        for c in p["status"].get("conditions") or [])]
-        desired = dep["spec"].get("replicas", 1)
-        status: dict[str, Any] = {"observedGeneration": dep.get("status", {}).get("observedGeneration")}
-        counts = {"replicas": len(pods), "updatedReplicas": len(updated), "readyReplicas": len(ready),
-                  "availableReplicas": len(ready), "unavailableReplicas": max(0, desired - len(ready))}
-        status.update({k: v for k, v in counts.items() if v})
-        status["conditions"] = [{"type": "Available", "status": "True" if len(ready) >= desired else "False",
-                                 "reason": "MinimumReplicasAvailable" if len(ready) >= desired
-                                 else "MinimumReplicasUnavailable"}]
-        dep["status"] = {k: v for k, v in status.items() if v is not None}
+        pods = [p for rs in self._owned("replicasets", dep) for p in self._owned("pods", rs) if not _deleting(p)]
+        dep["status"] = rollout.status(dep, pods, template_hash(dep["spec"]["template"]), HASH_LABEL)
 
     def _namespace_teardown(self, space: Obj) -> None:
         ns = space["metadata"]["name"]

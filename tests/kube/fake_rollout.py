@@ -23,6 +23,23 @@ from typing import Any
 Obj = dict[str, Any]
 
 REVISION = "deployment.kubernetes.io/revision"
+
+
+def status(dep: Obj, pods: list[Obj], template_hash: str, hash_label: str) -> Obj:
+    """The Deployment's status from the live (not terminating) pods of its ReplicaSets: counts, the
+    Available condition; ``observedGeneration`` as the controller last set it."""
+    updated = [p for p in pods if p["metadata"]["labels"].get(hash_label) == template_hash]
+    ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                    for c in p["status"].get("conditions") or [])]
+    desired = dep["spec"].get("replicas", 1)
+    out: Obj = {"observedGeneration": dep.get("status", {}).get("observedGeneration")}
+    counts = {"replicas": len(pods), "updatedReplicas": len(updated), "readyReplicas": len(ready),
+              "availableReplicas": len(ready), "unavailableReplicas": max(0, desired - len(ready))}
+    out.update({k: v for k, v in counts.items() if v})
+    out["conditions"] = [{"type": "Available", "status": "True" if len(ready) >= desired else "False",
+                          "reason": "MinimumReplicasAvailable" if len(ready) >= desired
+                          else "MinimumReplicasUnavailable"}]
+    return {k: v for k, v in out.items() if v is not None}
 NOT_COPIED = frozenset({  # deploymentutil.skipCopyAnnotation
     "kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history",
     "deployment.kubernetes.io/desired-replicas", "deployment.kubernetes.io/max-replicas",
