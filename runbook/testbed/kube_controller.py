@@ -105,6 +105,7 @@ class Controller:
         self.octet = 20 + zlib.crc32(str(wl.state_dir).encode()) % 200
         self.next_ip = 0
         self.volumes_synced: dict[str, float] = {}  # pod -> when its configMap volumes were last synced
+        self.volumes_collected = 0.0  # when the volumes of deleted pods were last removed
 
     # -- loop ------------------------------------------------------------------------------------
     def run(self, interval: float = 0.1) -> None:
@@ -304,7 +305,8 @@ class Controller:
         for c in apps:  # the kubelet runs each container's preStop hook, then sends its stop signal
             hook = (c.get("lifecycle") or {}).get("preStop") or {}
             left = deadline - time.time()
-            if not hook or left <= 0:
+            info = self.sup.info(_program(pod, c["name"]))
+            if not hook or left <= 0 or info is None or not info.running:  # hooks run in running containers only
                 continue
             if "sleep" in hook:
                 self.stopping.wait(min(float(hook["sleep"]["seconds"]), left))
@@ -366,6 +368,8 @@ class Controller:
         live = {rec["name"] for rec in records}
         for gone in set(self.volumes_synced) - live:
             self.volumes_synced.pop(gone, None)
+        if now - self.volumes_collected >= period:
+            self.volumes_collected = now
             self.wl.remove_orphan_volumes()
 
     # -- the kubelet's prober --------------------------------------------------------------------

@@ -154,3 +154,23 @@ def test_a_missing_configmap_keeps_the_pod_in_container_creating_until_it_exists
     wl.apply_object(configmap("late-config", "blue"))
     assert wl.wait_rollout("late", timeout=TIMEOUT).name == pod, "the same pod started, not a new one"
     wait_for(lambda: read(record), lambda s: s == "COLOUR=blue\n", timeout=TIMEOUT, what="the container's read")
+
+
+def test_a_pod_that_never_started_is_deleted_without_its_pre_stop_hook(
+        kube: tuple[LocalWorkloads, Supervisor], tmp_path: Path) -> None:
+    """The kubelet runs a preStop hook in a running container only: a pod still in ContainerCreating (its
+    ConfigMap missing) goes at once when its Deployment is deleted, as when a release deletes a broken colour."""
+    wl, _ = kube
+    hooked = tmp_path / "hooked"
+    m = reader("stuck", "never-config", tmp_path / "seen")
+    m["spec"]["template"]["spec"]["containers"][0]["lifecycle"] = {
+        "preStop": {"exec": {"command": ["/bin/sh", "-c", f"echo PRESTOP >> {hooked}"]}}}
+    wl.apply_deployment(m)
+    rec = wait_for(lambda: wl.pod_records("stuck"), lambda r: len(r) == 1, timeout=TIMEOUT, what="the pod")[0]
+    wait_for(lambda: wl.pod(rec["name"]), lambda p: p.containers[0].reason == "ContainerCreating", timeout=TIMEOUT,
+             what="ContainerCreating")
+    wl.delete_deployment("stuck", wait=False)
+    wait_for(lambda: wl.pod_records("stuck"), lambda r: r == [], timeout=TIMEOUT, what="the pod deleted")
+    assert not hooked.exists(), "a preStop hook ran in a container that never started"
+    wait_for(lambda: wl.configmap_volume_dir(rec["name"], "config").exists(), lambda e: not e, timeout=TIMEOUT,
+             what="its volume cleaned up")
