@@ -62,7 +62,7 @@ def ensure_dns(supervisor: Supervisor, env: Env, kube_dir: Path, *, name: str = 
     if env.testbed is None:
         raise ValueError(f"env {env.name} has no testbed section")
     if supervisor.info(name) is None:
-        ns = (env.kube.namespace if env.kube else "") or "default"
+        ns = env.namespace
         program, argv = dns_program(kube_dir, env.testbed.dns_ip, namespace=ns, name=name)
         supervisor.add(program, argv, env={"PYTHONPATH": str(PROJECT_ROOT)})
 
@@ -74,7 +74,9 @@ def pod_resolv_conf(spec: Mapping[str, Any], namespace: str, dns_ip: str, *, dom
     ``options ndots:5``; for a hostNetwork pod ClusterFirst falls back to Default (the node's file), as the
     kubelet does; ClusterFirstWithHostNet: the cluster DNS for a hostNetwork pod too; Default: the node's;
     None: ``dnsConfig`` alone. ``dnsConfig`` nameservers and searches are appended, its options merged by name
-    (the pod's win)."""
+    (the pod's win). The cluster DNS and the clusterIPs are served in the runner's network namespace, where the
+    testbed's pods live; a hostNetwork pod of a testbed with a node namespace (``rbtb-*``) given
+    ClusterFirstWithHostNet would not reach them (no Deployment here asks for it)."""
     policy = str(spec.get("dnsPolicy") or "ClusterFirst")
     if policy == "ClusterFirst" and spec.get("hostNetwork"):
         policy = "Default"
