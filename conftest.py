@@ -14,4 +14,5 @@ pytest_plugins = [
     "steps.derived",
     "steps.dz_handover",
     "steps.canary",
+    "steps.release",
 ]

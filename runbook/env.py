@@ -205,6 +205,9 @@ class TestbedConfig(_Model):
     __test__ = False
 
     state_dir: str = ".testbed/local"
+    namespace: str = Field(default="default", description="the namespace the testbed's API store and kubelet keep "
+                           "objects in when the env has no kube section (kind's kube.namespace, so manifests naming "
+                           "it apply as they do there)")
     supervisor_port: Port
     cluster_port: Port
     genesis_time: float = 1767225600.0  # 2026-01-01T00:00:00Z, shared by every stand-in
@@ -409,6 +412,13 @@ class Env(_Model):
     def _host_url(cls, v: str) -> str:
         parse_host(v)
         return v
+
+    @property
+    def namespace(self) -> str:
+        """The namespace objects live in: the kube section's, else the testbed's, else ``default``."""
+        if self.kube is not None and self.kube.namespace:
+            return self.kube.namespace
+        return self.testbed.namespace if self.testbed is not None else "default"
 
     @property
     def host_target(self) -> HostTarget:

@@ -5,7 +5,8 @@ feature), never the feature's proofs, with the operator's parameters passed to p
   ``--confirm-destroy=<dataset>`` (the old colour's dataset; the procedure checks it against the colour it
   finds live before anything changes);
 - ``dz-upgrade``: ``--target-version`` becomes pytest's ``--dz-target-version`` (an image tag of the sidecar);
-- ``canary-promote``: ``--target-version`` becomes pytest's ``--canary-version`` (the release the canary runs).
+- ``canary-promote``: ``--target-version`` becomes pytest's ``--canary-version`` (the release the canary runs);
+- ``release``: ``--target-version`` becomes pytest's ``--release-version`` (the version released).
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ OPERATORS = {
     "agave-upgrade": Operator("features/agave_upgrade.feature", "operator and upgrade", "--target-version"),
     "dz-upgrade": Operator("features/dz_upgrade.feature", "operator and doublezero", "--dz-target-version"),
     "canary-promote": Operator("features/canary_promote.feature", "operator and canary", "--canary-version"),
+    "release": Operator("features/release.feature", "operator and release", "--release-version"),
 }
 NOT_RUN = {
     "agave-rollback": "it is how `runbook rollback agave-upgrade` rolls a finished upgrade back: run that",
     "seed-upgrade": "the seed document's procedure exists only for negative tests on a testbed",
+    **{name: "a release with a known flaw exists only for negative tests on a testbed"
+       for name in ("release-early-switch", "release-rollback-deletes-active", "release-deadline-resets")},
 }
 
 
@@ -77,8 +81,8 @@ def check(env: Env, req: RunRequest) -> None:
 def params(env: Env, req: RunRequest) -> dict[str, str]:
     """The parameters the scenario runs with, as the operator will read them before it runs."""
     out: dict[str, str] = {}
-    default = (env.target_version if req.procedure == "agave-upgrade" else None if req.procedure == "canary-promote"
-               else env.doublezero.target_version)
+    default = (env.target_version if req.procedure == "agave-upgrade"
+               else None if req.procedure in ("canary-promote", "release") else env.doublezero.target_version)
     version = req.target_version or (default if env.disposable else None)
     out["target_version"] = version or "(none given)"
     if req.procedure == "agave-upgrade":

@@ -63,9 +63,11 @@ def pytest_configure(config: pytest.Config) -> None:
                                 "release-*), "
                                 "which break what they run on; refused")
     if env.production and config.getoption("allow_mutations"):
-        if not config.getoption("target_version") and not config.getoption("dz_target_version"):
+        versions = ("target_version", "dz_target_version", "canary_version", "release_version")
+        if not any(config.getoption(v, None) for v in versions):
             raise pytest.UsageError(f"env {env.name} is production: --allow-mutations needs --target-version "
-                                    "(agave-upgrade) or --dz-target-version (dz-upgrade)")
+                                    "(agave-upgrade), --dz-target-version (dz-upgrade), --canary-version "
+                                    "(canary-promote) or --release-version (release)")
         if not config.getoption("yes"):
             raise pytest.UsageError(f"env {env.name} is production: confirm mutating scenarios with --yes")
     if env.production and config.getoption("cleanup") == "destroy":

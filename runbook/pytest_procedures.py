@@ -22,6 +22,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--procedure-override", action="append", default=[], metavar="NAME=OTHER",
                     help="run procedure OTHER where a scenario runs NAME (detection tests: "
                          "agave-upgrade=seed-upgrade runs the seed's procedure through our features)")
+    group.addoption("--release-version", default=None, metavar="VERSION",
+                    help="the version the release operator scenario releases (image tags of storage and schema; "
+                         "required on a production env)")
     group.addoption("--canary-version", default=None, metavar="RELEASE",
                     help="the release the canary-promote operator scenario promotes: the canary's tag must be it plus "
                          "the canary suffix (required on a production env)")

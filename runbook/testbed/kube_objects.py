@@ -100,7 +100,7 @@ class ObjectsMixin:
     @property
     def object_namespace(self) -> str:
         """The namespace the testbed's ConfigMaps and Services live in: the env's kube namespace, or default."""
-        return (self.env.kube.namespace if self.env.kube else "") or "default"
+        return self.env.namespace
 
     @property
     def configmaps(self) -> LocalConfigMaps:
@@ -119,14 +119,17 @@ class ObjectsMixin:
 
     # -- the Objects port -------------------------------------------------------------------------
     def apply_object(self, manifest: dict[str, Any]) -> None:
-        """Create the ConfigMap or Service, or replace it on the resourceVersion just read."""
+        """Create the ConfigMap or Service (a resourceVersion it carries is dropped: an object derived from
+        another's), or replace it: on the manifest's resourceVersion when it carries one (optimistic: a stale one
+        is the API server's 409), else on what the store holds (under its lock). As the kind adapter."""
         kind = self._kind(str(manifest.get("kind", "")))
         body = json.loads(json.dumps(manifest))
         meta = body.setdefault("metadata", {})
-        meta.pop("resourceVersion", None)
         name = str(meta.get("name") or "")
+        if self.get_object(kind, name) is None:
+            meta.pop("resourceVersion", None)
         try:
-            if kind == "ConfigMap":  # without a resourceVersion: the store replaces what it holds, under its lock
+            if kind == "ConfigMap":
                 self.configmaps.apply(body)
                 return
             with store_lock(self.kube):

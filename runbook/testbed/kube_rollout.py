@@ -202,7 +202,7 @@ class RolloutsMixin:
     # -- store ---------------------------------------------------------------------------------
     def namespace_of(self, manifest: Mapping[str, Any]) -> str:
         return str((manifest.get("metadata") or {}).get("namespace")
-                   or (self.env.kube.namespace if self.env.kube else "") or "default")
+                   or self.env.namespace)
 
     def _store_rolling(self, manifest: dict[str, Any]) -> None:
         """The API server's part of an apply: validate, bump ``metadata.generation`` when the spec changed."""

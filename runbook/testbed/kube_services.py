@@ -237,7 +237,7 @@ class LocalServices:
     def of(cls, env: Env, kube_dir: Path) -> LocalServices:
         """The Services of ``env``'s testbed (its service range; its kube namespace, as the kubelet's pods)."""
         cidr = env.testbed.service_cidr if env.testbed is not None else DEFAULT_SERVICE_CIDR
-        return cls(kube_dir, namespace=(env.kube.namespace if env.kube else "") or "default", service_cidr=cidr)
+        return cls(kube_dir, namespace=env.namespace, service_cidr=cidr)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -196,9 +196,19 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
         self._create_pod(name, template, new_hash)
 
     def delete_deployment(self, name: str, *, wait: bool = True) -> None:
-        if is_rolling(self.deployment(name) or _RECREATE):  # the Deployment first: the controller stops on it
+        dep = self.deployment(name)
+        if is_rolling(dep or _RECREATE):
+            # the Deployment and its ReplicaSets go; their pods are the controller's garbage collector's to delete,
+            # gracefully (terminating, preStop, SIGTERM, the grace period), as with foreground cascading on kind;
+            # with ``wait``, until they are gone (kubectl delete --wait)
             (self.kube / "deployments" / f"{name}.json").unlink(missing_ok=True)
             self._delete_rolling(name)
+            if wait:
+                spec = ((dep or {}).get("spec") or {}).get("template", {}).get("spec") or {}
+                grace = float(spec.get("terminationGracePeriodSeconds", 30))
+                wait_for(lambda: self._pod_names(name), lambda left: not left, timeout=grace + 30, interval=0.2,
+                         what=f"the pods of deployment {name} deleted", env=self.env.name, obj=name)
+            return
         for pod in self._pod_names(name):
             self._delete_pod(pod)
         (self.kube / "deployments" / f"{name}.json").unlink(missing_ok=True)

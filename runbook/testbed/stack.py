@@ -306,7 +306,8 @@ class Testbed:
         node = NodeNetwork(name)
         self._save(netns=name, netns_reason="")  # recorded first: down() cleans up a half-made node
         ports = [port for setting, port in self.env.port_settings()
-                 if setting != "testbed.supervisor_port" and not setting.startswith("canary.")]  # canary: this netns
+                 if setting != "testbed.supervisor_port"
+                 and not setting.startswith(("canary.", "release."))]  # the kube-proxy's: in this netns
         progress(f"node network namespace {name}, ports {sorted(set(ports))} mapped from this loopback")
         node.up(ports)
 

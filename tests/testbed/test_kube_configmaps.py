@@ -4,6 +4,7 @@ and the kubelet's projection of a configMap volume (layout, items, modes, atomic
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,13 @@ def test_the_objects_port_stores_configmaps_and_services(wl: LocalWorkloads) -> 
 
     stale = dict(got, data={"service.properties": "COLOUR=green\n"})
     wl.apply_object(cm("meta-storage-blue", {"service.properties": "x"}, metadata={"labels": labels}))
-    wl.apply_object(stale)  # as the kind adapter: replaced on the resourceVersion read, the manifest's not used
+    with pytest.raises(KubeError, match="the object has been modified") as err:  # optimistic, as on kind
+        wl.apply_object(stale)
+    assert err.value.status == 409
+    assert (wl.get_object("ConfigMap", "meta-storage-blue") or {})["data"] == {"service.properties": "x"}
+    unversioned = json.loads(json.dumps(stale))
+    del unversioned["metadata"]["resourceVersion"]
+    wl.apply_object(unversioned)  # no resourceVersion: replaced on what the store holds
     assert (wl.get_object("ConfigMap", "meta-storage-blue") or {})["data"] == {"service.properties": "COLOUR=green\n"}
 
     def names(kind: str, selector: str = "") -> list[str]:
