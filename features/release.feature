@@ -32,7 +32,7 @@ Feature: Blue-green release with automatic rollback and a release history (seed 
     Examples:
       | tag           | reason           |
       | 9.9.9-missing | ImagePullBackOff |
-      | 1.1.0-crash   | CrashLoopBackOff |
+      | 1.1.0-crash   | crash loop       |
 
   @proof
   Scenario: The operator rolls back to a version two releases back

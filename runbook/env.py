@@ -478,6 +478,10 @@ def shift_ports(data: dict[str, Any], shift: int) -> None:
     tb = data["testbed"]
     tb["supervisor_port"] += shift
     tb["cluster_port"] += shift
+    # the cluster's Services and DNS sit on addresses, not ports: a second testbed gets its own /16 and DNS address
+    second = 241 + (shift // 100) % 14
+    tb["service_cidr"] = f"127.{second}.0.0/16"
+    tb["dns_ip"] = f"127.{second}.0.10"
     data["cluster_rpc"] = f"http://127.0.0.1:{tb['cluster_port']}"
     data["entrypoints"] = [f"127.0.0.1:{tb['cluster_port']}"]
     if data.get("canary"):

@@ -63,7 +63,8 @@ def colour_not_failing(colour: str, pods: Mapping[str, Sequence[PodInfo]], *, ma
                 state = c.state + (f":{c.reason}" if c.reason else "")
                 observed[f"{p.name}/{c.name}"] = f"{state}, {c.restart_count} restarts"
                 if c.state == "waiting" and c.reason in FAILING_REASONS:
-                    problems.append(f"{dep}: pod {p.name} container {c.name} is {c.reason}")
+                    loop = " (crash loop)" if c.reason == "CrashLoopBackOff" else ""
+                    problems.append(f"{dep}: pod {p.name} container {c.name} is {c.reason}{loop}")
                 elif c.restart_count >= max_restarts:
                     problems.append(f"{dep}: pod {p.name} container {c.name} restarted {c.restart_count} times "
                                     f"(crash loop; limit {max_restarts})")
