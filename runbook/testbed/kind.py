@@ -186,6 +186,27 @@ def testbed_manifests(env: Env, caddyfile_text: str) -> list[dict[str, Any]]:
     return docs
 
 
+SYSTEMS = {"canary": PROJECT_ROOT / "deploy" / "k8s" / "canary",  # seed 004's proxy, its Services, Prometheus
+           "release": PROJECT_ROOT / "deploy" / "k8s" / "release"}  # seed 003's common ConfigMap and gateway
+
+
+def system_manifests(env: Env) -> list[dict[str, Any]]:
+    """The other systems' always-there objects, for those the env has a section for, in the env's namespace
+    (their colours, revisions and releases are the procedures' to make)."""
+    from runbook.kustomize import kustomize
+
+    assert env.kube is not None
+    docs = []
+    for section, directory in SYSTEMS.items():
+        if getattr(env, section) is None:
+            continue
+        for d in kustomize(directory):
+            if d.get("kind") not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+                d.setdefault("metadata", {})["namespace"] = env.kube.namespace
+            docs.append(d)
+    return docs
+
+
 def _server_side_apply(env: Env, docs: Sequence[dict[str, Any]]) -> None:
     """Server-side apply (idempotent: a re-run of ``up`` converges) of any kind of object."""
     from kubernetes import dynamic
@@ -274,6 +295,9 @@ def up(env: Env, *, progress: Progress | None = None, identity_seed: str | None 
     _prepare_node(env, f"{name}-control-plane", seed, say)
     say("applying namespace, RBAC, Caddy and the cluster tip")
     _server_side_apply(env, [*cluster_manifests(env), *testbed_manifests(env, caddyfile(env))])
+    say("applying the other systems' objects (" + ", ".join(str(d.relative_to(PROJECT_ROOT)) for s, d in
+                                                       SYSTEMS.items() if getattr(env, s) is not None) + ")")
+    _server_side_apply(env, system_manifests(env))
     workloads = KubeWorkloads(env)
     say(f"deploying green ({env.deployments.green.name})")
     workloads.apply_deployment(render_deployment(env, "green"))

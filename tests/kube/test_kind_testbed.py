@@ -92,3 +92,18 @@ def test_the_kind_caddyfile_is_the_production_template_listening_on_the_node() -
     config = caddy.adapt(text)
     assert config["admin"]["listen"] == "0.0.0.0:12019"
     assert config["admin"]["origins"] == ["127.0.0.1:12019", "localhost:12019"]
+
+
+def test_up_applies_the_other_systems_the_env_has_in_its_namespace() -> None:
+    """Seed 004's proxy and seed 003's gateway exist on kind before their features run (their Givens read or
+    reset them through the ports, and never create them); an env without a section gets none of its objects."""
+    from runbook.env import load_env
+    from runbook.testbed.kind import system_manifests
+
+    env = load_env("kind")
+    names = {(d["kind"], d["metadata"]["name"]) for d in system_manifests(env)}
+    assert {("Deployment", "zai-proxy"), ("Deployment", "meta-gateway"), ("ConfigMap", "demo-common"),
+            ("Service", "meta-gateway")} <= names
+    assert {d["metadata"]["namespace"] for d in system_manifests(env)} == {env.kube.namespace}  # type: ignore[union-attr]
+    without = env.model_copy(update={"release": None, "canary": None})
+    assert system_manifests(without) == []
