@@ -1,11 +1,14 @@
 """The Objects port of the kube adapter (:class:`runbook.adapters.base.Objects`): ConfigMaps and Services
 through CoreV1.
 
-- ``apply_object``: create, or replace on the resourceVersion just read (an optimistic write, as ``kubectl
-  replace`` does). A Service's replace that loses the race to a write that changed neither its spec nor its
-  labels and annotations (a status write, a controller's bookkeeping) is re-read and retried, a bounded number
-  of times; one that another client's spec or metadata change beat fails with the 409. A ConfigMap's 409 always
-  stands: ConfigMaps have no status, so a newer resourceVersion means someone else wrote its data.
+- ``apply_object``: create (a ``resourceVersion`` the manifest carries is dropped: an object derived from
+  another's), or replace, optimistically as ``kubectl replace`` does: on the manifest's ``resourceVersion`` when it
+  carries one (the caller's compare-and-swap, e.g. the release state written on the version it was read at: a
+  stale one is the 409, never retried), else on the one just read. A Service's replace on the version just read
+  that loses the race to a write that changed neither its spec nor its labels and annotations (a status write, a
+  controller's bookkeeping) is re-read and retried, a bounded number of times; one that another client's spec or
+  metadata change beat fails with the 409. A ConfigMap's 409 always stands: ConfigMaps have no status, so a
+  newer resourceVersion means someone else wrote its data.
   A manifest without ``spec.clusterIP`` (or node ports) keeps the ones the API server allocated: the server
   copies them from the live object on update.
 - ``get_object``: the live object as the API server sent it (camelCase JSON), or None.
@@ -89,22 +92,23 @@ class KubeObjects:
     # -- Objects protocol
 
     def apply_object(self, manifest: dict[str, Any]) -> None:
-        """Create the ConfigMap or Service, or replace it on the resourceVersion just read."""
+        """Create the ConfigMap or Service, or replace it on the manifest's resourceVersion if it carries one,
+        else on the one just read."""
         kind = str(manifest.get("kind", ""))
         verbs = self._verbs(kind)
         body = copy.deepcopy(manifest)
         meta = body.setdefault("metadata", {})
         meta["namespace"] = self.namespace
-        meta.pop("resourceVersion", None)
+        carried = meta.pop("resourceVersion", None)
         name = str(meta.get("name", ""))
         obj = f"{verbs.noun}/{name}"
         current = self._find(verbs, name)
         if current is None:
             self._call(verbs.create, self.namespace, body, action="create", obj=obj, _preload_content=False)
             return
-        attempts = OBJECT_RETRIES if kind == "Service" else 1
+        attempts = OBJECT_RETRIES if kind == "Service" and not carried else 1
         for attempt in range(attempts):
-            meta["resourceVersion"] = current["metadata"].get("resourceVersion")
+            meta["resourceVersion"] = carried or current["metadata"].get("resourceVersion")
             try:
                 self._call(verbs.replace, name, self.namespace, body, action="replace", obj=obj,
                            _preload_content=False)

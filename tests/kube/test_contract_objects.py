@@ -74,10 +74,13 @@ def test_a_replace_on_a_stale_read_is_a_conflict(target: Target, name: str) -> N
 
     def read_then_someone_writes(verbs: Any, obj_name: str) -> dict[str, Any] | None:
         seen = real(verbs, obj_name)
-        other = configmap(name, {"state.json": '{"phase": "Deploying"}'})
-        other["metadata"]["resourceVersion"] = (seen or {})["metadata"]["resourceVersion"]
-        send(target.core.replace_namespaced_config_map, name, target.namespace, other)
+        if not writes:  # once: a retry would read the other client's write and overwrite it
+            other = configmap(name, {"state.json": '{"phase": "Deploying"}'})
+            other["metadata"]["resourceVersion"] = (seen or {})["metadata"]["resourceVersion"]
+            writes.append(send(target.core.replace_namespaced_config_map, name, target.namespace, other))
         return seen
+
+    writes: list[Any] = []
 
     kube._find = read_then_someone_writes  # type: ignore[method-assign]
     try:

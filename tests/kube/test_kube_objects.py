@@ -44,7 +44,7 @@ def test_create_then_replace_on_the_resource_version_read(fake: FakeApiServer, f
 
 def test_a_manifests_own_resource_version_is_not_sent(fake: FakeApiServer, fake_kube: KubeWorkloads) -> None:
     """An object derived from a live one (the release derives the new colour from the active one's) carries
-    the old object's resourceVersion: a create must not send it, a replace sends the one it just read."""
+    the old object's resourceVersion: a create must not send it (the API server refuses a create with one)."""
     fake_kube.apply_object(configmap("meta-storage-blue", {"k": "v"}))
     live = fake_kube.get_object("ConfigMap", "meta-storage-blue")
     assert live is not None
@@ -198,3 +198,36 @@ def test_deleting_a_missing_object_sends_one_delete(fake: FakeApiServer, fake_ku
     fake.requests.clear()
     fake_kube.delete_object("Service", "never-created")
     assert [(m, p.rsplit("/", 1)[-1]) for m, p, _ in _writes(fake)] == [("DELETE", "never-created")]
+
+
+def test_a_replace_on_a_stale_resource_version_it_carries_is_refused(fake: FakeApiServer,
+                                                                     fake_kube: KubeWorkloads) -> None:
+    """The release state is written on the resourceVersion it was read at: a runner that read it before another
+    wrote it gets the 409, never overwrites the other's state."""
+    fake_kube.apply_object(configmap("meta-release", {"state.json": "{}"}))
+    read = fake_kube.get_object("ConfigMap", "meta-release")
+    assert read is not None
+    fake_kube.apply_object(configmap("meta-release", {"state.json": '{"phase": "Deploying"}'}))  # someone else
+    mine = copy.deepcopy(read)
+    mine["data"] = {"state.json": '{"phase": "Switching"}'}
+    with pytest.raises(KubeError) as err:
+        fake_kube.apply_object(mine)
+    assert err.value.status == 409
+    assert (fake_kube.get_object("ConfigMap", "meta-release") or {})["data"] == {"state.json": '{"phase": "Deploying"}'}
+
+
+def test_a_carried_resource_version_is_never_retried(fake: FakeApiServer, fake_kube: KubeWorkloads) -> None:
+    """A Service written on the version its caller read is the caller's compare-and-swap: even a status-only
+    write since then is the 409 (the status-only retry is for a replace on the version the adapter read)."""
+    fake_kube.apply_object(service("meta-gateway"))
+    read = fake_kube.get_object("Service", "meta-gateway")
+    assert read is not None
+    with fake.cluster.lock:
+        fake.cluster.touch(fake.cluster.get("services", fake_kube.namespace, "meta-gateway"))
+    mine = service("meta-gateway", colour="green")
+    mine["metadata"]["resourceVersion"] = read["metadata"]["resourceVersion"]
+    with pytest.raises(KubeError) as err:
+        fake_kube.apply_object(mine)
+    assert err.value.status == 409
+    puts = [body for m, path, body in _writes(fake) if m == "PUT"]
+    assert [b["metadata"]["resourceVersion"] for b in puts] == [read["metadata"]["resourceVersion"]]
