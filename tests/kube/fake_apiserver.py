@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.kube.fake_cluster import FakeCluster
 from tests.kube.fake_configmaps import validate_configmap, validate_service_meta
 from tests.kube.fake_exec import ExecCall, Runner, choose_protocol, local_runner, serve_exec, stall
+from tests.kube.fake_services import check_cluster_ip
 from tests.kube.fake_state import (
     GROUPS,
     NO_ROUTE,
@@ -269,6 +270,7 @@ class FakeApiServer:
             if route.plural == "services":
                 validate_service_meta(body)
                 validate_service(body, None, c.node_ports_in_use(ns, ""))
+                check_cluster_ip(body, c)
             if route.plural == "configmaps":
                 validate_configmap(body, None)
             if route.plural == "pods":

@@ -10,15 +10,20 @@ a named one through the pod's ``containerPort`` of that name.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from tests.kube.fake_state import RESOURCES, Cause, GoValue, invalid
 
 if TYPE_CHECKING:
     from tests.kube.fake_cluster import FakeCluster
 
 Obj = dict[str, Any]
 
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")  # kind's default --service-cluster-ip-range
 SERVICE_NAME = "kubernetes.io/service-name"
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER = "endpointslice-controller.k8s.io"
@@ -42,6 +47,28 @@ def service_defaults(svc: Obj, cluster_ip: Callable[[], str], node_port: Callabl
     if spec["type"] in ("NodePort", "LoadBalancer"):
         spec.setdefault("externalTrafficPolicy", "Cluster")
     svc["status"] = {"loadBalancer": {}}
+
+
+def check_cluster_ip(svc: Obj, cluster: FakeCluster) -> None:
+    """A new Service's own ``clusterIP`` must be in the service range and free (the allocator's 422): a Service
+    derived from another's must leave it out."""
+    ip = (svc.get("spec") or {}).get("clusterIP")
+    if not ip or ip == "None":
+        return
+    name = (svc.get("metadata") or {}).get("name", "")
+    shown = GoValue(f"[]string{{{json.dumps(ip)}}}")
+    try:
+        in_range = ipaddress.ip_address(ip) in SERVICE_CIDR
+    except ValueError:
+        in_range = False
+    if not in_range:
+        problem = (f"failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of "
+                   f"valid IPs is {SERVICE_CIDR}")
+    elif any(s["spec"].get("clusterIP") == ip for s in cluster.objects["services"].values()):
+        problem = f"failed to allocate IP {ip}: provided IP is already allocated"
+    else:
+        return
+    raise invalid(RESOURCES["services"], name, [Cause("spec.clusterIPs", "FieldValueInvalid", problem, shown)])
 
 
 def keep_node_ports(old: Obj, new: Obj) -> None:
@@ -126,8 +153,8 @@ class Addresses:
         return f"10.244.{n // 250}.{n % 250 + 2}"
 
     def cluster_ip(self) -> str:
-        n = next(self._services)
-        return f"10.96.{n // 250}.{n % 250 + 2}"
+        used = {s["spec"].get("clusterIP") for s in self.cluster.objects["services"].values()}
+        return next(ip for n in self._services if (ip := f"10.96.{n // 250}.{n % 250 + 2}") not in used)
 
     def node_ports_in_use(self, ns: str, name: str) -> set[int]:
         """Node ports every Service but ``ns/name`` holds."""

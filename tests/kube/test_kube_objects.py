@@ -231,3 +231,26 @@ def test_a_carried_resource_version_is_never_retried(fake: FakeApiServer, fake_k
     assert err.value.status == 409
     puts = [body for m, path, body in _writes(fake) if m == "PUT"]
     assert [b["metadata"]["resourceVersion"] for b in puts] == [read["metadata"]["resourceVersion"]]
+
+
+def test_a_service_derived_with_anothers_cluster_ip_is_refused(fake_kube: KubeWorkloads) -> None:
+    """A colour's Service copied from the other colour's live one must leave clusterIP out: the allocator
+    refuses an IP that is taken (and one outside the service range)."""
+    fake_kube.apply_object(service("meta-storage-blue"))
+    blue = fake_kube.get_object("Service", "meta-storage-blue")
+    assert blue is not None
+    ip = blue["spec"]["clusterIP"]
+    green = service("meta-storage-green", colour="green")
+    green["spec"]["clusterIP"] = ip
+    with pytest.raises(KubeError) as taken:
+        fake_kube.apply_object(green)
+    assert taken.value.status == 422
+    assert taken.value.message.endswith(f'Service "meta-storage-green" is invalid: spec.clusterIPs: Invalid value: '
+                                        f'[]string{{"{ip}"}}: failed to allocate IP {ip}: provided IP is already '
+                                        "allocated")
+    green["spec"]["clusterIP"] = "192.0.2.1"
+    with pytest.raises(KubeError, match=r"the provided IP \(192\.0\.2\.1\) is not in the valid range"):
+        fake_kube.apply_object(green)
+    green["spec"]["clusterIP"] = "10.96.250.250"  # free and in range: the Service gets it
+    fake_kube.apply_object(green)
+    assert (fake_kube.get_object("Service", "meta-storage-green") or {})["spec"]["clusterIP"] == "10.96.250.250"
