@@ -180,10 +180,14 @@ def _source_objects(ctx: Ctx) -> tuple[str, list[dict[str, Any]]]:
 
 
 def deployed(ctx: Ctx) -> bool:
+    """Past Deploying for this release, or Deploying with every object of the new colour there (a run stopped
+    in the middle of creating them creates the rest)."""
     st = state(ctx)
     if st.target != target(ctx):
-        return st.phase == "Stable" and _is_released(ctx, st)
-    return st.phase in ("Deploying", "Switching", "Cleanup") or _is_released(ctx, st)
+        return _is_released(ctx, st)
+    if st.phase == "Deploying":
+        return len(present(ctx, ctx.facts.pending)) == len(rs.colour_names(cfg(ctx), ctx.facts.pending))
+    return st.phase in ("Switching", "Cleanup") or _is_released(ctx, st)
 
 
 def _is_released(ctx: Ctx, st: rs.State) -> bool:
@@ -196,8 +200,10 @@ def _is_released(ctx: Ctx, st: rs.State) -> bool:
 def deploy(ctx: Ctx) -> None:
     c, f = cfg(ctx), ctx.facts
     st = state(ctx)
-    st.phase, st.pending, st.pending_deployed_at, st.target = "Deploying", f.pending, time.time(), target(ctx)
-    save(ctx, st, "deploying", f"release {f.version} on {f.pending} (tags {f.tags})")
+    if not (st.phase == "Deploying" and st.target == target(ctx) and st.pending == f.pending):
+        # the deadline counts from here; a run that resumes the creation keeps it
+        st.phase, st.pending, st.pending_deployed_at, st.target = "Deploying", f.pending, time.time(), target(ctx)
+        save(ctx, st, "deploying", f"release {f.version} on {f.pending} (tags {f.tags})")
     src, objects = _source_objects(ctx)
     for obj in rs.derive(objects, c, src=src, dst=f.pending, target=target(ctx)):
         apply(ctx, obj)
