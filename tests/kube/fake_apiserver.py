@@ -299,6 +299,11 @@ class FakeApiServer:
             rv = (body.get("metadata") or {}).get("resourceVersion")
             if rv is not None and rv != current["metadata"]["resourceVersion"]:
                 raise conflict(res, name)
+            if not rv and route.plural == "services":  # no unconditional update of a Service (its strategy)
+                raise ApiError(422, "Invalid", f'services "{name}" is invalid: metadata.resourceVersion: Invalid '
+                               "value: 0x0: must be specified for an update", {"name": name, "kind": "services",
+                               "causes": [{"reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
+                                           "message": "Invalid value: 0x0: must be specified for an update"}]})
         new.setdefault("metadata", {})["name"] = name
         if route.plural == "pods":
             validate_pod_update(name, current, new)

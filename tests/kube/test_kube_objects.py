@@ -254,3 +254,15 @@ def test_a_service_derived_with_anothers_cluster_ip_is_refused(fake_kube: KubeWo
     green["spec"]["clusterIP"] = "10.96.250.250"  # free and in range: the Service gets it
     fake_kube.apply_object(green)
     assert (fake_kube.get_object("Service", "meta-storage-green") or {})["spec"]["clusterIP"] == "10.96.250.250"
+
+
+def test_a_service_update_needs_a_resource_version(fake: FakeApiServer, fake_kube: KubeWorkloads) -> None:
+    """Services allow no unconditional update (a ConfigMap does): the adapter always sends the version."""
+    fake_kube.apply_object(service("meta-schema-blue"))
+    with pytest.raises(k8s.ApiException) as err:
+        fake_kube.core.replace_namespaced_service("meta-schema-blue", fake_kube.namespace, service("meta-schema-blue"))
+    assert err.value.status == 422
+    assert "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update" in str(err.value.body)
+    fake_kube.apply_object(configmap("meta-x", {"k": "v"}))
+    fake_kube.core.replace_namespaced_config_map("meta-x", fake_kube.namespace, configmap("meta-x", {"k": "w"}))
+    assert (fake_kube.get_object("ConfigMap", "meta-x") or {})["data"] == {"k": "w"}
