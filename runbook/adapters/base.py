@@ -219,8 +219,10 @@ class Objects(Protocol):
     serve and whose ConfigMaps its kubelet projects into pods' configMap volumes."""
 
     def apply_object(self, manifest: dict[str, Any]) -> None:
-        """Create the object (``kind`` one of :data:`OBJECT_KINDS`), or replace it on the resourceVersion just
-        read. The API server's validation applies (its words: a 422 is a KubeError with status 422)."""
+        """Create the object (``kind`` one of :data:`OBJECT_KINDS`; a resourceVersion it carries is dropped), or
+        replace it: on the manifest's resourceVersion when it carries one (compare-and-swap: a stale one is a
+        KubeError with status 409, never retried), else on the one just read. The API server's validation
+        applies (its words: a 422 is a KubeError with status 422)."""
         ...
 
     def get_object(self, kind: str, name: str) -> dict[str, Any] | None:

@@ -101,7 +101,7 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         ps.close()
 
 
-PORT = 18080  # one port on many addresses, as every pod of a Service listens on its targetPort
+PORT = 8080  # (no env uses it) one port on many addresses, as every pod of a Service listens on its targetPort
 
 
 def props(path: Path, text: str) -> Path:
