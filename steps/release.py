@@ -27,6 +27,7 @@ from runbook.probes.release_watch import ReleaseWatcher
 from runbook.probes.summary import META_MIX
 from runbook.procedures import journal_for, procedure_for
 from runbook.procedures import release as rel
+from runbook.procedures import release_colours as rcol
 from runbook.procedures import release_state as rs
 from runbook.procedures.facts import ReleaseFacts
 from runbook.procedures.framework import Context, Interrupted, RunResult
@@ -65,10 +66,10 @@ def reset(adapters: Adapters, testbed: Testbed | None, evidence: Recorder) -> No
         release_stack.ensure(testbed, progress=evidence.note)
     c = _cfg(adapters)
     for colour in rs.COLOURS:
-        rel.delete_colour(rel.context(adapters, {}, progress=evidence.note), colour)
+        rcol.delete_colour(rel.context(adapters, {}, progress=evidence.note), colour)
     adapters.objects.delete_object("ConfigMap", c.state)
     ctx = rel.context(adapters, {}, progress=evidence.note)
-    rel.point_common(ctx, rs.COLOURS[0])
+    rcol.point_common(ctx, rs.COLOURS[0])
     journal_for(adapters.env, rel.NAME).clear()
     evidence.call("no release: both colours and the release state deleted, the common ConfigMap on blue's names")
 
@@ -228,7 +229,7 @@ def active_on(adapters: Adapters, release_run: ReleaseRun, version: str, colour:
               evidence: Recorder) -> None:
     ctx = rel.context(adapters, {})
     judge_all(evidence, [rc.released(rs.read(adapters.objects, _cfg(adapters)), version=version, colour=colour),
-                         rc.colour_gone(old, rel.present(ctx, old)), *rel.serving(ctx, colour)])
+                         rc.colour_gone(old, rcol.present(ctx, old)), *rcol.serving(ctx, colour)])
 
 
 @then("the new version is active on the other colour and the old colour is gone")
@@ -277,8 +278,8 @@ def untouched(adapters: Adapters, release_run: ReleaseRun, colour: str, active: 
     if f.active != active or f.pending != colour:
         raise StepRefused(f"this release went from {f.active or '(nothing)'} to {f.pending}, not {active} to {colour}")
     ctx = rel.context(adapters, {})
-    judge_all(evidence, [rc.colour_gone(colour, rel.present(ctx, colour)),
-                         rc.untouched(active, f.active_before, rel.snapshot(ctx, active)), *rel.serving(ctx, active)])
+    judge_all(evidence, [rc.colour_gone(colour, rcol.present(ctx, colour)),
+                         rc.untouched(active, f.active_before, rcol.snapshot(ctx, active)), *rcol.serving(ctx, active)])
 
 
 @then(parsers.parse("the first release {version} is Failed on {colour} with nothing rolled back"))
@@ -286,7 +287,7 @@ def first_failed(adapters: Adapters, release_run: ReleaseRun, version: str, colo
     c = _cfg(adapters)
     expected = [f"{k}/{n}" for k, n in rs.colour_names(c, colour)]
     judge(evidence, rc.first_release_failed(rs.read(adapters.objects, c), version=version, colour=colour,
-                                            present=rel.present(rel.context(adapters, {}), colour), expected=expected))
+                                            present=rcol.present(rel.context(adapters, {}), colour), expected=expected))
 
 
 @then(parsers.parse("the run stopped with the release at phase {phase}"))

@@ -31,7 +31,6 @@ Parameters: ``version`` (the release; image tags default to it), ``tags`` (compo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,9 +38,9 @@ from typing import Any
 from runbook.checks import release as rc
 from runbook.checks.core import Verdict
 from runbook.env import PROJECT_ROOT
-from runbook.env_release import ReleaseConfig
-from runbook.errors import AdapterError, CheckFailed, ConfigError, KubeError, PreconditionFailed, RunbookError
+from runbook.errors import CheckFailed, ConfigError, PreconditionFailed, RunbookError
 from runbook.kustomize import kustomize
+from runbook.procedures import release_colours as rcol
 from runbook.procedures import release_plan as plan
 from runbook.procedures import release_state as rs
 from runbook.procedures.facts import ReleaseFacts
@@ -59,8 +58,7 @@ def context(adapters: Any, params: dict[str, Any], *, progress: Callable[[str], 
     return PROCEDURE.context(adapters, params, progress=progress, record=record, mark=mark, verdicts=verdicts)
 
 
-def cfg(ctx: Context[Any]) -> ReleaseConfig:
-    return ctx.adapters.release
+cfg = rcol.cfg
 
 
 def _err(ctx: Context[Any], msg: str, cls: type[RunbookError] = PreconditionFailed, **kw: Any) -> RunbookError:
@@ -75,16 +73,6 @@ def save(ctx: Context[Any], st: rs.State, event: str, detail: str) -> None:
     rs.write(ctx.adapters.objects, cfg(ctx), st)
     ctx.mark(event, detail)
     ctx.progress(f"[{NAME}] state: {st.phase} (active {st.active or 'none'}, pending {st.pending or 'none'}): {detail}")
-
-
-def hosts(c: ReleaseConfig, colour: str) -> dict[str, str]:
-    """The common ConfigMap's keys for a colour (the seed's switchCommonConfigMap)."""
-    return {f"{comp.upper()}_SERVICE_HOST": c.name(comp, colour) for comp in c.components}
-
-
-def client_hosts(c: ReleaseConfig, colour: str) -> dict[str, str]:
-    """What a client that has loaded the colour reports (component -> Service)."""
-    return {comp: c.name(comp, colour) for comp in c.components}
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -129,7 +117,7 @@ def prepare(ctx: Ctx) -> None:
         f.pending = rs.other(st.active) if st.active else (st.pending or rs.COLOURS[0])
     f.version, f.tags, f.rollback_of = target.version, dict(target.tags), target.rollback_of
     if f.active:
-        f.active_before = snapshot(ctx, f.active)
+        f.active_before = rcol.snapshot(ctx, f.active)
     ctx.record("release state before the run", {"phase": st.phase, "active": st.active, "pending": st.pending,
                                                  "history": [r.__dict__ for r in st.history]})
 
@@ -137,23 +125,6 @@ def prepare(ctx: Ctx) -> None:
 def target(ctx: Ctx) -> rs.Target:
     f = ctx.facts
     return rs.Target(version=f.version, tags=dict(f.tags), rollback_of=f.rollback_of)
-
-
-def snapshot(ctx: Context[Any], colour: str) -> dict[str, Any]:
-    c, objs, w = cfg(ctx), ctx.adapters.objects, ctx.adapters.workloads
-    found: dict[str, dict[str, Any] | None] = {}
-    pods = []
-    for kind, name in rs.colour_names(c, colour):
-        found[f"{kind}/{name}"] = w.deployment(name) if kind == "Deployment" else objs.get_object(kind, name)
-        if kind == "Deployment":
-            pods += ctx.adapters.rollouts.pods_of(name)
-    return rc.snapshot(found, pods)
-
-
-def present(ctx: Context[Any], colour: str) -> list[str]:
-    objs, w = ctx.adapters.objects, ctx.adapters.workloads
-    return [f"{kind}/{name}" for kind, name in rs.colour_names(cfg(ctx), colour)
-            if (w.deployment(name) if kind == "Deployment" else objs.get_object(kind, name)) is not None]
 
 
 # ----------------------------------------------------------------------------- deploy
@@ -186,7 +157,7 @@ def deployed(ctx: Ctx) -> bool:
     if st.target != target(ctx):
         return _is_released(ctx, st)
     if st.phase == "Deploying":
-        return len(present(ctx, ctx.facts.pending)) == len(rs.colour_names(cfg(ctx), ctx.facts.pending))
+        return len(rcol.present(ctx, ctx.facts.pending)) == len(rs.colour_names(cfg(ctx), ctx.facts.pending))
     return st.phase in ("Switching", "Cleanup") or _is_released(ctx, st)
 
 
@@ -206,26 +177,7 @@ def deploy(ctx: Ctx) -> None:
         save(ctx, st, "deploying", f"release {f.version} on {f.pending} (tags {f.tags})")
     src, objects = _source_objects(ctx)
     for obj in rs.derive(objects, c, src=src, dst=f.pending, target=target(ctx)):
-        apply(ctx, obj)
-
-
-def apply(ctx: Context[Any], obj: dict[str, Any]) -> None:
-    """Create or replace one object of the new colour; an immutable field (a Deployment's selector) changed:
-    delete it, then create it (only ever the new colour's objects come here)."""
-    kind, name = obj["kind"], obj["metadata"]["name"]
-    if kind != "Deployment":
-        ctx.adapters.objects.apply_object(obj)
-        return
-    w = ctx.adapters.workloads
-    try:
-        w.apply_deployment(obj)
-    except KubeError as exc:
-        if exc.status != 422 or "field is immutable" not in str(exc):
-            raise
-        ctx.progress(f"[{NAME}] deployment {name}: an immutable field changed; deleting and re-creating it")
-        ctx.record(f"deployment {name} re-created", str(exc))
-        w.delete_deployment(name, wait=True)
-        w.apply_deployment(obj)
+        rcol.apply(ctx, obj)
 
 
 def verify_deployed(ctx: Ctx) -> None:
@@ -233,7 +185,8 @@ def verify_deployed(ctx: Ctx) -> None:
     st = state(ctx)
     if _is_released(ctx, st):
         return
-    missing = [p for p in (f"{k}/{n}" for k, n in rs.colour_names(c, f.pending)) if p not in present(ctx, f.pending)]
+    there = rcol.present(ctx, f.pending)
+    missing = [p for p in (f"{k}/{n}" for k, n in rs.colour_names(c, f.pending)) if p not in there]
     if missing:
         raise _err(ctx, f"colour {f.pending} lacks {', '.join(missing)} after the deploy", CheckFailed)
 
@@ -250,7 +203,7 @@ def undeploy(ctx: Ctx) -> None:
         save(ctx, st, "failed", f"first release {f.version} failed on {f.pending}: nothing to roll back to; "
                                 "its objects are left for the operator")
         return
-    delete_colour(ctx, f.pending)
+    rcol.delete_colour(ctx, f.pending)
     st = state(ctx)
     if not any(r.version == f.version and r.colour == f.pending and r.status == "Failed" for r in st.history[-1:]):
         st.history = ([*st.history, failed])[-c.history:]
@@ -259,52 +212,15 @@ def undeploy(ctx: Ctx) -> None:
     save(ctx, st, "rolled back", f"release {f.version} Failed; {f.active} stays active")
 
 
-def delete_colour(ctx: Context[Any], colour: str) -> None:
-    c, objs, w = cfg(ctx), ctx.adapters.objects, ctx.adapters.workloads
-    for kind, name in reversed(rs.colour_names(c, colour)):
-        if kind == "Deployment":
-            w.delete_deployment(name, wait=True)
-        else:
-            objs.delete_object(kind, name)
-    ctx.judge(rc.colour_gone(colour, present(ctx, colour)))
-
-
-def serving(ctx: Context[Any], colour: str) -> list[Verdict]:
-    """The common ConfigMap names the colour's Services, and every client process has loaded them."""
-    c = cfg(ctx)
-    return [rc.common_names(ctx.adapters.objects.get_object("ConfigMap", c.common), hosts=hosts(c, colour)),
-            rc.clients_switched(loaded_by_clients(ctx), hosts=client_hosts(c, colour))]
-
-
 def steady_state(ctx: Ctx) -> None:
     """After a rollback: the colour clients were on is as it was, and they are all still on it."""
     f = ctx.facts
     if not f.active:
         return
-    ctx.judge_all([rc.untouched(f.active, f.active_before, snapshot(ctx, f.active)), *serving(ctx, f.active)])
+    ctx.judge_all([rc.untouched(f.active, f.active_before, rcol.snapshot(ctx, f.active)), *rcol.serving(ctx, f.active)])
 
 
 # ----------------------------------------------------------------------------- await-ready
-
-
-def _statuses(ctx: Context[Any], colour: str) -> dict[str, Any]:
-    c, w, r = cfg(ctx), ctx.adapters.workloads, ctx.adapters.rollouts
-    out: dict[str, Any] = {}
-    for comp in c.components:
-        name = c.name(comp, colour)
-        out[name] = r.rollout_status(name) if w.deployment(name) is not None else None
-    return out
-
-
-def _pods(ctx: Context[Any], colour: str) -> dict[str, Any]:
-    c = cfg(ctx)
-    return {c.name(comp, colour): ctx.adapters.rollouts.pods_of(c.name(comp, colour)) for comp in c.components}
-
-
-def observe_colour(ctx: Context[Any], colour: str, *, max_restarts: int) -> tuple[Verdict, Verdict]:
-    """(ready, not failing) for the colour, now."""
-    return (rc.colour_ready(colour, _statuses(ctx, colour)),
-            rc.colour_not_failing(colour, _pods(ctx, colour), max_restarts=max_restarts))
 
 
 def past_ready(ctx: Ctx) -> bool:
@@ -321,7 +237,7 @@ def await_ready(ctx: Ctx) -> None:
     shown = [0.0]
 
     def observe() -> tuple[Verdict, Verdict]:
-        ready, failing = observe_colour(ctx, f.pending, max_restarts=c.max_restarts)
+        ready, failing = rcol.observe_colour(ctx, f.pending, max_restarts=c.max_restarts)
         now = time.time()
         since[0] = (since[0] or now) if ready.ok else None
         last[0] = (ready, failing)
@@ -356,50 +272,10 @@ def await_ready(ctx: Ctx) -> None:
 def verify_ready(ctx: Ctx) -> None:
     if past_ready(ctx) and state(ctx).phase != "Switching":
         return
-    ctx.judge(rc.colour_ready(ctx.facts.pending, _statuses(ctx, ctx.facts.pending)))
+    ctx.judge(rc.colour_ready(ctx.facts.pending, rcol.statuses(ctx, ctx.facts.pending)))
 
 
 # ----------------------------------------------------------------------------- switch
-
-
-def point_common(ctx: Context[Any], colour: str) -> None:
-    """The seed's switchCommonConfigMap: ``config.properties`` names the colour's Services (other keys kept)."""
-    c, objs = cfg(ctx), ctx.adapters.objects
-    cm = objs.get_object("ConfigMap", c.common)
-    if cm is None:
-        raise _err(ctx, f"the common ConfigMap {c.common} does not exist: clients read it", AdapterError)
-    body = rs.strip_server_fields(cm)
-    body["metadata"]["resourceVersion"] = cm["metadata"].get("resourceVersion")
-    body.setdefault("data", {})["config.properties"] = "".join(f"{k}={v}\n" for k, v in hosts(c, colour).items())
-    objs.apply_object(body)
-
-
-def loaded_by_clients(ctx: Context[Any]) -> dict[str, Any]:
-    """What each client process (gateway pod) has loaded: ``meta-gateway config`` exec'd in each."""
-    c, w = cfg(ctx), ctx.adapters.workloads
-    out: dict[str, Any] = {}
-    for pod in ctx.adapters.rollouts.pods_of(c.gateway):
-        try:
-            res = w.exec(pod.name, c.gateway_container, ["meta-gateway", "config"], timeout=10.0)
-            out[pod.name] = json.loads(res.stdout) if res.ok else f"`meta-gateway config` exited {res.rc}"
-        except (AdapterError, ValueError) as exc:
-            out[pod.name] = f"cannot read its config: {exc}"
-    return out
-
-
-def wait_clients(ctx: Context[Any], colour: str) -> None:
-    c = cfg(ctx)
-    want = client_hosts(c, colour)
-    try:
-        seen = wait_for(lambda: rc.clients_switched(loaded_by_clients(ctx), hosts=want), lambda v: v.ok,
-                        timeout=c.switch_timeout, interval=0.5, what=f"every client on colour {colour}",
-                        on_progress=lambda v, t: ctx.progress(f"[{NAME}] clients: {'; '.join(v.problems)}"),
-                        progress_every=3.0, env=ctx.env.name, obj=c.gateway)
-    except RunbookError:
-        ctx.judge(rc.clients_switched(loaded_by_clients(ctx), hosts=want))
-        raise
-    ctx.judge(seen)
-    ctx.mark("clients switched", f"every client on {colour}")
 
 
 def switched(ctx: Ctx) -> bool:
@@ -409,7 +285,7 @@ def switched(ctx: Ctx) -> bool:
 
 def switch(ctx: Ctx) -> None:
     c, f = cfg(ctx), ctx.facts
-    point_common(ctx, f.pending)
+    rcol.point_common(ctx, f.pending)
     st = state(ctx)
     record = rs.Record(f.version, f.pending, dict(f.tags), rs.now_rfc3339(), "Active")
     st.history = rs.add_record(st.history, record, c.history)
@@ -419,8 +295,8 @@ def switch(ctx: Ctx) -> None:
 
 def verify_switched(ctx: Ctx) -> None:
     c, f = cfg(ctx), ctx.facts
-    ctx.judge(rc.common_names(ctx.adapters.objects.get_object("ConfigMap", c.common), hosts=hosts(c, f.pending)))
-    wait_clients(ctx, f.pending)
+    ctx.judge(rc.common_names(ctx.adapters.objects.get_object("ConfigMap", c.common), hosts=rcol.hosts(c, f.pending)))
+    rcol.wait_clients(ctx, f.pending)
 
 
 def unswitch(ctx: Ctx) -> None:
@@ -429,7 +305,7 @@ def unswitch(ctx: Ctx) -> None:
     c, f = cfg(ctx), ctx.facts
     if not f.active:
         return  # a first release: no colour to go back to (deploy's rollback records it Failed)
-    point_common(ctx, f.active)
+    rcol.point_common(ctx, f.active)
     st = state(ctx)
     st.history = rs.set_status(st.history, f.version, f.pending, "Failed")
     prev = next((r for r in reversed(st.history) if r.colour == f.active and r.status == "Superseded"), None)
@@ -437,7 +313,7 @@ def unswitch(ctx: Ctx) -> None:
         st.history = rs.set_status(st.history, prev.version, prev.colour, "Active")
     st.active, st.pending, st.old, st.phase = f.active, f.pending, "", "Deploying"
     save(ctx, st, "switch back", f"common ConfigMap {c.common} -> {f.active}'s Services")
-    wait_clients(ctx, f.active)
+    rcol.wait_clients(ctx, f.active)
 
 
 # ----------------------------------------------------------------------------- cleanup
@@ -445,7 +321,7 @@ def unswitch(ctx: Ctx) -> None:
 
 def cleaned(ctx: Ctx) -> bool:
     st = state(ctx)
-    return _is_released(ctx, st) and (not ctx.facts.active or not present(ctx, ctx.facts.active))
+    return _is_released(ctx, st) and (not ctx.facts.active or not rcol.present(ctx, ctx.facts.active))
 
 
 def cleanup(ctx: Ctx) -> None:
@@ -457,7 +333,7 @@ def cleanup(ctx: Ctx) -> None:
         f.deleted = [rs.strip_server_fields(o) for k, n in rs.colour_names(c, old)
                      if (o := (w.deployment(n) if k == "Deployment" else objs.get_object(k, n))) is not None]
         ctx.mark("cleanup", f"deleting colour {old}")
-        delete_colour(ctx, old)
+        rcol.delete_colour(ctx, old)
     st = state(ctx)
     st.phase, st.old = "Stable", ""
     save(ctx, st, "stable", f"release {f.version} active on {f.pending}")
@@ -467,7 +343,7 @@ def verify_cleaned(ctx: Ctx) -> None:
     f = ctx.facts
     judged = [rc.released(state(ctx), version=f.version, colour=f.pending)]
     if f.active and f.active != f.pending:
-        judged.append(rc.colour_gone(f.active, present(ctx, f.active)))
+        judged.append(rc.colour_gone(f.active, rcol.present(ctx, f.active)))
     ctx.judge_all(judged)
 
 
@@ -475,12 +351,12 @@ def uncleanup(ctx: Ctx) -> None:
     """The old colour re-created as cleanup saved it, and ready again (before the switch is undone)."""
     f = ctx.facts
     for obj in f.deleted:
-        apply(ctx, dict(obj))
+        rcol.apply(ctx, dict(obj))
     if f.deleted and f.active:
-        wait_for(lambda: observe_colour(ctx, f.active, max_restarts=cfg(ctx).max_restarts)[0], lambda v: v.ok,
+        wait_for(lambda: rcol.observe_colour(ctx, f.active, max_restarts=cfg(ctx).max_restarts)[0], lambda v: v.ok,
                  timeout=cfg(ctx).ready_timeout, interval=0.5, what=f"colour {f.active} ready again",
                  env=ctx.env.name, obj=f.active)
-        f.active_before = snapshot(ctx, f.active)  # re-created: new uids; untouched from here on
+        f.active_before = rcol.snapshot(ctx, f.active)  # re-created: new uids; untouched from here on
 
 
 PROCEDURE = Procedure(

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runbook.procedures import release as r
+from runbook.procedures import release_colours as rcol
 from runbook.procedures.framework import Procedure
 from runbook.wait import wait_for
 
@@ -24,7 +25,7 @@ _ours = {s.name: s for s in r.PROCEDURE.steps}
 
 def _await_ready_no_grace(ctx: r.Ctx) -> None:
     f = ctx.facts
-    wait_for(lambda: r.observe_colour(ctx, f.pending, max_restarts=r.cfg(ctx).max_restarts)[0], lambda v: v.ok,
+    wait_for(lambda: rcol.observe_colour(ctx, f.pending, max_restarts=r.cfg(ctx).max_restarts)[0], lambda v: v.ok,
              timeout=r.cfg(ctx).ready_timeout, interval=0.5, what=f"colour {f.pending} ready", env=ctx.env.name)
     st = r.state(ctx)
     st.phase = "Switching"
@@ -34,11 +35,11 @@ def _await_ready_no_grace(ctx: r.Ctx) -> None:
 def _undeploy_both(ctx: r.Ctx) -> None:
     r.undeploy(ctx)
     if ctx.facts.active:
-        r.delete_colour(ctx, ctx.facts.active)
+        rcol.delete_colour(ctx, ctx.facts.active)
 
 
 def _newest_start(ctx: r.Ctx) -> float:
-    starts = [c.started_at for ps in r._pods(ctx, ctx.facts.pending).values() for p in ps for c in p.containers
+    starts = [c.started_at for ps in rcol.pods(ctx, ctx.facts.pending).values() for p in ps for c in p.containers
               if c.started_at is not None]
     return max((s.timestamp() for s in starts), default=0.0)
 
@@ -51,12 +52,12 @@ def _await_ready_resetting(ctx: r.Ctx) -> None:
         remaining = start + c.ready_timeout - time.time()
         if remaining <= 0:
             break
-        ready = r.rc.colour_ready(f.pending, r._statuses(ctx, f.pending))
+        ready = r.rc.colour_ready(f.pending, rcol.statuses(ctx, f.pending))
         if ready.ok:
             ctx.progress(f"[{r.NAME}] colour {f.pending} ready at {datetime.now(UTC):%H:%M:%S}")
             break
         time.sleep(0.5)
-    ctx.judge(r.rc.colour_ready(f.pending, r._statuses(ctx, f.pending)))
+    ctx.judge(r.rc.colour_ready(f.pending, rcol.statuses(ctx, f.pending)))
     time.sleep(c.grace)
     st = r.state(ctx)
     st.phase = "Switching"

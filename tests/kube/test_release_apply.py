@@ -13,7 +13,7 @@ import pytest
 
 from runbook.adapters.kube import KubeWorkloads
 from runbook.errors import KubeError
-from runbook.procedures import release as rel
+from runbook.procedures import release_colours as rcol
 from tests.kube.contract import Images, deployment_manifest
 
 IMAGES = Images.of_kind_testbed()
@@ -33,7 +33,7 @@ def test_a_changed_selector_is_deleted_and_created_again(fake_kube: KubeWorkload
     for labels in (new["spec"]["selector"]["matchLabels"], new["spec"]["template"]["metadata"]["labels"]):
         labels["colour"] = "green"
     ctx, said = _ctx(fake_kube)
-    rel.apply(ctx, new)
+    rcol.apply(ctx, new)
     live = fake_kube.deployment("meta-storage-green") or {}
     assert live["spec"]["selector"]["matchLabels"]["colour"] == "green"
     assert live["metadata"]["uid"] != uid, "deleted and created again, not replaced"
@@ -45,6 +45,6 @@ def test_any_other_refusal_stands(fake_kube: KubeWorkloads) -> None:
     bad["spec"]["template"]["metadata"]["labels"] = {"other": "labels"}  # the selector does not match them
     ctx, _ = _ctx(fake_kube)
     with pytest.raises(KubeError) as err:
-        rel.apply(ctx, bad)
+        rcol.apply(ctx, bad)
     assert err.value.status == 422 and "field is immutable" not in err.value.message
     assert fake_kube.deployment("meta-schema-green") is None
