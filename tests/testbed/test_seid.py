@@ -7,10 +7,12 @@ Every wait polls a predicate with a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,6 +103,11 @@ def test_follows_the_tip_reports_catching_up_and_stops_on_sigterm(seid: Any, tmp
                       what="catching_up false")
     assert CHAIN.tip() - int(synced["sync_info"]["latest_block_height"]) <= 3
     assert httpx.get(f"{node.url}/health", timeout=2).json() == {"jsonrpc": "2.0", "id": -1, "result": {}}
+    rpc = httpx.post(node.url, json={"jsonrpc": "2.0", "id": 7, "method": "status"}, timeout=2).json()
+    assert rpc["id"] == 7 and rpc["result"]["node_info"]["network"] == CHAIN.chain_id
+    cli = subprocess.run([sys.executable, "-m", "runbook.testbed.seid", "status", "--node",
+                          f"tcp://{node.url.removeprefix('http://')}"], capture_output=True, text=True, timeout=10)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["node_info"]["version"] == OLD
     later = wait_for(node.height, lambda h: h > int(synced["sync_info"]["latest_block_height"]) + 3, timeout=5,
                      interval=0.05, what="the tip advancing")
     node.popen.send_signal(signal.SIGTERM)
