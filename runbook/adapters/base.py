@@ -369,3 +369,104 @@ class Ingress(Protocol):
     def upstream_order(self) -> list[str]: ...
 
     def set_upstream_order(self, addresses: Sequence[str]) -> None: ...
+
+
+# --------------------------------------------------------------------------- batch (Jobs, StatefulSets, PVCs)
+
+
+@dataclass(frozen=True)
+class JobCondition:
+    """One of ``status.conditions`` of a Job (batch/v1): Complete/SuccessCriteriaMet, Failed/FailureTarget."""
+
+    type: str
+    status: str  # "True"
+    reason: str = ""  # CompletionsReached, BackoffLimitExceeded, DeadlineExceeded
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class JobPod:
+    """A pod of a Job as ``kubectl get pod`` and containerd report it."""
+
+    name: str
+    phase: str  # Pending, Running, Succeeded, Failed
+    exit_codes: dict[str, int | None] = field(default_factory=dict)  # app container -> last exitCode (None: none)
+    reasons: dict[str, str] = field(default_factory=dict)  # container -> terminated/waiting reason (Completed, Error)
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A Job's ``status`` (counts of pods) and its pods."""
+
+    name: str
+    active: int
+    succeeded: int
+    failed: int
+    ready: int = 0
+    conditions: tuple[JobCondition, ...] = ()
+    pods: tuple[JobPod, ...] = ()
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+
+    def condition(self, type_: str) -> JobCondition | None:
+        return next((c for c in self.conditions if c.type == type_ and c.status == "True"), None)
+
+    @property
+    def finished(self) -> str | None:
+        """"Complete" or "Failed" once the Job has that terminal condition (what ``kubectl wait`` waits for)."""
+        return next((t for t in ("Complete", "Failed") if self.condition(t)), None)
+
+
+@dataclass(frozen=True)
+class StatefulSetStatus:
+    """A StatefulSet's ``status`` (apps/v1) and the names of its pods, by ordinal."""
+
+    name: str
+    replicas: int
+    ready_replicas: int
+    current_replicas: int
+    updated_replicas: int
+    current_revision: str
+    update_revision: str
+    observed_generation: int
+    pods: tuple[str, ...] = ()  # pods that exist (terminating ones included), by ordinal
+
+
+Propagation = Literal["Background", "Foreground", "Orphan"]
+
+
+@runtime_checkable
+class Batch(Protocol):
+    """Jobs run to completion, StatefulSets with per-ordinal PersistentVolumeClaims, and the claims themselves
+    (kubectl apply/get/delete of batch/v1 Job, apps/v1 StatefulSet, v1 PersistentVolumeClaim). Applies are
+    asynchronous: controllers reconcile, as on a cluster; read the statuses to wait."""
+
+    def apply_job(self, manifest: dict[str, Any]) -> None:
+        """Create a Job (its ``spec.template`` is immutable afterwards: a changed one is a 422)."""
+        ...
+
+    def job_status(self, name: str) -> JobStatus | None: ...
+
+    def delete_job(self, name: str, *, propagation: Propagation = "Background", wait: bool = True) -> None:
+        """Delete a Job; its pods go with it unless ``Orphan``. ``wait``: until the Job and those pods are gone."""
+        ...
+
+    def apply_statefulset(self, manifest: dict[str, Any]) -> None: ...
+
+    def statefulset_status(self, name: str) -> StatefulSetStatus | None: ...
+
+    def delete_statefulset(self, name: str, *, wait: bool = True) -> None:
+        """Delete a StatefulSet and its pods; its PersistentVolumeClaims stay (Retain)."""
+        ...
+
+    def apply_pvc(self, manifest: dict[str, Any]) -> None: ...
+
+    def pvcs(self, selector: str = "") -> list[str]:
+        """Names of the PersistentVolumeClaims (a label selector as ``kubectl -l`` takes it)."""
+        ...
+
+    def delete_pvc(self, name: str, *, wait: bool = True) -> None:
+        """Delete a claim; its volume's data goes too (the default StorageClass reclaims: Delete). A claim a pod
+        still uses stays Terminating until that pod is gone (kubernetes.io/pvc-protection)."""
+        ...

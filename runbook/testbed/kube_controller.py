@@ -47,6 +47,7 @@ import yaml
 from runbook.env import Env, load_env
 from runbook.errors import RunbookError
 from runbook.testbed import kube_rollout as kr
+from runbook.testbed.kube_sets import SetsController
 from runbook.testbed.kubelet import LocalWorkloads, _program, template_hash
 from runbook.testbed.supervisor import Supervisor
 
@@ -106,6 +107,7 @@ class Controller:
         self.next_ip = 0
         self.volumes_synced: dict[str, float] = {}  # pod -> when its configMap volumes were last synced
         self.volumes_collected = 0.0  # when the volumes of deleted pods were last removed
+        self.sets = SetsController(self)  # Jobs and StatefulSets (kube_sets)
 
     # -- loop ------------------------------------------------------------------------------------
     def run(self, interval: float = 0.1) -> None:
@@ -126,6 +128,7 @@ class Controller:
             self.sync_deployment(name, manifest)
         self.sync_replicasets(deployments)
         self.collect_garbage(deployments)
+        self.sets.tick()
         self.sync_volumes()
 
     # -- the Deployment controller ---------------------------------------------------------------
@@ -376,7 +379,7 @@ class Controller:
     def probe_all(self) -> None:
         now = time.time()
         for rec in self.wl.pod_records():
-            if not rec.get("replicaset") or rec.get("terminating"):
+            if not (rec.get("replicaset") or rec.get("owner")) or rec.get("terminating"):
                 continue
             results: dict[str, str] = {}
             ready = not rec.get("waiting")

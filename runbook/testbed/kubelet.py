@@ -41,6 +41,7 @@ from runbook.adapters.base import CommandResult, ContainerStatus, PodInfo, Proce
 from runbook.env import PROJECT_ROOT, Env
 from runbook.errors import AdapterError, TestbedError
 from runbook.images import normalise
+from runbook.testbed.kube_batch import BatchMixin
 from runbook.testbed.kube_dns import pod_resolv_conf
 from runbook.testbed.kube_objects import ObjectsMixin
 from runbook.testbed.kube_rollout import HASH_LABEL, RolloutsMixin, expand, is_rolling, manifest_env
@@ -76,11 +77,16 @@ def _program(pod: str, container: str) -> str:
     return f"{pod}--{container}"
 
 
+def _controlled(obj: Mapping[str, Any]) -> bool:
+    """A pod of the controller's (a ReplicaSet's, a Job's, a StatefulSet's): probed, deleted gracefully."""
+    return "replicaset" in obj or "owner" in obj
+
+
 class ImageNotFound(LookupError):
     pass
 
 
-class LocalWorkloads(ObjectsMixin, RolloutsMixin):
+class LocalWorkloads(ObjectsMixin, RolloutsMixin, BatchMixin):
     """Deployments and pods of one testbed, persisted under ``<state>/kube``. RollingUpdate Deployments are
     stored only: the testbed's controller (:mod:`runbook.testbed.kube_controller`) rolls them out."""
 
@@ -240,7 +246,7 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
         for kind, c in self._containers(spec):
             statuses.append(self._status(name, kind, c, obj.get("waiting", {}).get(c["name"]), restarts,
                                          obj.get("cri", {})))
-        phase = "Running" if all(s.state == "running" for s in statuses) else "Pending"
+        phase = self.pod_phase(obj, statuses)  # Succeeded/Failed for a Job's pod (kube_batch)
         return PodInfo(
             name=name,
             deployment=obj["deployment"],
@@ -249,7 +255,7 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
             spec_images={c["name"]: c["image"] for _, c in self._containers(spec)},
             template_images={c["name"]: c["image"] for _, c in self._containers(tmpl)},
             ip=obj.get("ip", ""), labels=dict(obj.get("labels") or {}),
-            ready_condition=bool(obj.get("ready")) if "replicaset" in obj else None,  # the controller's probes
+            ready_condition=bool(obj.get("ready")) if _controlled(obj) else None,  # the controller's probes
         )
 
     def exec(self, pod: str, container: str, argv: Sequence[str], *, timeout: float = 30.0) -> CommandResult:
@@ -397,6 +403,9 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
             (root / "root").mkdir(parents=True, exist_ok=True)
             for m in c.get("volumeMounts", []):
                 vol = volumes.get(m["name"])
+                if vol is not None and "persistentVolumeClaim" in vol:  # a claim's volume (kube_batch)
+                    self._mount_pvc(pod, vol, root / m["mountPath"].lstrip("/"))
+                    continue
                 if vol is not None and "configMap" in vol:  # projected by kube_objects, refreshed by the controller
                     self._mount_configmap(pod, vol, root / m["mountPath"].lstrip("/"))
                     continue
@@ -489,9 +498,11 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
         cfg.write_text(json.dumps(config, indent=1))
         shim = [sys.executable, "-m", "runbook.testbed.shim", "--testbed", str(self.state_dir),
                 "--id", f"{pod}/{c['name']}", str(cfg)]
-        grace = int(obj["spec"].get("terminationGracePeriodSeconds", 30)) + 5 if "replicaset" in obj else 15
+        grace = int(obj["spec"].get("terminationGracePeriodSeconds", 30)) + 5 if _controlled(obj) else 15
+        once = kind == "app" and obj["spec"].get("restartPolicy") in ("Never", "OnFailure")  # a Job's: kube_sets
         self.sup.add(_program(pod, c["name"]), shim, env={"PYTHONPATH": str(PROJECT_ROOT)}, directory=root,
-                     startsecs=1, startretries=3, stopwaitsecs=grace)  # a ReplicaSet's pod: the controller kills
+                     startsecs=0 if once else 1, startretries=0 if once else 3, autorestart=not once,
+                     stopwaitsecs=grace)  # a ReplicaSet's pod: the controller kills
 
     def image_id(self, image: str) -> str:
         """``sha256:<digest>`` of the image's content: for a stand-in image, its definition (entrypoint, env)."""
@@ -506,7 +517,7 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin):
     def _resolv_conf(self, pod: str, obj: Mapping[str, Any]) -> str | None:
         """The pod's resolv.conf (the kubelet's, by dnsPolicy: the testbed's cluster DNS for ClusterFirst) as a
         file for the shim to mount, or None: the node's. A ReplicaSet's pods only; the agave pods keep the node's."""
-        if "replicaset" not in obj:
+        if not _controlled(obj):
             return None
         text = pod_resolv_conf(obj["spec"], str(obj.get("namespace") or "default"), self.tb.dns_ip)
         if text is None:
