@@ -193,6 +193,8 @@ class SetsController:
         types = {c["type"] for c in st["conditions"]}
         if types & {"SuccessCriteriaMet", "FailureTarget"} and not types & {"Complete", "Failed"}:
             for rec in active:  # a finished Job's active pods are deleted; its terminal condition waits for them
+                if types & {"FailureTarget"} and rec["name"] not in st["counted"]["failed"]:
+                    st["counted"]["failed"].append(rec["name"])  # a pod the failed Job deleted counts as failed
                 self.ctl.delete_pod(rec["name"])
             if not active and not terminating:
                 target = next(c for c in st["conditions"] if c["type"] in ("SuccessCriteriaMet", "FailureTarget"))
@@ -202,6 +204,7 @@ class SetsController:
                     st["completionTime"] = now
                 st["finishedAt"] = now
                 _log(f"job {name}: {final} ({target['reason']})")
+        failed = len(st["counted"]["failed"])
         ttl = spec.get("ttlSecondsAfterFinished")
         if ttl is not None and st.get("finishedAt") and now >= float(st["finishedAt"]) + float(ttl):
             _log(f"job {name}: deleted {ttl}s after it finished (ttlSecondsAfterFinished)")

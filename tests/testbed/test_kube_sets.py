@@ -48,9 +48,9 @@ def wl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWorkloads]:
 
 
 def job(name: str, image: str, args: list[str], *, backoff: int = 6, deadline: int | None = None,
-        claim: str | None = None) -> dict[str, Any]:
+        claim: str | None = None, restart: str = "Never", ttl: int | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "main", "image": image, "args": args}
-    spec: dict[str, Any] = {"restartPolicy": "Never", "terminationGracePeriodSeconds": 2, "containers": [container]}
+    spec: dict[str, Any] = {"restartPolicy": restart, "terminationGracePeriodSeconds": 2, "containers": [container]}
     if claim:
         container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
         spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
@@ -58,6 +58,8 @@ def job(name: str, image: str, args: list[str], *, backoff: int = 6, deadline: i
                          "spec": {"backoffLimit": backoff, "template": {"spec": spec}}}
     if deadline is not None:
         m["spec"]["activeDeadlineSeconds"] = deadline
+    if ttl is not None:
+        m["spec"]["ttlSecondsAfterFinished"] = ttl
     return m
 
 
@@ -149,8 +151,29 @@ def test_a_job_past_its_active_deadline_is_failed_and_its_pod_deleted(wl: LocalW
     st = finished(wl, "slow")
     failed = st.condition("Failed")
     assert failed is not None and failed.reason == "DeadlineExceeded"
-    assert (st.active, st.succeeded) == (0, 0) and st.pods == (), "the running pod was deleted"
+    assert (st.active, st.succeeded, st.failed) == (0, 0, 1) and st.pods == (), "the running pod was deleted"
     wl.delete_job("slow")
+
+
+def test_an_on_failure_jobs_restarts_in_place_count_toward_its_backoff_limit(wl: LocalWorkloads,
+                                                                              tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    wl.apply_job(job("flaky", "example/count-exit:1.0.0", [str(runs)], backoff=1, restart="OnFailure"))
+    st = finished(wl, "flaky")
+    failed = st.condition("Failed")
+    assert failed is not None and failed.reason == "BackoffLimitExceeded" and st.failed == 1
+    assert st.pods == (), "the pod was deleted once its restart reached the limit"
+    # one pod, its container restarted in place (restartCount 1 >= backoffLimit 1 fails the Job at the restart,
+    # as the Job controller's pastBackoffLimitOnFailure; the restarted run may be killed before it writes)
+    assert runs.read_text().split() in (["run"], ["run", "run"])
+    wl.delete_job("flaky")
+
+
+def test_a_finished_job_goes_after_its_ttl_and_its_pods_with_it(wl: LocalWorkloads) -> None:
+    wl.apply_job(job("brief", "example/exit:1.0.0", ["0", "0"], ttl=1))
+    pod = finished(wl, "brief").pods[0].name
+    wait_for(lambda: (wl.job_status("brief"), wl.pod_exists(pod)), lambda r: r == (None, False), timeout=TIMEOUT,
+             interval=0.1, what="the Job and its pod deleted after ttlSecondsAfterFinished")
 
 
 def test_a_statefulset_creates_its_ordinals_in_order_each_with_its_claim(wl: LocalWorkloads) -> None:
@@ -172,6 +195,18 @@ def test_a_statefulset_creates_its_ordinals_in_order_each_with_its_claim(wl: Loc
         r = httpx.get(f"http://{rec['ip']}:{port}/data.txt", timeout=2, trust_env=False)
         assert r.text == f"ordinal {i}"
     assert wl.endpoints("web") == sorted(f"{r['ip']}:{port}" for r in (r0, r1))
+
+    m = file_server("web", port, replicas=1)  # scaled down (the highest ordinal goes) and a new template
+    m["spec"]["template"]["metadata"]["labels"]["rev"] = "2"
+    wl.apply_statefulset(m)
+    st = wait_for(lambda: wl.statefulset_status("web"), lambda s: s is not None and s.pods == ("web-0",)
+                  and s.ready_replicas == s.updated_replicas == 1 and s.current_revision == s.update_revision,
+                  timeout=TIMEOUT, interval=0.1, what="web scaled to 1 and updated")
+    assert st is not None and st.update_revision != r0["labels"]["controller-revision-hash"]
+    r0 = wl._read("pods", "web-0") or {}
+    assert r0["labels"]["controller-revision-hash"] == st.update_revision and r0["labels"]["rev"] == "2"
+    assert wl.pvcs() == ["data-web-0", "data-web-1"], "a scale-down keeps the claims"
+    assert httpx.get(f"http://{r0['ip']}:{port}/data.txt", timeout=2, trust_env=False).text == "ordinal 0"
 
     wl.delete_statefulset("web")
     assert wl.statefulset_status("web") is None and wl.endpoints("web") == []
