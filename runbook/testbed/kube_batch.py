@@ -315,12 +315,16 @@ class BatchMixin:
     def finish_pvc_deletions(self) -> None:
         """pvc-protection and the provisioner's Delete: a deleted claim goes, with its data, once no pod that is
         scheduled and not terminated (Succeeded, Failed) uses it."""
+        deleting = [n for n in self._names("persistentvolumeclaims")
+                    if (c := self.pvc(n)) is not None and c["metadata"].get("deletionTimestamp")]
+        if not deleting:
+            return
         used: set[str] = set()
         for r in self.pod_records():
             claims = self.claims_of(r.get("spec") or {})
             if claims and not r.get("unscheduled") and self.job_pod(r).phase not in ("Succeeded", "Failed"):
                 used.update(claims)
-        for name in self._names("persistentvolumeclaims"):
+        for name in deleting:
             with store_lock(self.kube):
                 c = self.pvc(name)
                 if c is None or not c["metadata"].get("deletionTimestamp") or name in used:

@@ -128,8 +128,8 @@ class Controller:
             self.sync_deployment(name, manifest)
         self.sync_replicasets(deployments)
         self.collect_garbage(deployments)
-        self.sets.tick()
         self.sync_volumes()
+        self.sets.tick()
 
     # -- the Deployment controller ---------------------------------------------------------------
     def sync_deployment(self, name: str, m: dict[str, Any]) -> None:
