@@ -10,6 +10,9 @@ kubelet semantics the procedures depend on:
 - an image with no stand-in is ``ImagePullBackOff``; a container that keeps exiting is ``CrashLoopBackOff``;
 - a DaemonSet (:meth:`LocalWorkloads.apply_daemonset`) is stored and listed as the API server lists it; pods of
   a DaemonSet are not started here.
+- Jobs, StatefulSets and PersistentVolumeClaims (the Batch port, :mod:`runbook.testbed.kube_batch`) are run by
+  the testbed's controller (:mod:`runbook.testbed.kube_sets`): a Job's pod runs to completion (restartPolicy
+  Never/OnFailure: supervisord does not restart it) and is Succeeded or Failed; a claim is mounted as a directory.
 
 A container gets exactly what a kubelet gives it (its manifest's command/args and env, its image's env,
 HOME), runs under :mod:`runbook.testbed.shim` in a PID namespace and a private ``/run`` of its own, and a
