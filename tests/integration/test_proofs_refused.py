@@ -17,13 +17,20 @@ OPERATOR_DZ = "features/test_features.py::test_the_operator_moves_the_live_pods_
 
 
 def _proof_scenarios() -> list[str]:
-    """Every scenario the feature files tag @proof, by its title (read from the files, not a list here)."""
+    """Every scenario the feature files tag @proof, by its title (read from the files, not a list here); a
+    Scenario Outline once per row of its Examples (each is a test)."""
     titles = []
     for f in sorted((PROJECT_ROOT / "features").glob("*.feature")):
         lines = f.read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("Scenario") and i and "@proof" in lines[i - 1]:
-                titles.append(line.split(":", 1)[1].strip())
+                title = line.split(":", 1)[1].strip()
+                rows = 1
+                if line.strip().startswith("Scenario Outline"):
+                    end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(("Scenario", "@"))),
+                               len(lines))
+                    rows = sum(1 for ln in lines[i + 1:end] if ln.strip().startswith("|")) - 1  # less the header
+                titles += [title] * rows
     return titles
 
 
