@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runbook.adapters.base import CommandResult, Host, Ingress, Objects, Rollouts, Storage, Workloads
+from runbook.adapters.base import Batch, CommandResult, Host, Ingress, Objects, Rollouts, Storage, Workloads
 from runbook.adapters.host import TestinfraHost
 from runbook.adapters.ingress import CaddyAdmin
 from runbook.adapters.reference import ReferenceTip
@@ -91,6 +91,14 @@ class Adapters:
         """The workloads port's ConfigMaps and Services (seed 003's release)."""
         if not isinstance(self.workloads, Objects):
             raise RunbookError(f"the workloads port of env {self.env.name} has no ConfigMaps and Services "
+                               f"({type(self.workloads).__name__})", env=self.env.name)
+        return self.workloads
+
+    @property
+    def batch(self) -> Batch:
+        """The workloads port's Jobs, StatefulSets and PersistentVolumeClaims (seed 001's hard fork)."""
+        if not isinstance(self.workloads, Batch):
+            raise RunbookError(f"the workloads port of env {self.env.name} has no Jobs, StatefulSets and claims "
                                f"({type(self.workloads).__name__})", env=self.env.name)
         return self.workloads
 

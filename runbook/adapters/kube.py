@@ -22,6 +22,7 @@ from kubernetes import client as k8s
 
 from runbook.adapters.base import CommandResult, ContainerKind, ContainerState, ContainerStatus, PodInfo, ProcessInfo
 from runbook.adapters.kube_api import call, call_json, check_reachable, connect, describe_failure
+from runbook.adapters.kube_batch import KubeBatch
 from runbook.adapters.kube_exec import ExecDeadline, refusal, run_exec
 from runbook.adapters.kube_objects import KubeObjects
 from runbook.adapters.kube_rollouts import RolloutVerbs, ready_condition
@@ -151,7 +152,7 @@ class RolloutState:
 # --------------------------------------------------------------------------- the adapter
 
 
-class KubeWorkloads(KubeObjects, RolloutVerbs):
+class KubeWorkloads(KubeObjects, KubeBatch, RolloutVerbs):
     """Deployments, pods and containers through the official ``kubernetes`` client; the rollout verbs
     (:class:`~runbook.adapters.base.Rollouts`) come from :mod:`runbook.adapters.kube_rollouts`."""
 

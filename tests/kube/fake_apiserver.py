@@ -1,13 +1,15 @@
 """A Kubernetes API mock server over real HTTP on loopback, stateful, for the kube adapter's contract suite.
 
 It behaves like the real API server where the adapter depends on it: REST for namespaces, nodes, pods,
-events, deployments, replicasets, daemonsets, services, configmaps and endpointslices (get, list with label and field
+events, deployments, replicasets, daemonsets, services, configmaps, endpointslices, jobs, statefulsets and
+persistentvolumeclaims (get, list with label and field
 selectors, create, replace with resourceVersion preconditions, JSON/merge/strategic patches, delete with propagation);
 discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1``,
-``/apis/discovery.k8s.io/v1``) so the client's dynamic client
+``/apis/discovery.k8s.io/v1``, ``/apis/batch/v1``) so the client's dynamic client
 works; error bodies as the real server sends them (a ``Status``: ``NotFound``, ``AlreadyExists``,
-``Conflict``, ``Invalid`` with causes, ``Unauthorized``); pod-update, Deployment, Service and ConfigMap
-validation (:mod:`tests.kube.fake_validation`, :mod:`tests.kube.fake_configmaps`); ``pods/exec`` over the
+``Conflict``, ``Invalid`` with causes, ``Unauthorized``); pod-update, Deployment, Service, ConfigMap, Job,
+StatefulSet and claim validation (:mod:`tests.kube.fake_validation`, :mod:`tests.kube.fake_configmaps`,
+:mod:`tests.kube.fake_batch`); ``pods/exec`` over the
 ``v5.channel.k8s.io``/``v4.channel.k8s.io`` WebSocket protocol; and behind it a controller and a kubelet
 (:mod:`tests.kube.fake_cluster`, :mod:`tests.kube.fake_kubelet`) that report container status as
 containerd's CRI does.
@@ -26,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.kube import fake_batch as batch
 from tests.kube.fake_cluster import FakeCluster
 from tests.kube.fake_configmaps import validate_configmap, validate_service_meta
 from tests.kube.fake_exec import ExecCall, Runner, choose_protocol, local_runner, serve_exec, stall
@@ -49,7 +52,7 @@ TOKEN = "test-token"
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "0" * 40,
            "gitTreeState": "clean", "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
            "platform": "linux/amd64"}
-WRITABLE = {"deployments", "pods", "namespaces", "services", "configmaps"}
+WRITABLE = {"deployments", "pods", "namespaces", "services", "configmaps", *batch.PLURALS}
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def parse_route(path: str) -> Route | None:
 def _resource_list(group_version: str, group: str) -> Obj:
     singular = {"namespaces": "namespace", "nodes": "node", "pods": "pod", "events": "event",
                 "deployments": "deployment", "replicasets": "replicaset", "daemonsets": "daemonset",
-                "services": "service", "endpointslices": "endpointslice", "configmaps": "configmap"}
+                "services": "service", "endpointslices": "endpointslice", "configmaps": "configmap", "jobs": "job",
+                "statefulsets": "statefulset", "persistentvolumeclaims": "persistentvolumeclaim"}
     resources: list[Obj] = []
     for r in RESOURCES.values():
         if r.group != group:
@@ -273,6 +277,9 @@ class FakeApiServer:
                 check_cluster_ip(body, c)
             if route.plural == "configmaps":
                 validate_configmap(body, None)
+            if route.plural in batch.PLURALS:
+                body = batch.defaults(route.plural, body)
+                batch.validate(route.plural, body, None)
             if route.plural == "pods":
                 raise ApiError(405, "MethodNotAllowed", "this fake creates pods through Deployments only")
             return 201, c.create(route.plural, ns, body)
@@ -280,6 +287,8 @@ class FakeApiServer:
         if method == "DELETE":
             options = body if isinstance(body, dict) else {}
             propagation = options.get("propagationPolicy") or next(iter(query.get("propagationPolicy") or []), None)
+            if propagation is None and route.plural == "jobs":
+                propagation = "Orphan"  # batch/v1's default (kubectl sends Background): a Job's pods stay
             grace = options.get("gracePeriodSeconds", next(iter(query.get("gracePeriodSeconds") or []), None))
             obj = c.delete(route.plural, ns, name, propagation=propagation,
                            grace_seconds=None if grace is None else int(grace))
@@ -314,6 +323,9 @@ class FakeApiServer:
             validate_service(new, current, c.node_ports_in_use(ns, name))
         elif route.plural == "configmaps":
             validate_configmap(new, current)
+        elif route.plural in batch.PLURALS:
+            new = batch.defaults(route.plural, new)
+            batch.validate(route.plural, new, current)
         return 200, c.replace(route.plural, ns, name, new)
 
     def _list(self, route: Route, query: dict[str, list[str]]) -> Obj:

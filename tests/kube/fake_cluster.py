@@ -27,6 +27,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from tests.kube import fake_batch as batch
+from tests.kube import fake_batch_ctl
 from tests.kube import fake_rollout as rollout
 from tests.kube import fake_services as services
 from tests.kube.fake_configmaps import root_ca
@@ -85,10 +87,22 @@ class FakeCluster:
         self._rv = itertools.count(1000)
         self._rng = random.Random(seed)
         self._observe_at: dict[Key, float] = {}
+        self.job_books: dict[str, Obj] = {}  # the Job controller's counts of finished pods, by Job uid
         self.addresses = services.Addresses(self)
         self._put("nodes", {"metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
                             "status": {"nodeInfo": {"kubeletVersion": "v1.32.0",
                                                     "containerRuntimeVersion": "containerd://1.7.24"}}})
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
+    def new_uid(self) -> str:
+        return self._uid()
+
+    def delete_pod(self, pod: Obj) -> None:
+        """A graceful delete of a pod, as a controller asks for it."""
+        self._delete_pod(pod, None)
 
     def pod_ip(self) -> str:
         return self.addresses.pod_ip()
@@ -196,8 +210,10 @@ class FakeCluster:
             obj["spec"] = pod_defaults(obj.get("spec") or {}, admission=True)
             obj["spec"]["nodeName"] = self.node
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        elif plural in batch.PLURALS:
+            batch.on_create(self, plural, obj)
         self._put(plural, obj)
-        if plural == "pods":
+        if plural == "pods" and batch.schedule(self, obj):
             self.kubelet.admit((ns, name))
         return obj
 
@@ -228,6 +244,8 @@ class FakeCluster:
                 obj["spec"]["clusterIP"] = old["spec"]["clusterIP"]
             services.keep_node_ports(old, obj)
             services.service_defaults(obj, self.addresses.cluster_ip, self.addresses.node_port)
+        if plural in ("jobs", "statefulsets") and obj["spec"] != old["spec"]:
+            obj["metadata"]["generation"] = old["metadata"]["generation"] + 1
         if plural == "deployments":
             self._deployment_defaults(obj)
             if obj["spec"] != old["spec"]:
@@ -248,6 +266,11 @@ class FakeCluster:
         if plural == "pods":
             self._delete_pod(obj, grace_seconds)
             return obj
+        if obj["metadata"].get("finalizers") and propagation != "Foreground":  # kept until they are removed
+            obj["metadata"]["deletionTimestamp"] = timestamp(wall())
+            obj["metadata"]["deletionGracePeriodSeconds"] = 0
+            self.touch(obj)
+            return obj
         if plural == "namespaces" or propagation == "Foreground":
             obj["metadata"]["deletionTimestamp"] = timestamp(wall())
             obj["metadata"]["deletionGracePeriodSeconds"] = 0
@@ -259,7 +282,7 @@ class FakeCluster:
             return obj
         del self.objects[plural][(ns, name)]
         if propagation == "Orphan":
-            for dependent in self.objects["replicasets"].values():
+            for dependent in [*self.objects["replicasets"].values(), *self.objects["pods"].values()]:
                 dependent["metadata"]["ownerReferences"] = [
                     o for o in dependent["metadata"].get("ownerReferences") or []
                     if o["uid"] != obj["metadata"]["uid"]]
@@ -303,6 +326,7 @@ class FakeCluster:
                 self._delete_pod(pod, None)
         for dep in list(self.objects["deployments"].values()):
             self._deployment_status(dep)
+        fake_batch_ctl.sync(self)
         services.sync_endpoint_slices(self, lambda: random_suffix(self._rng))
         for space in list(self.objects["namespaces"].values()):
             if _deleting(space):
@@ -402,7 +426,8 @@ class FakeCluster:
 
     def _namespace_teardown(self, space: Obj) -> None:
         ns = space["metadata"]["name"]
-        for plural in ("deployments", "services", "endpointslices", "configmaps"):
+        for plural in ("deployments", "services", "endpointslices", "configmaps", "jobs", "statefulsets",
+                       "persistentvolumeclaims"):
             for obj in self.items(plural, ns):
                 del self.objects[plural][(ns, obj["metadata"]["name"])]
         for pod in self.items("pods", ns):

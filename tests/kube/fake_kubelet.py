@@ -9,6 +9,8 @@
   new startedAt (whole seconds, as the API serialises); the others keep theirs (trap 5, Kubernetes 1.32+).
 - A container whose command is ``false`` exits 1 at once and crash-loops (``CrashLoopBackOff``, restarts
   counted): the one way for a test to ask for a crashing container.
+- A run-to-completion pod's (restartPolicy Never/OnFailure) containers exit as :mod:`tests.kube.fake_batch` says;
+  the pod is then Succeeded or Failed.
 - A deleted pod keeps running, with ``deletionTimestamp`` set, for the cluster's grace delay, then is gone.
 
 Transitions are timers on the cluster's clock (see :class:`tests.kube.fake_cluster.FakeCluster`).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from tests.kube import fake_batch as batch
 from tests.kube.fake_state import Obj, timestamp, wall
 
 if TYPE_CHECKING:
@@ -120,7 +123,7 @@ class Kubelet:
         container_id = "containerd://" + hashlib.sha256(f"{pod['metadata']['uid']}/{container['name']}/"
                                                          f"{st['restartCount']}".encode()).hexdigest()
         st.update(image=image.tags[0], imageID=image.repo_digest, containerID=container_id)
-        if _crashes(container):
+        if _crashes(container) and not batch.run_to_completion(pod):
             st.update(ready=False, started=False, state={"terminated": {
                 "exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now, "containerID": container_id}})
             key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
@@ -129,6 +132,7 @@ class Kubelet:
             return
         st.update(ready=True, started=True, state={"running": {"startedAt": now}})
         self._event(pod, "Started", f"Started container {container['name']}")
+        batch.started(self, pod, container)  # a run-to-completion pod's container that ends by itself
 
     def _pull_backoff(self, key: Key, name: str, ref: str) -> None:
         pod = self._pod(key)
@@ -200,7 +204,7 @@ class Kubelet:
         every = (status.get("initContainerStatuses") or []) + apps
         started = [s for s in apps if s["state"].get("running") or s["state"].get("terminated")
                    or s["restartCount"] > 0]
-        status["phase"] = "Running" if started else "Pending"
+        status["phase"] = batch.phase(pod) or ("Running" if started else "Pending")
         ready = bool(every) and all(s["ready"] for s in every) and len(every) == len(
             native_sidecars(pod["spec"])) + len(pod["spec"].get("containers") or [])
         initialized = all(s["started"] for s in status.get("initContainerStatuses") or [])

@@ -40,7 +40,7 @@ class Resource:
         return f"{self.group}/v1" if self.group else "v1"
 
 
-GROUPS = ("apps", "discovery.k8s.io")  # the API groups served besides the core group
+GROUPS = ("apps", "batch", "discovery.k8s.io")  # the API groups served besides the core group
 
 
 RESOURCES: dict[str, Resource] = {r.plural: r for r in (
@@ -54,6 +54,9 @@ RESOURCES: dict[str, Resource] = {r.plural: r for r in (
     Resource("services", "Service"),
     Resource("configmaps", "ConfigMap"),
     Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", verbs=("get", "list")),
+    Resource("jobs", "Job", "batch"),
+    Resource("statefulsets", "StatefulSet", "apps"),
+    Resource("persistentvolumeclaims", "PersistentVolumeClaim"),
 )}
 
 

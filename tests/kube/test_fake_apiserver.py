@@ -289,6 +289,7 @@ def test_the_role_grants_exactly_the_verbs_the_adapter_uses(fake: FakeApiServer,
     kube.apply_object(service)
     kube.list_objects("Service", "app=meta")
     kube.delete_object("Service", "meta-storage-blue")
+    batch_verbs(kube)
 
     used = {_verb(r.method, r.path) for r in fake.requests}
     assert ("", "pods/exec", "get") in used
@@ -297,6 +298,36 @@ def test_the_role_grants_exactly_the_verbs_the_adapter_uses(fake: FakeApiServer,
     granted = {(g, res, verb) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
                for verb in rule["verbs"]}
     assert used == granted
+
+
+def batch_verbs(kube: KubeWorkloads) -> None:
+    """Every call of the Batch port (seed 001's hard fork): Jobs, StatefulSets and their claims."""
+    container = {"name": "main", "image": IMAGES.app, "command": ["sh", "-c", "exit 0"]}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "boot"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}}
+    kube.apply_job(job)  # create
+    kube.apply_job(job)  # replace
+    wait_for(lambda: kube.job_status("boot"), lambda s: s is not None and s.finished == "Complete", timeout=10,
+             interval=0.02, what="the bootstrap Job")
+    kube.delete_job("boot")
+    sts = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "sei"},
+           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "sei"}},
+                    "template": {"metadata": {"labels": {"app": "sei"}},
+                                 "spec": {"containers": [{"name": "seid", "image": IMAGES.app}]}},
+                    "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}
+    kube.apply_statefulset(sts)
+    kube.apply_statefulset(sts)
+    wait_for(lambda: kube.statefulset_status("sei"), lambda s: s is not None and s.ready_replicas == 1, timeout=10,
+             interval=0.02, what="the StatefulSet")
+    kube.delete_statefulset("sei")
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "extra", "labels": {"a": "1"}},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    kube.apply_pvc(claim)
+    kube.apply_pvc({**claim, "metadata": {"name": "extra", "labels": {"a": "2"}}})  # replace (labels)
+    kube.pvcs("app=sei")
+    for name in kube.pvcs():
+        kube.delete_pvc(name)
 
 
 def test_exec_call_is_what_the_runner_gets(fake: FakeApiServer, fake_kube: KubeWorkloads) -> None:
