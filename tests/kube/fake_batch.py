@@ -11,7 +11,8 @@ controllers, run on every :meth:`tests.kube.fake_cluster.FakeCluster.settle`.
   kind's default StorageClass ``standard``, ``volumeMode: Filesystem`` and the ``kubernetes.io/pvc-protection``
   finalizer;
 - run-to-completion pods (restartPolicy Never/OnFailure): a container whose command is ``true``/``false`` or
-  ``sh -c "[sleep S;] exit N"`` exits with that code (after S seconds); the pod is then Succeeded (all exit 0) or
+  ``sh -c <script>`` exits (after the script's ``sleep`` seconds, with its ``exit N`` code, else 0; the script
+  itself is not run); the pod is then Succeeded (all exit 0) or
   Failed (Never); OnFailure restarts the container after the cluster's backoff (restartCount counted);
 - the Job controller: pods ``<job>-<5 chars>`` from the template, owned by the Job; Succeeded/Failed pods counted
   (and kept); a failed pod replaced after ``backoff * 2**(failed-1)``; ``failed > backoffLimit`` (or OnFailure
@@ -189,10 +190,9 @@ def exit_plan(container: Obj) -> tuple[float, int] | None:
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
     if argv and argv[0] in ("true", "/bin/true", "false", "/bin/false"):
         return 0.0, 0 if argv[0].endswith("true") else 1
-    if len(argv) >= 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c":
-        sleep, code = re.search(r"sleep ([\d.]+)", argv[2]), re.search(r"exit (\d+)", argv[2])
-        if sleep or code:
-            return float(sleep.group(1)) if sleep else 0.0, int(code.group(1)) if code else 0
+    if len(argv) >= 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c":  # ends after its sleeps
+        code = re.search(r"exit (\d+)", argv[2])
+        return sum(float(t) for t in re.findall(r"sleep ([\d.]+)", argv[2])), int(code.group(1)) if code else 0
     return None
 
 
