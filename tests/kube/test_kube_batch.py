@@ -318,3 +318,13 @@ def test_a_replace_that_races_a_write_is_retried_only_when_the_status_moved(
     finally:
         del kube._get
     kube.delete_statefulset("r")
+
+
+def test_adapters_batch_is_the_workloads_port_when_it_has_the_verbs(fake_kube: KubeWorkloads) -> None:
+    from runbook.adapters.factory import Adapters
+    from runbook.errors import RunbookError
+
+    ports: dict[str, Any] = {"host": None, "ingress": None, "storage": None}
+    assert Adapters(env=fake_kube.env, workloads=fake_kube, **ports).batch is fake_kube
+    with pytest.raises(RunbookError, match="the workloads port of env kind has no Jobs, StatefulSets and claims"):
+        _ = Adapters(env=fake_kube.env, workloads=object(), **ports).batch  # type: ignore[arg-type]
