@@ -118,7 +118,6 @@ def _job(cluster: FakeCluster, job: Obj, pods: list[Obj]) -> None:
               succeeded=len(counted["succeeded"]), failed=len(counted["failed"]),
               terminating=sum(1 for p in pods if _deleting(p)), uncountedTerminatedPods={})
     st = {k: v for k, v in st.items() if v or k in ("ready", "terminating")}
-    st["observedGeneration"] = meta["generation"]
     _set_status(cluster, job, st)
 
 
