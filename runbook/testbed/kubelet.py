@@ -142,12 +142,8 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin, BatchMixin):
         tmp.replace(path)
 
     def _pod_names(self, deployment: str | None = None) -> list[str]:
-        names = []
-        for p in sorted((self.kube / "pods").glob("*.json")):
-            obj = json.loads(p.read_text())
-            if deployment is None or obj["deployment"] == deployment:
-                names.append(obj["name"])
-        return names
+        """The pods' names (of ``deployment``): a record the controller removes while they are listed is gone."""
+        return [rec["name"] for rec in self.pod_records(deployment)]
 
     # -- Workloads port --------------------------------------------------------------------
     def deployments(self) -> list[str]:

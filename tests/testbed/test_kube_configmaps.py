@@ -276,3 +276,14 @@ def test_configmap_sync_is_a_testbed_setting_with_a_lag_by_default(tmp_path: Pat
     path = tmp_path / "env.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_env(str(path)).testbed.configmap_sync == 5.0  # type: ignore[union-attr]
+
+
+def test_a_pod_record_removed_while_the_pods_are_listed_is_gone_not_an_error(wl: LocalWorkloads) -> None:
+    """The controller removes a deleted pod's record while a delete --wait lists the Deployment's pods: the
+    listing sees it gone (the CI run that found this failed a release's cleanup with FileNotFoundError)."""
+    pods = wl.kube / "pods"
+    pods.mkdir(parents=True, exist_ok=True)
+    (pods / "meta-storage-blue-1.json").write_text(json.dumps({"name": "meta-storage-blue-1",
+                                                                "deployment": "meta-storage-blue"}))
+    (pods / "meta-storage-blue-2.json").symlink_to(pods / "removed-meanwhile.json")  # listed, then gone
+    assert wl._pod_names("meta-storage-blue") == ["meta-storage-blue-1"]
