@@ -202,7 +202,9 @@ def test_bootstrap_from_an_s3_snapshot(seid: Any, tmp_path: Path) -> None:
 def test_state_sync_from_a_peer_and_no_peers_fails_fast(seid: Any, tmp_path: Path) -> None:
     peer = seid(tmp_path / "peer", OLD, init_height="tip")
     node = seid(tmp_path / "synced", OLD, peers=f"nodeid@{peer.url.removeprefix('http://')}", snapshot_interval=50)
-    state = read_state(node.home)
+    # the restored state is written before the first block is processed: wait for the first version's range
+    state = wait_for(lambda: read_state(node.home), lambda s: s is not None and bool(s.versions), timeout=10,
+                     interval=0.05, what="the synced node's first processed block")
     assert state is not None
     landed = state.versions[0]["from"] - 1  # state sync restored this height; block sync went on from it
     assert landed % 50 == 0 and peer.height() - landed <= 80
