@@ -134,9 +134,7 @@ def _source_objects(ctx: Ctx) -> tuple[str, list[dict[str, Any]]]:
     """The colour to derive from and its objects: the live active colour's, or the template's (first release)."""
     c, f = cfg(ctx), ctx.facts
     if f.active:
-        objs, w = ctx.adapters.objects, ctx.adapters.workloads
-        live = [w.deployment(n) if k == "Deployment" else objs.get_object(k, n)
-                for k, n in rs.colour_names(c, f.active)]
+        live = [rcol.read(ctx, k, n) for k, n in rs.colour_names(c, f.active)]
         missing = [f"{k}/{n}" for (k, n), o in zip(rs.colour_names(c, f.active), live, strict=True) if o is None]
         if missing:
             raise _err(ctx, f"the active colour {f.active} is incomplete ({', '.join(missing)} missing): "
@@ -329,9 +327,8 @@ def cleanup(ctx: Ctx) -> None:
     st = state(ctx)
     old = st.old or f.active
     if old and old != f.pending:
-        objs, w = ctx.adapters.objects, ctx.adapters.workloads
         f.deleted = [rs.strip_server_fields(o) for k, n in rs.colour_names(c, old)
-                     if (o := (w.deployment(n) if k == "Deployment" else objs.get_object(k, n))) is not None]
+                     if (o := rcol.read(ctx, k, n)) is not None]
         ctx.mark("cleanup", f"deleting colour {old}")
         rcol.delete_colour(ctx, old)
     st = state(ctx)

@@ -34,21 +34,28 @@ def client_hosts(c: ReleaseConfig, colour: str) -> dict[str, str]:
     return {comp: c.name(comp, colour) for comp in c.components}
 
 
+def read(ctx: Context[Any], kind: str, name: str) -> dict[str, Any] | None:
+    """One object of a colour as the platform returns it (a Deployment through the workloads port, a ConfigMap or
+    Service through the objects port), or None."""
+    if kind == "Deployment":
+        return ctx.adapters.workloads.deployment(name)
+    return ctx.adapters.objects.get_object(kind, name)
+
+
 def snapshot(ctx: Context[Any], colour: str) -> dict[str, Any]:
-    c, objs, w = cfg(ctx), ctx.adapters.objects, ctx.adapters.workloads
+    c = cfg(ctx)
     found: dict[str, dict[str, Any] | None] = {}
     pods = []
     for kind, name in rs.colour_names(c, colour):
-        found[f"{kind}/{name}"] = w.deployment(name) if kind == "Deployment" else objs.get_object(kind, name)
+        found[f"{kind}/{name}"] = read(ctx, kind, name)
         if kind == "Deployment":
             pods += ctx.adapters.rollouts.pods_of(name)
     return rc.snapshot(found, pods)
 
 
 def present(ctx: Context[Any], colour: str) -> list[str]:
-    objs, w = ctx.adapters.objects, ctx.adapters.workloads
     return [f"{kind}/{name}" for kind, name in rs.colour_names(cfg(ctx), colour)
-            if (w.deployment(name) if kind == "Deployment" else objs.get_object(kind, name)) is not None]
+            if read(ctx, kind, name) is not None]
 
 
 def apply(ctx: Context[Any], obj: dict[str, Any]) -> None:
