@@ -170,6 +170,41 @@ class _Server(uvicorn.Server):
         self.exit_code = code
         self.should_exit = True
 
+    drain_idle = 0.0
+    draining = False
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """With ``drain_idle``: stop accepting, answer every request from now on with ``Connection: close``,
+        and close a keep-alive connection only once it has been idle ``drain_idle`` seconds (longer than its
+        client keeps an idle connection: the client closes first), so no client sends on a connection as it
+        closes. Then uvicorn's own shutdown, which closes idle connections at once (the keep-alive race)."""
+        if self.drain_idle > 0:
+            for server in self.servers:
+                server.close()
+            self.draining = True
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            self.logger.info("draining: Connection: close on every answer, idle connections closed after %gs",
+                             self.drain_idle)
+            while self.server_state.connections and not self.force_exit and loop.time() - start <= self.drain_idle:
+                for conn in list(self.server_state.connections):
+                    if _idle_since(conn, start) <= loop.time() - self.drain_idle:
+                        conn.shutdown()
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
+def _idle_since(conn: Any, drain_start: float) -> float:
+    """When an HTTP/1.1 connection last finished an answer (its keep-alive timer was set then); the drain's
+    start for one that has not answered yet; +inf while a request is in flight."""
+    cycle = getattr(conn, "cycle", None)
+    if cycle is not None and not cycle.response_complete:
+        return math.inf
+    timer = getattr(conn, "timeout_keep_alive_task", None)
+    if timer is None:
+        return drain_start
+    return float(timer.when()) - float(conn.timeout_keep_alive)
+
 
 def run_server(
     app: JsonRpcApp | RateLimited,
@@ -180,11 +215,22 @@ def run_server(
     background: Callable[[RequestExit], Coroutine[Any, Any, None]] | None = None,
     on_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
     graceful_timeout: int = 10,
+    drain_idle: float = 0.0,
 ) -> int:
     """Serve ``app`` until SIGTERM/SIGINT or until ``background`` calls ``request_exit(status)``.
-    In-flight requests finish; then ``on_stop`` runs. Returns the process exit status."""
+    In-flight requests finish; then ``on_stop`` runs. Returns the process exit status. ``drain_idle``: see
+    :meth:`_Server.shutdown` (0: idle keep-alive connections are closed at once, as uvicorn does)."""
+    server_ref: list[_Server] = []
+
+    async def served(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        async def send_closing(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and server_ref[0].draining:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+        await app(scope, receive, send_closing if drain_idle > 0 else send)
+
     config = uvicorn.Config(
-        app,
+        served,
         host=host,
         port=port,
         lifespan="off",
@@ -197,6 +243,8 @@ def run_server(
         timeout_keep_alive=300,
     )
     server = _Server(config)
+    server.drain_idle = drain_idle
+    server_ref.append(server)
     server.logger = logger = logging.getLogger(name)
 
     async def guarded() -> None:

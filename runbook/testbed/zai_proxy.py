@@ -21,7 +21,9 @@ Failure modes, chosen by flags: ``--error-rate F`` answers exactly that fraction
 ``--error-after + --error-for`` seconds after start when those are given (a burst); ``--latency S`` adds S
 seconds to every completion; ``--no-token-metrics`` leaves ``zai_proxy_tokens_total`` out of ``/metrics``
 (a build that lost it). ``--rate-limit R``: above R completions a second (a bucket of one second's worth)
-the proxy answers 429 with ``Retry-After``. SIGTERM finishes in-flight requests and exits 0.
+the proxy answers 429 with ``Retry-After``. SIGTERM finishes in-flight requests and exits 0; it drains keep-alive
+connections first (``--drain-idle``): a pod deleted in a rollout still holds its clients' connections (the Service
+only stops sending new ones), and closing an idle one at SIGTERM loses a request the client sends on it then.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+DRAIN_IDLE = 5.0  # httpx's keepalive_expiry: a client of the proxy has dropped an idle connection by then
 
 
 def count_tokens(text: str) -> int:
@@ -269,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-token-metrics", action="store_true", help="leave zai_proxy_tokens_total out of /metrics")
     p.add_argument("--warm-up", type=float, default=0.0, metavar="SECONDS",
                    help="/health answers 503 this long after start (readiness keeps the pod out of its Service)")
+    p.add_argument("--drain-idle", type=float, default=DRAIN_IDLE, metavar="SECONDS",
+                   help="on SIGTERM, answer with Connection: close and close a keep-alive connection only after it "
+                        "was idle this long (0: close idle connections at once, the keep-alive race)")
     args = p.parse_args(argv)
     if not 0 <= args.error_rate <= 1:
         p.error(f"--error-rate must be in [0, 1], not {args.error_rate}")
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
              args.latency, f"{args.rate_limit:g}/s" if args.rate_limit > 0 else "none",
              "off" if args.no_token_metrics else "on")
     # run_server serves any ASGI app; its annotation names the two JSON-RPC apps it was written for
-    code = run_server(cast(Any, app), host=args.bind, port=args.port, name="zai-proxy")
+    code = run_server(cast(Any, app), host=args.bind, port=args.port, name="zai-proxy", drain_idle=args.drain_idle)
     log.info("exiting with status %d", code)
     return code
 

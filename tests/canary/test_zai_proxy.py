@@ -214,6 +214,64 @@ def test_sigterm_exits_0(proxy: Callable[..., Proxy]) -> None:
     assert "exiting with status 0" in p.log.read_text()
 
 
+def _ask(sock: socket.socket) -> bytes:
+    """One GET /version on a kept-alive connection, read to the end of its answer (b"" if the server closed)."""
+    sock.sendall(b"GET /version HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def _after_sigterm(p: Proxy, words: str) -> None:
+    p.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: p.log.read_text(), lambda text: words in text, timeout=10, interval=0.02,
+             what=f"{words!r} in the proxy's log")
+
+
+def test_sigterm_drains_keep_alive_connections_instead_of_closing_them_under_a_request(
+        proxy: Callable[..., Proxy]) -> None:
+    """A pod deleted in a rollout keeps its clients' open connections: the one that sends on an idle
+    connection as SIGTERM closes it loses that request. Draining answers it, with Connection: close."""
+    p = proxy("--drain-idle", "2")
+    busy, idle = (socket.create_connection(("127.0.0.1", int(p.url.rsplit(":", 1)[1])), timeout=10) for _ in "ab")
+    with busy, idle:
+        for sock in (busy, idle):
+            first = _ask(sock)
+            assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
+        stopped = time.monotonic()
+        _after_sigterm(p, "draining")
+        second = _ask(busy)
+        assert second.startswith(b"HTTP/1.1 200"), second
+        assert b"connection: close" in second.lower()
+        assert busy.recv(1) == b""  # closed after the answer, as it said
+        assert idle.recv(1) == b""  # the idle one: closed once idle for --drain-idle, not at SIGTERM
+        assert time.monotonic() - stopped >= 2.0
+    assert p.popen.wait(10) == 0
+
+
+def test_without_the_drain_an_idle_connection_is_closed_at_sigterm(proxy: Callable[..., Proxy]) -> None:
+    """The keep-alive race the drain prevents, made certain: a request sent on a connection that was idle at
+    SIGTERM gets no answer."""
+    p = proxy("--drain-idle", "0")
+    with socket.create_connection(("127.0.0.1", int(p.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        assert _ask(sock).startswith(b"HTTP/1.1 200")
+        _after_sigterm(p, "Shutting down")
+        try:
+            answer = _ask(sock)
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b""
+        assert answer == b""
+    assert p.popen.wait(10) == 0
+
+
 def test_bad_flags_are_refused() -> None:
     run = subprocess.run([sys.executable, "-m", "runbook.testbed.zai_proxy", "--variant", "canary", "--port", "1",
                           "--version", "x", "--error-rate", "2"], capture_output=True, text=True, cwd=ROOT, timeout=10)
