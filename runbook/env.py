@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runbook.env_canary import CanaryConfig, http_url
+from runbook.env_hardfork import HardforkConfig
 from runbook.env_release import ReleaseConfig
 from runbook.errors import ConfigError, UnknownEnvironment
 
@@ -371,6 +372,7 @@ class Env(_Model):
     testbed: TestbedConfig | None = None
     canary: CanaryConfig | None = Field(default=None, description="seed 004's canary promotion (runbook.env_canary)")
     release: ReleaseConfig | None = Field(default=None, description="seed 003's release (runbook.env_release)")
+    hardfork: HardforkConfig | None = Field(default=None, description="seeds 001/002's hard fork (runbook.env_hardfork)")
     source: str = Field(default="", exclude=True)
 
     @model_validator(mode="after")
@@ -450,6 +452,9 @@ class Env(_Model):
                     ("canary.prometheus", _url_port(c.prometheus))]
         if self.release is not None and self.testbed is not None:
             out += [("release.url", _url_port(self.release.url))]
+        if self.hardfork is not None and self.testbed is not None:
+            out += [("hardfork.rpc", _url_port(self.hardfork.rpc)),
+                    ("hardfork.network_rpc", _url_port(self.hardfork.network_rpc))]
         return out
 
     def setting_for_port(self, port: int) -> str:
@@ -489,6 +494,9 @@ def shift_ports(data: dict[str, Any], shift: int) -> None:
             data["canary"][key] = moved(data["canary"][key])
     if data.get("release"):
         data["release"]["url"] = moved(data["release"]["url"])
+    if data.get("hardfork"):
+        for key in ("rpc", "network_rpc"):
+            data["hardfork"][key] = moved(data["hardfork"][key])
 
 
 def envs_dir() -> Path:

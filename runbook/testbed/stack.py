@@ -307,7 +307,7 @@ class Testbed:
         self._save(netns=name, netns_reason="")  # recorded first: down() cleans up a half-made node
         ports = [port for setting, port in self.env.port_settings()
                  if setting != "testbed.supervisor_port"
-                 and not setting.startswith(("canary.", "release."))]  # the kube-proxy's: in this netns
+                 and not setting.startswith(("canary.", "release.", "hardfork."))]  # the kube-proxy's: in this netns
         progress(f"node network namespace {name}, ports {sorted(set(ports))} mapped from this loopback")
         node.up(ports)
 
