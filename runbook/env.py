@@ -372,7 +372,7 @@ class Env(_Model):
     testbed: TestbedConfig | None = None
     canary: CanaryConfig | None = Field(default=None, description="seed 004's canary promotion (runbook.env_canary)")
     release: ReleaseConfig | None = Field(default=None, description="seed 003's release (runbook.env_release)")
-    hardfork: HardforkConfig | None = Field(default=None, description="seeds 001/002's hard fork (runbook.env_hardfork)")
+    hardfork: HardforkConfig | None = Field(default=None, description="seeds 001/002 (runbook.env_hardfork)")
     source: str = Field(default="", exclude=True)
 
     @model_validator(mode="after")
