@@ -21,6 +21,7 @@ from runbook.adapters.rpc import RpcClient
 from runbook.adapters.tunnel import Direct, Reach, reach_for
 from runbook.env import Env
 from runbook.env_canary import CanaryConfig
+from runbook.env_hardfork import HardforkConfig
 from runbook.env_release import ReleaseConfig
 from runbook.errors import ConfigError, RunbookError
 
@@ -85,6 +86,15 @@ class Adapters:
             raise ConfigError(f"env {self.env.name} has no release section (runbook.env_release): nothing to "
                               "release there", env=self.env.name)
         return self.env.release
+
+    # -- seeds 001/002's hard fork ----------------------------------------------------------------
+    @property
+    def hardfork(self) -> HardforkConfig:
+        """The env's ``hardfork`` section; an env without one cannot run the hard-fork procedure."""
+        if self.env.hardfork is None:
+            raise ConfigError(f"env {self.env.name} has no hardfork section (runbook.env_hardfork): no Sei node set "
+                              "there", env=self.env.name)
+        return self.env.hardfork
 
     @property
     def objects(self) -> Objects:

@@ -14,7 +14,7 @@ from typing import Any
 
 from runbook.errors import RunbookError
 
-__all__ = ["CanaryFacts", "DzFacts", "Facts", "ReleaseFacts", "UpgradeFacts"]
+__all__ = ["CanaryFacts", "DzFacts", "Facts", "HardforkFacts", "ReleaseFacts", "UpgradeFacts"]
 
 
 @dataclass
@@ -119,3 +119,22 @@ class ReleaseFacts(Facts):
     active_before: dict[str, Any] = field(default_factory=dict)  # the active colour's snapshot (checks.release)
     ready_since: float = 0.0  # Unix seconds: the new colour ready without a break since
     deleted: list[dict[str, Any]] = field(default_factory=list)  # the old colour's objects as cleanup deleted them
+
+
+@dataclass
+class HardforkFacts(Facts):
+    """Seeds 001/002's hard fork: the plan's height, the revisions, and what must stay untouched."""
+
+    upgrade: str = ""  # the on-chain plan's name
+    height: int = 0  # H, the upgrade height: entrants bootstrap to H-1 and process H on the new binary
+    incumbent: str = ""  # the revision the Service pins when the run starts
+    entrant: str = ""  # the revision it creates
+    incumbent_image: str = ""  # the bootstrap image (the incumbents' binary)
+    image: str = ""  # the entrants' image (the new binary)
+    incumbent_sts: dict[str, Any] = field(default_factory=dict)  # the incumbent StatefulSet as read (the source)
+    incumbents_before: dict[str, Any] = field(default_factory=dict)  # pod -> containers' start and restarts
+    incumbents_at_switch: dict[str, Any] = field(default_factory=dict)  # the same, read just before the teardown
+    created_at: float = 0.0  # Unix seconds: the bootstrap Jobs created
+    reached_h_at: float = 0.0  # Unix seconds: first seen the network at H (AwaitRunning's deadline counts from it)
+    bootstrapped: dict[str, Any] = field(default_factory=dict)  # job -> how it ended (exit, reason, pod)
+    running: dict[str, Any] = field(default_factory=dict)  # entrant pod -> its view when Running

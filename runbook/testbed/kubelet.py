@@ -60,6 +60,7 @@ CLIS_BY_MODULE: dict[str, dict[str, list[str]]] = {
     },
     "runbook.testbed.doublezerod": {"doublezero": ["-m", "runbook.testbed.doublezero_cli"]},
     "runbook.testbed.meta_gateway": {"meta-gateway": ["-m", "runbook.testbed.meta_gateway"]},  # seed 003
+    "runbook.testbed.seid": {"seid": ["-m", "runbook.testbed.seid"]},  # seeds 001/002: `seid status --node ...`
 }
 
 
