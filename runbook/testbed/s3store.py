@@ -14,6 +14,7 @@ The client is MinIO's Python SDK (any S3 endpoint, SigV4-signed requests)::
     store.put_snapshot("sei-snapshots", 1200, home)        # snapshots/1200.tar, metadata height=1200
     store.latest_snapshot("sei-snapshots", 1500)           # -> 1200 (the newest <= 1500)
     store.fetch_snapshot("sei-snapshots", 1200, new_home)  # the tar, unpacked
+    store.delete_snapshot("sei-snapshots", 1200)
 
 Every failure is an :class:`~runbook.errors.AdapterError` naming the bucket, key and endpoint.
 """
@@ -216,6 +217,14 @@ class SnapshotStore:
             raise SnapshotNotFound(f"no snapshot at or below height {max_height} in bucket {bucket} at {self.endpoint}",
                                    obj=f"s3://{bucket}/{PREFIX}")
         return found[-1]
+
+    def delete_snapshot(self, bucket: str, height: int) -> None:
+        """Remove ``snapshots/<height>.tar`` (S3 DeleteObject: a missing key is no error)."""
+        key = snapshot_key(height)
+        try:
+            self._client.remove_object(bucket, key)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._error("DeleteObject", exc, bucket, key) from exc
 
     def fetch_snapshot(self, bucket: str, height: int, dest_dir: Path | str) -> Path:
         """Download ``snapshots/<height>.tar``, check its metadata height, unpack it into ``dest_dir``."""

@@ -9,7 +9,11 @@ A node's home keeps ``data/seid-state.json`` (replaced atomically)::
 
     {"chain_id": "sei-testbed", "height": N,                     # the last committed height
      "versions": [{"from": a, "to": b, "version": "v6.3.0"}],   # which release processed each height
-     "upgrades": {"v6.4.0": {"height": H, "version": "v6.4.0", "applied_at": t}}}  # the handlers' marks
+     "upgrades": {"v6.4.0": {"height": H, "version": "v6.4.0", "applied_at": t}},  # the handlers' marks
+     "plan": {"name": "v6.4.0", "height": H}}                    # the plan learned from the network, if any
+
+An old binary that stops at the plan's height writes ``data/upgrade-info.json`` (``{"name", "height", "info"}``),
+as x/upgrade does before its panic (cosmovisor reads it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from runbook.errors import ConfigError, TestbedError
 from runbook.testbed.chain import parse_version
 
 STATE_FILE = Path("data") / "seid-state.json"
+UPGRADE_INFO_FILE = Path("data") / "upgrade-info.json"
 CHAIN_ID = "sei-testbed"
 
 
@@ -87,6 +92,7 @@ class NodeState:
     chain_id: str = CHAIN_ID
     versions: list[dict[str, Any]] = field(default_factory=list)
     upgrades: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None  # {"name", "height"}: a plan learned from the network (chain state)
 
     def version_at(self, height: int) -> str | None:
         """The release that processed ``height``, when this state recorded it."""
@@ -104,8 +110,18 @@ class NodeState:
         else:
             self.versions.append({"from": first, "to": last, "version": version})
 
+    def at(self, height: int) -> NodeState:
+        """A copy of this state as it was at ``height`` (``<=`` its own): what a snapshot at that height holds."""
+        versions = [{**seg, "to": min(seg["to"], height)} for seg in self.versions if seg["from"] <= height]
+        upgrades = {k: dict(v) for k, v in self.upgrades.items() if int(v["height"]) <= height}
+        return NodeState(height=height, chain_id=self.chain_id, versions=versions, upgrades=upgrades,
+                         plan=dict(self.plan) if self.plan else None)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"chain_id": self.chain_id, "height": self.height, "versions": self.versions, "upgrades": self.upgrades}
+        out = {"chain_id": self.chain_id, "height": self.height, "versions": self.versions, "upgrades": self.upgrades}
+        if self.plan:
+            out["plan"] = self.plan
+        return out
 
 
 def state_path(home: Path | str) -> Path:
@@ -118,7 +134,8 @@ def read_state(home: Path | str) -> NodeState | None:
     try:
         data = json.loads(path.read_text())
         return NodeState(height=int(data["height"]), chain_id=str(data.get("chain_id", CHAIN_ID)),
-                         versions=list(data.get("versions", [])), upgrades=dict(data.get("upgrades", {})))
+                         versions=list(data.get("versions", [])), upgrades=dict(data.get("upgrades", {})),
+                         plan=dict(data["plan"]) if data.get("plan") else None)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -126,14 +143,25 @@ def read_state(home: Path | str) -> NodeState | None:
 
 
 def write_state(home: Path | str, state: NodeState) -> None:
-    path = state_path(home)
+    _write_json(state_path(home), state.to_dict())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        f.write(json.dumps(state.to_dict()) + "\n")
+        f.write(json.dumps(data) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_upgrade_info(home: Path | str, plan: UpgradePlan) -> Path:
+    """``data/upgrade-info.json`` as x/upgrade writes it before its "UPGRADE NEEDED" panic; returns the path."""
+    path = Path(home) / UPGRADE_INFO_FILE
+    _write_json(path, {"name": plan.name, "height": plan.height, "info": ""})
+    return path
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,25 @@ class UpgradePlan:
         if self.height <= 0:
             raise ConfigError(f"upgrade height must be > 0, got {self.height}")
         parse_version(self.min_version or self.name)  # a ConfigError names the flag's value
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpgradePlan | None:
+        """``{"name": N, "height": H}`` (a gov file, a state's plan; heights may be strings, as the REST API
+        gives them) -> a plan; ``{}`` -> None. Anything else is a :class:`ConfigError`."""
+        if not data:
+            return None
+        try:
+            return cls(str(data["name"]), int(data["height"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not an upgrade plan {dict(data)!r}: expected name and height ({exc})") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "height": self.height}
+
+    def rest(self) -> dict[str, Any]:
+        """The plan as ``GET /cosmos/upgrade/v1beta1/current_plan`` gives it."""
+        return {"name": self.name, "time": "0001-01-01T00:00:00Z", "height": str(self.height), "info": "",
+                "upgraded_client_state": None}
 
     def has_handler(self, version: str) -> bool:
         return parse_version(version) >= parse_version(self.min_version or self.name)

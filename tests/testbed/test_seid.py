@@ -141,10 +141,16 @@ def test_sdk_exit_codes_for_a_halt_and_sigterm(seid: Any, tmp_path: Path) -> Non
     assert node.wait_exit(10) == EXIT_SDK_TERM
 
 
-def test_old_binary_panics_at_the_upgrade_height_without_committing_it(seid: Any, tmp_path: Path) -> None:
-    h = CHAIN.tip() + 10
-    node = seid(home_at(tmp_path / "c", h - 20), OLD, upgrade_height=h, **UPGRADE)
+def test_old_binary_block_syncing_to_the_upgrade_height_panics_without_committing_it(seid: Any,
+                                                                                     tmp_path: Path) -> None:
+    # block sync (far behind the tip) reaches H: the blocksync reactor panics (a caught-up node stays up stuck:
+    # test_seid_network.py)
+    h = CHAIN.tip() - 100
+    node = seid(home_at(tmp_path / "c", h - 20), OLD, upgrade_height=h, serving=False, **UPGRADE)
     assert node.wait_exit(10) == EXIT_PANIC
+    assert "CONSENSUS FAILURE" not in node.output()
+    info = json.loads((node.home / "data" / "upgrade-info.json").read_text())  # x/upgrade writes it before panicking
+    assert info == {"name": NEW, "height": h, "info": ""}
     assert f'panic: UPGRADE "{NEW}" NEEDED at height: {h}: ' in node.output()
     state = read_state(node.home)
     assert state is not None and state.height == h - 1 and state.version_at(h - 1) == OLD and not state.upgrades
