@@ -456,6 +456,10 @@ class Batch(Protocol):
 
     def statefulset_status(self, name: str) -> StatefulSetStatus | None: ...
 
+    def statefulset(self, name: str) -> dict[str, Any] | None:
+        """The live StatefulSet as ``kubectl get -o json`` gives it (server fields and ``status`` included), or None."""
+        ...
+
     def delete_statefulset(self, name: str, *, wait: bool = True) -> None:
         """Delete a StatefulSet and its pods; its PersistentVolumeClaims stay (Retain)."""
         ...

@@ -209,6 +209,10 @@ class KubeBatch:
     def _statefulset(self, name: str) -> dict[str, Any] | None:
         return self._get(self.apps.read_namespaced_stateful_set, "statefulset", name)
 
+    def statefulset(self, name: str) -> dict[str, Any] | None:
+        """The live StatefulSet (``kubectl get statefulset NAME -o json``: server fields and status), or None."""
+        return self._statefulset(name)
+
     def statefulset_status(self, name: str) -> StatefulSetStatus | None:
         sts = self._statefulset(name)
         if sts is None:

@@ -114,12 +114,15 @@ def image_builds(env: Env, agave_versions: Sequence[str] = AGAVE_VERSIONS,
     """(target, version, tags) for every stand-in image a scenario on ``env`` can deploy, under production
     names and ``runbook/*-standin``: derived from the env, its manifests and the features
     (:mod:`runbook.testbed.kind_images`), plus the versions given (the CI's target)."""
-    wants = kind_images.wanted(env, extra={"agave": agave_versions, "doublezero": doublezero_versions},
-                               features_dir=features_dir)
+    extra = {"agave": agave_versions, "doublezero": doublezero_versions}
+    if env.hardfork is not None:  # seeds 001/002: the incumbents' and the hard fork's releases
+        extra["sei"] = kind_images.SEI_VERSIONS
+    wants = kind_images.wanted(env, extra=extra, features_dir=features_dir)
     return [ImageBuild("standin", "", [STANDIN_IMAGE]),
             *kind_images.builds(wants, kind_images.variant_args(load_env("local"))),
             *kind_images.zai_proxy_builds(),  # seed 004's proxy (deploy/k8s/canary)
-            *kind_images.meta_builds()]  # seed 003's application "meta" (deploy/k8s/release)
+            *kind_images.meta_builds(),  # seed 003's application "meta" (deploy/k8s/release)
+            *(kind_images.hardfork_builds() if env.hardfork is not None else [])]  # seeds 001/002's S3 store
 
 
 def _build_variant(env: Env, build: ImageBuild, built: Sequence[ImageBuild]) -> None:
@@ -187,7 +190,8 @@ def testbed_manifests(env: Env, caddyfile_text: str) -> list[dict[str, Any]]:
 
 
 SYSTEMS = {"canary": PROJECT_ROOT / "deploy" / "k8s" / "canary",  # seed 004's proxy, its Services, Prometheus
-           "release": PROJECT_ROOT / "deploy" / "k8s" / "release"}  # seed 003's common ConfigMap and gateway
+           "release": PROJECT_ROOT / "deploy" / "k8s" / "release",  # seed 003's common ConfigMap and gateway
+           "hardfork": PROJECT_ROOT / "deploy" / "k8s" / "hardfork"}  # seeds 001/002: S3, validator, incumbents
 
 
 def system_manifests(env: Env) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@ Sources, so that a new image cannot be forgotten:
 
 - the env's deployment images and the images of the manifests it deploys (``deploy/k8s``);
 - every version a feature names (``features/*.feature``), as a version of the component the line names
-  last before it: ``doublezero``, ``sidecar`` or ``dz`` (the doublezerod sidecar) or ``agave`` (the
-  validator); a version with no such word before it is refused (:class:`ConfigError`), not guessed;
+  last before it: ``doublezero``, ``sidecar`` or ``dz`` (the doublezerod sidecar), ``agave`` (the
+  validator) or ``sei``/``seid`` (seeds 001/002's node; in ``hardfork*.feature`` the default); a version with
+  no such word before it is refused (:class:`ConfigError`), not guessed;
 - the versions the caller adds (the CI's ``--target-version``).
 
 A version with a suffix (``v2.2.1-stuck``) is a *variant*: the local testbed's image map
@@ -36,10 +37,12 @@ from runbook.errors import ConfigError
 from runbook.manifests import render_deployment, split_image
 
 FEATURES_DIR = PROJECT_ROOT / "features"
-VERSION = re.compile(r"(?<![\w.{])v(\d+\.\d+\.\d+)(?:-([a-z]\w*(?:\.\w+)*))?(?![\w-]|\.\d)")
+VERSION = re.compile(r"(?<![\w.{])v(\d+\.\d+\.\d+)(?:-([a-z]\w*(?:[.-]\w+)*))?(?![\w-]|\.\d)")
 STANDIN_REPOS = {"agave": ("laconicnetwork/agave", "runbook/agave-standin"),
-                 "doublezero": ("laconicnetwork/doublezero", "runbook/doublezero-standin")}
-COMPONENT_WORDS = re.compile(r"\b(?:(?P<doublezero>doublezero\w*|sidecar|dz)|(?P<agave>agave))\b", re.I)
+                 "doublezero": ("laconicnetwork/doublezero", "runbook/doublezero-standin"),
+                 "sei": ("sei", "runbook/sei-standin")}  # seeds 001/002's node (deploy/k8s/hardfork)
+COMPONENT_WORDS = re.compile(r"\b(?:(?P<doublezero>doublezero\w*|sidecar|dz)|(?P<agave>agave)|(?P<sei>seid?))\b",
+                             re.I)
 
 
 class ImageBuild(NamedTuple):
@@ -83,11 +86,12 @@ def from_features(features_dir: Path = FEATURES_DIR) -> set[Wanted]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             for m in VERSION.finditer(line):
                 named = list(COMPONENT_WORDS.finditer(line, 0, m.start()))
-                if not named:
+                if not named and not path.name.startswith("hardfork"):
                     raise ConfigError(f"{path.name}:{n}: cannot tell which image {m.group(0)} is a version of: "
-                                      f"no `agave`, `doublezero`, `sidecar` or `dz` before it in "
+                                      f"no `agave`, `doublezero`, `sidecar`, `dz` or `sei` before it in "
                                       f"{line.strip()!r}", obj=str(path))
-                component = next(k for k, v in named[-1].groupdict().items() if v)
+                # a hard-fork feature's versions are the Sei node's unless the line names another component
+                component = next(k for k, v in named[-1].groupdict().items() if v) if named else "sei"
                 out.add(Wanted(component, m.group(1), m.group(2) or ""))
     return out
 
@@ -98,7 +102,7 @@ def variant_args(local: Env) -> dict[tuple[str, str], tuple[str, ...]]:
     out: dict[tuple[str, str], tuple[str, ...]] = {}
     for pattern, argv in images.items():
         name, tag, _ = split_image(pattern)
-        m = re.fullmatch(r"v\{version\}-([a-z][\w.]*)", tag)
+        m = re.fullmatch(r"v\{version\}-([a-z][\w.-]*)", tag)
         component = component_of(name + ":v0.0.0")
         if not m or component is None:
             continue
@@ -116,6 +120,8 @@ def wanted(env: Env, *, extra: Mapping[str, Sequence[str]], features_dir: Path =
     for colour in ("green", "blue"):
         spec = render_deployment(env, colour)["spec"]["template"]["spec"]
         images += [c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]]
+    if getattr(env, "hardfork", None) is not None:  # seeds 001/002: the node set's images (sei:vX)
+        images += hardfork_images()
     found = from_images(images) | from_features(features_dir)
     for component, default in (("agave", env.target_version), ("doublezero", env.doublezero.target_version)):
         if default:  # the env's default upgrade targets (the operator scenarios' on a testbed)
@@ -133,6 +139,8 @@ def builds(wants: Iterable[Wanted], variants: Mapping[tuple[str, str], tuple[str
         tags = [f"{repo}:{tag}" for repo in STANDIN_REPOS[w.component]]
         if not w.variant:
             plain.append(ImageBuild(w.component, w.version, tags))
+        elif (w.component, w.variant) not in variants and w.component == "sei":
+            continue  # a tag the local images map does not match (sei:v6.3.0-missing): ImagePullBackOff on both
         elif (w.component, w.variant) not in variants:
             raise ConfigError(f"image {tags[0]}: variant {w.variant!r} has no stand-in behaviour in the local "
                               f"testbed's testbed.images (e.g. {STANDIN_REPOS[w.component][0]}:v{{version}}-"
@@ -246,3 +254,24 @@ def meta_tags(manifests_dir: Path = RELEASE_MANIFESTS, features_dir: Path = FEAT
 def meta_builds(manifests_dir: Path = RELEASE_MANIFESTS, features_dir: Path = FEATURES_DIR,
                 versions: Iterable[str] = ()) -> list[ImageBuild]:
     return [meta_build(c, t) for c, tags in meta_tags(manifests_dir, features_dir, versions).items() for t in tags]
+
+
+# --------------------------------------------------------------------------- seeds 001/002's Sei node set
+
+HARDFORK_MANIFESTS = PROJECT_ROOT / "deploy" / "k8s" / "hardfork"
+SEI_VERSIONS = ("6.3.0", "6.4.0")  # the incumbents' release (deploy/k8s/hardfork) and the hard fork's
+S3_SERVER_REPO = "runbook/s3-server"
+_IMAGE_LINE = re.compile(r"""(?m)^\s*(?:-\s*)?image:\s*["']?([^\s"'#]+)""")
+
+
+def hardfork_images(manifests_dir: Path = HARDFORK_MANIFESTS) -> list[str]:
+    """Every image the hard-fork manifests name (the node's sei:vX, the S3 server's)."""
+    return sorted({m for f in sorted(manifests_dir.glob("*.yaml")) if manifests_dir.is_dir()
+                   for m in _IMAGE_LINE.findall(f.read_text())})
+
+
+def hardfork_builds(manifests_dir: Path = HARDFORK_MANIFESTS) -> list[ImageBuild]:
+    """The S3 snapshot store's image at every tag the manifests name, from the ``s3-server`` target (the sei
+    images are :func:`wanted`'s, as agave's)."""
+    tags = sorted(i.rsplit(":", 1)[1] for i in hardfork_images(manifests_dir) if split_image(i)[0] == S3_SERVER_REPO)
+    return [ImageBuild("s3-server", tag, [f"{S3_SERVER_REPO}:{tag}"]) for tag in tags]

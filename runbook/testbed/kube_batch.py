@@ -192,7 +192,11 @@ class BatchMixin:
         return self._names("statefulsets")
 
     def statefulset(self, name: str) -> dict[str, Any] | None:
-        return self._read("statefulsets", name)
+        """The StatefulSet as the API server gives it: as applied, its server fields (uid, generation) and status."""
+        sts = self._read("statefulsets", name)
+        if sts is not None:
+            sts["status"] = self._read("statefulset-status", name) or {}
+        return sts
 
     def apply_statefulset(self, manifest: dict[str, Any]) -> None:
         if manifest.get("kind") != "StatefulSet":

@@ -409,6 +409,15 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin, BatchMixin):
                 if vol is not None and "configMap" in vol:  # projected by kube_objects, refreshed by the controller
                     self._mount_configmap(pod, vol, root / m["mountPath"].lstrip("/"))
                     continue
+                if vol is not None and "emptyDir" in vol:  # the pod's own directory, gone with the pod's dir
+                    src = self.state_dir / "kubelet" / "pods" / pod / "volumes" / "kubernetes.io~empty-dir"
+                    src = src / vol["name"]
+                    src.mkdir(parents=True, exist_ok=True)
+                    link = root / m["mountPath"].lstrip("/")
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.unlink(missing_ok=True)
+                    link.symlink_to(src)
+                    continue
                 if vol is None or "hostPath" not in vol:
                     raise AdapterError(f"pod {pod}: volume {m['name']} must be a hostPath on the testbed",
                                        env=self.env.name, obj=pod)

@@ -105,5 +105,5 @@ def test_up_applies_the_other_systems_the_env_has_in_its_namespace() -> None:
     assert {("Deployment", "zai-proxy"), ("Deployment", "meta-gateway"), ("ConfigMap", "demo-common"),
             ("Service", "meta-gateway")} <= names
     assert {d["metadata"]["namespace"] for d in system_manifests(env)} == {env.kube.namespace}  # type: ignore[union-attr]
-    without = env.model_copy(update={"release": None, "canary": None})
+    without = env.model_copy(update={"release": None, "canary": None, "hardfork": None})
     assert system_manifests(without) == []
