@@ -64,7 +64,15 @@ from typing import Any
 from runbook.errors import ConfigError, RunbookError
 from runbook.testbed.chain import parse_version
 from runbook.testbed.cluster import RequestExit, run_server
-from runbook.testbed.seid_net import PlanWatcher, SnapshotUploader, TendermintApp, bootstrap, peer_list, status_main
+from runbook.testbed.seid_net import (
+    PlanWatcher,
+    SnapshotUploader,
+    TendermintApp,
+    applied_main,
+    bootstrap,
+    peer_list,
+    status_main,
+)
 from runbook.testbed.seid_state import NodeState, SeiChain, UpgradePlan, write_state, write_upgrade_info
 
 log = logging.getLogger("seid")
@@ -88,8 +96,10 @@ class SeiNode:
     """The node's state after bootstrap. Requests read it; the background tasks change it (under a lock)."""
 
     def __init__(self, *, home: Path, version: str, chain: SeiChain, state: NodeState, halt_height: int | None,
-                 plan: UpgradePlan | None, panic_at: int | None, validator: bool = False) -> None:
+                 plan: UpgradePlan | None, panic_at: int | None, validator: bool = False,
+                 panic_at_upgrade: bool = False) -> None:
         self.home, self.version, self.chain, self.state = home, version, chain, state
+        self.panic_at_upgrade = panic_at_upgrade  # a build whose upgrade handler panics (at the plan's height)
         self.validator, self.static = validator, plan is not None  # a plan given by flags stays as is
         self.plan = plan if plan is not None else (UpgradePlan.from_dict(state.plan) if state.plan else None)
         self.halted = False
@@ -114,6 +124,9 @@ class SeiNode:
             handler = plan.has_handler(self.version)
             if handler and base + 1 < plan.height:
                 stops.append(Stop(base, "panic", plan.early_msg()))
+            elif handler and self.panic_at_upgrade and base < plan.height:
+                stops.append(Stop(plan.height - 1, "panic", f'failure mode panic-at-upgrade: upgrade "{plan.name}" '
+                                                            f"handler panicked processing block {plan.height}"))
             elif not handler and base < plan.height:
                 stops.append(Stop(plan.height - 1, "upgrade", plan.needed_msg()))
             elif not handler:
@@ -249,6 +262,8 @@ async def _follow(node: SeiNode, request_exit: RequestExit, interval: float, hal
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seid")
     p.add_argument("--binary-version", help="the release this binary is (an image's), e.g. v6.3.0")
+    p.add_argument("--fail", dest="binary_fail", choices=("panic-at-upgrade",),
+                   help="a failure built into this binary (an image's): panic-at-upgrade, its upgrade handler panics")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start")
     s.add_argument("--home", type=Path, required=True)
@@ -278,6 +293,11 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status")
     st.add_argument("--node", default="tcp://127.0.0.1:26657")
     sub.add_parser("version")
+    q = sub.add_parser("query").add_subparsers(dest="module", required=True).add_parser("upgrade")
+    qa = q.add_subparsers(dest="what", required=True).add_parser("applied", help="the height a plan was applied at")
+    qa.add_argument("name")
+    qa.add_argument("--node", default="tcp://127.0.0.1:26657")
+    qa.add_argument("--output", "-o", choices=("json", "text"), default="text")
     return p
 
 
@@ -297,9 +317,9 @@ def _fail_modes(spec: str | None) -> tuple[bool, int | None]:
 def _split_argv(argv: list[str]) -> list[str]:
     """``start`` is the default subcommand; global options (``--binary-version V``) come before it."""
     i = 0
-    while i < len(argv) and argv[i].startswith("--binary-version"):
+    while i < len(argv) and argv[i].startswith(("--binary-version", "--fail")):
         i += 1 if "=" in argv[i] else 2
-    if i >= len(argv) or argv[i] not in ("start", "status", "version", "-h", "--help"):
+    if i >= len(argv) or argv[i] not in ("start", "status", "version", "query", "-h", "--help"):
         argv.insert(min(i, len(argv)), "start")
     return argv
 
@@ -321,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_split_argv(list(sys.argv[1:] if argv is None else argv)))
     if args.command == "status":
         return status_main(args.node)
+    if args.command == "query":
+        return applied_main(args.node, args.name, args.output)
     try:
         version = binary_version(args)
     except (RunbookError, ValueError) as exc:
@@ -353,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     node = SeiNode(home=args.home, version=version, chain=chain, state=state, halt_height=args.halt_height,
-                   plan=plan, panic_at=panic_at, validator=args.validator)
+                   plan=plan, panic_at=panic_at, validator=args.validator,
+                   panic_at_upgrade=args.binary_fail == "panic-at-upgrade")
     watcher = None if plan else PlanWatcher(node, gov_file=args.gov_plan_file, peers=peer_list(args.peers))
     tip = chain.tip()
     log.info("seid %s starting%s: home %s, height %d, tip %d (block time %gs, sync x%g), rpc %s%s%s", version,

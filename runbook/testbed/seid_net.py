@@ -97,6 +97,22 @@ def status_main(node: str) -> int:
     return 0
 
 
+def applied_main(node: str, name: str, output: str) -> int:
+    """``seid query upgrade applied NAME``: the height the plan was applied at on that node (``--output json``:
+    ``{"height": "H"}``, x/upgrade's AppliedPlan answer; ``"0"``: not applied there)."""
+    parts = urlsplit(node if "://" in node else f"tcp://{node}")
+    url = f"http://{parts.netloc}/cosmos/upgrade/v1beta1/applied_plan/{name}"
+    try:
+        r = httpx.get(url, timeout=5.0)
+        r.raise_for_status()
+        height = str(r.json()["height"])
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"Error: {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"height": height}) if output == "json" else f"height: {height}")
+    return 0
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 

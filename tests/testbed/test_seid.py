@@ -185,6 +185,27 @@ def test_new_binary_on_state_at_h_minus_1_processes_h_and_writes_the_mark(seid: 
     assert (state := read_state(broken.home)) is not None and state.height == h - 1 and not state.upgrades
 
 
+def test_the_query_cli_and_an_image_whose_upgrade_handler_panics(seid: Any, tmp_path: Path) -> None:
+    """`seid query upgrade applied NAME` (what the runbook execs in a pod) answers the mark's height; an image built
+    with `--fail panic-at-upgrade` (before the subcommand, as its entrypoint) panics processing the plan's height,
+    wherever the plan is."""
+    h = CHAIN.tip() + 8
+    node = seid(home_at(tmp_path / "g", h - 1), NEW, upgrade_height=h, **UPGRADE)
+    wait_for(node.height, lambda x: x >= h, timeout=10, interval=0.05, what="height at H")
+    query = [sys.executable, "-m", "runbook.testbed.seid", "query", "upgrade", "applied", NEW, "--node",
+             node.url.replace("http://", "tcp://")]
+    assert json.loads(subprocess.run([*query, "--output", "json"], capture_output=True, text=True, timeout=20,
+                                     check=True).stdout) == {"height": str(h)}
+    home = home_at(tmp_path / "h", h + 4 - 1)
+    run = subprocess.run([sys.executable, "-m", "runbook.testbed.seid", "--binary-version", NEW, "--fail",
+                          "panic-at-upgrade", "start", "--home", str(home), "--rpc", f"{ADDRESS}:{free_port()}",
+                          "--upgrade-height", str(h + 4), "--upgrade-name", NEW], capture_output=True, text=True,
+                         timeout=20, env={**os.environ, **CHAIN.to_env()})
+    assert run.returncode == EXIT_PANIC, run.stderr
+    assert f'upgrade "{NEW}" handler panicked processing block {h + 4}' in run.stderr
+    assert (state := read_state(home)) is not None and state.height == h + 3 and not state.upgrades
+
+
 def test_bootstrap_from_an_s3_snapshot(seid: Any, tmp_path: Path) -> None:
     with S3Server("127.77.12.3", free_port(), tmp_path / "s3.log") as s3:
         store = SnapshotStore(s3.endpoint)
