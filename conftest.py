@@ -15,4 +15,5 @@ pytest_plugins = [
     "steps.dz_handover",
     "steps.canary",
     "steps.release",
+    "steps.hardfork",
 ]

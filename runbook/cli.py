@@ -143,7 +143,8 @@ CleanupOption = typer.Option("keep", "--cleanup", help="agave-upgrade: keep (def
 @app.command("plan")
 def plan(procedure: str, env: str = EnvOption, target_version: str = TargetOption,
          live: str = typer.Option(None, "--live", help="the colour assumed serving (plan reads no state): green for "
-                                  "agave-upgrade and dz-upgrade, blue (the upgrade's new colour) for agave-rollback"),
+                                  "agave-upgrade and dz-upgrade, blue (the upgrade's new colour) for agave-rollback; "
+                                  "hardfork-upgrade: the revision the Service pins (default r1)"),
          cleanup: str = CleanupOption,
          to_revision: int = typer.Option(None, "--to-revision", help="canary-undo: the revision of production's "
                                          "rollout history to go back to")) -> None:
@@ -155,7 +156,7 @@ def plan(procedure: str, env: str = EnvOption, target_version: str = TargetOptio
         from runbook.procedures.planning import PlanRequest, render
 
         e = _env(env)
-        if live is not None and live not in ("green", "blue"):
+        if live is not None and procedure != "hardfork-upgrade" and live not in ("green", "blue"):
             raise RunbookError(f"--live={live}: expected green or blue")
         req = PlanRequest(procedure, target_version=target_version, live=live, cleanup=cleanup, to_revision=to_revision)
         sys.stdout.write(render(e, req, plan_adapters(e)))

@@ -6,7 +6,8 @@ feature), never the feature's proofs, with the operator's parameters passed to p
   finds live before anything changes);
 - ``dz-upgrade``: ``--target-version`` becomes pytest's ``--dz-target-version`` (an image tag of the sidecar);
 - ``canary-promote``: ``--target-version`` becomes pytest's ``--canary-version`` (the release the canary runs);
-- ``release``: ``--target-version`` becomes pytest's ``--release-version`` (the version released).
+- ``release``: ``--target-version`` becomes pytest's ``--release-version`` (the version released);
+- ``hardfork-upgrade``: ``--target-version`` becomes pytest's ``--hardfork-version`` (the new binary's image tag).
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ OPERATORS = {
     "dz-upgrade": Operator("features/dz_upgrade.feature", "operator and doublezero", "--dz-target-version"),
     "canary-promote": Operator("features/canary_promote.feature", "operator and canary", "--canary-version"),
     "release": Operator("features/release.feature", "operator and release", "--release-version"),
+    "hardfork-upgrade": Operator("features/hardfork.feature", "operator and hardfork", "--hardfork-version"),
 }
 NOT_RUN = {
     "agave-rollback": "it is how `runbook rollback agave-upgrade` rolls a finished upgrade back: run that",
     "seed-upgrade": "the seed document's procedure exists only for negative tests on a testbed",
     **{name: "a release with a known flaw exists only for negative tests on a testbed"
        for name in ("release-early-switch", "release-rollback-deletes-active", "release-deadline-resets")},
+    **{name: "a hard fork as an earlier design had it exists only for negative tests on a testbed"
+       for name in ("hardfork-seed-order", "hardfork-halt-signal")},
 }
 
 

@@ -21,7 +21,8 @@ log = logging.getLogger("runbook")
 
 ENV_KEY = pytest.StashKey[Env]()
 NO_SYSTEM_KEY = pytest.StashKey[dict[str, int]]()  # scenarios deselected per system the env does not have
-SYSTEMS = {"canary": "canary", "release": "release"}  # a feature's marker -> the env section its system needs
+# a feature's marker -> the env section its system needs
+SYSTEMS = {"canary": "canary", "release": "release", "hardfork": "hardfork"}
 REFUSED_KEY = pytest.StashKey[list[str]]()  # proof scenarios refused on a non-disposable env
 
 
@@ -60,14 +61,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if not env.disposable and config.getoption("procedure_override", None):
         raise pytest.UsageError(f"env {env.name} is not disposable: --procedure-override swaps in procedures kept for "
                                 "negative tests (seed-upgrade, upgrade-identity-unchecked, upgrade-writes-old-data, "
-                                "release-*), "
+                                "release-*, hardfork-*), "
                                 "which break what they run on; refused")
     if env.production and config.getoption("allow_mutations"):
-        versions = ("target_version", "dz_target_version", "canary_version", "release_version")
+        versions = ("target_version", "dz_target_version", "canary_version", "release_version", "hardfork_version")
         if not any(config.getoption(v, None) for v in versions):
             raise pytest.UsageError(f"env {env.name} is production: --allow-mutations needs --target-version "
                                     "(agave-upgrade), --dz-target-version (dz-upgrade), --canary-version "
-                                    "(canary-promote) or --release-version (release)")
+                                    "(canary-promote), --release-version (release) or --hardfork-version "
+                                    "(hardfork-upgrade)")
         if not config.getoption("yes"):
             raise pytest.UsageError(f"env {env.name} is production: confirm mutating scenarios with --yes")
     if env.production and config.getoption("cleanup") == "destroy":

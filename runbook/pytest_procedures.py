@@ -25,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--release-version", default=None, metavar="VERSION",
                     help="the version the release operator scenario releases (image tags of storage and schema; "
                          "required on a production env)")
+    group.addoption("--hardfork-version", default=None, metavar="VERSION",
+                    help="the new binary's image tag the hardfork-upgrade operator scenario upgrades the Sei node set "
+                         "to (required on a production env)")
     group.addoption("--canary-version", default=None, metavar="RELEASE",
                     help="the release the canary-promote operator scenario promotes: the canary's tag must be it plus "
                          "the canary suffix (required on a production env)")

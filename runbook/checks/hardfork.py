@@ -20,8 +20,9 @@ from runbook.checks.core import Verdict, check, verdict
 from runbook.checks.release import FAILING_REASONS
 from runbook.procedures.framework import RunResult
 
-__all__ = ["bootstrap_not_failing", "entrants_gone", "entrants_running", "failed_at", "incumbents_snapshot",
-           "incumbents_untouched", "never_without_endpoints", "plan_ahead", "service_pins"]
+__all__ = ["bootstrap_not_failing", "bootstraps_completed", "entrants_gone", "entrants_running", "failed_at",
+           "incumbents_gone", "incumbents_snapshot", "incumbents_untouched", "never_without_endpoints", "plan_ahead",
+           "service_pins", "waited_with_eta"]
 
 T = "tests/checks/test_hardfork.py::"
 
@@ -203,3 +204,37 @@ def failed_at(result: RunResult | None, *, step: str, reason: str, within: float
                    observed={"ok": result.ok if result else None, "step": out.status if out else None,
                              "error": (out.error[:300] if out else ""), "seconds": round(took or 0, 1)},
                    problems=problems)
+
+
+@check(negative=T + "test_a_bootstrap_missing_or_not_exiting_0_did_not_complete")
+def bootstraps_completed(jobs: Mapping[str, Any], *, replicas: int) -> Verdict:
+    """One bootstrap Job per entrant pod completed, each pod's containers exiting 0 (seid exits 0 only once it
+    halted at --halt-height H-1: the incumbent binary took the entrant to H-1). ``jobs``: job -> its
+    ``exit codes`` (one mapping per pod) as AwaitRunning recorded them when it saw the Job Complete."""
+    problems = []
+    if len(jobs) != replicas:
+        problems.append(f"{len(jobs)} completed bootstrap Jobs of {replicas}")
+    for job, seen in jobs.items():
+        codes = [code for pod in seen.get("exit codes", []) for code in pod.values()]
+        if not codes or any(code != 0 for code in codes):
+            problems.append(f"job {job}: exit codes {codes or 'none recorded'}")
+    return verdict("bootstraps completed", expected=f"{replicas} Jobs, every pod exited 0", observed=dict(jobs),
+                   problems=problems)
+
+
+@check(negative=T + "test_an_incumbent_statefulset_or_pod_left_is_not_gone")
+def incumbents_gone(statefulset: str, *, exists: bool, pods: Sequence[str]) -> Verdict:
+    """The incumbents' StatefulSet and every pod of it are gone (their claims may stay)."""
+    problems = ([f"statefulset {statefulset} still exists"] if exists else []) + [f"pod {p} still exists" for p in pods]
+    return verdict(f"incumbents {statefulset} gone", expected="no StatefulSet, no pod",
+                   observed={"statefulset": exists, "pods": list(pods)}, problems=problems, obj=statefulset)
+
+
+@check(negative=T + "test_a_wait_without_an_eta_was_not_shown")
+def waited_with_eta(lines: Sequence[str], *, target: int) -> Verdict:
+    """While the chain was below the bootstrap's target (H-1), the run printed its progress toward it with an
+    ETA, at least twice (a wait, shown, not a silent hang nor a failure)."""
+    etas = [ln for ln in lines if f"H-1 = {target}" in ln and " in ~" in ln]
+    return verdict("progress toward H shown", expected=">= 2 progress lines with the tip and an ETA to H-1",
+                   observed=etas[:2] + etas[-1:] if len(etas) > 2 else etas,
+                   problems=[] if len(etas) >= 2 else [f"{len(etas)} progress line(s) with an ETA"])

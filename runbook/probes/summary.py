@@ -67,6 +67,9 @@ CHAT_BODY = json.dumps({"model": "glm-4.6", "max_tokens": 8, "messages": [
     {"role": "user", "content": "zero-drop probe: answer in a word"}]}, separators=(",", ":")).encode()
 
 
+# seeds 001/002's Sei node: Tendermint's URI RPC ``GET /status`` (``result.sync_info.latest_block_height``)
+SEI_STATUS = "/status"
+
 # seed 003's application through its gateway: a client's read of each service (the answer names its component)
 META_PATHS = {"storage": "/storage/probe", "schema": "/schema/probe"}
 
@@ -78,10 +81,12 @@ KINDS: dict[str, ProbeKind] = {
         ProbeKind("POST getHealth", "POST", "/", "getHealth"),
         ProbeKind("POST /v1/chat/completions", "POST", CHAT_PATH),
         *(ProbeKind(f"GET {path}", "GET", path) for path in META_PATHS.values()),
+        ProbeKind("GET /status", "GET", SEI_STATUS),
     )
 }
 CHAT_MIX: tuple[str, ...] = ("POST /v1/chat/completions",)
 META_MIX: tuple[str, ...] = tuple(f"GET {path}" for path in META_PATHS.values())
+SEI_MIX: tuple[str, ...] = ("GET /status",)
 DEFAULT_MIX: tuple[str, ...] = ("GET /health", "POST getSlot")
 
 
@@ -95,6 +100,8 @@ def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slo
         return "http_error", f"HTTP {status}: {_snippet(body)!r}", None
     if kind.path == CHAT_PATH:
         return _judge_chat(body)
+    if kind.path == SEI_STATUS:
+        return _judge_sei_status(body)
     component = next((c for c, path in META_PATHS.items() if path == kind.path), None)
     if component is not None:
         return _judge_meta(component, body)
@@ -128,6 +135,18 @@ def judge(kind: ProbeKind, status: int, body: bytes, *, max_slot: int, stale_slo
         return "bad_body", f"getHealth answered {result!r}", None
     if "result" not in doc:
         return "bad_body", f"no result in {_snippet(body)!r}", None
+    return "ok", "", None
+
+
+def _judge_sei_status(body: bytes) -> tuple[str, str, int | None]:
+    """A node's /status: Tendermint's ``{"result": {"sync_info": {"latest_block_height": "N", ...}}}`` (an error
+    page with status 200, or a body without a height, is not an answer)."""
+    try:
+        height = int(json.loads(body)["result"]["sync_info"]["latest_block_height"])
+    except (ValueError, KeyError, TypeError):
+        return "bad_body", f"not a Tendermint /status: {_snippet(body)!r}", None
+    if height <= 0:
+        return "bad_body", f"/status at height {height}", None
     return "ok", "", None
 
 

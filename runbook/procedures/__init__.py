@@ -21,6 +21,8 @@ def registry() -> dict[str, Procedure]:
         canary_promote,
         canary_undo,
         dz_upgrade,
+        hardfork,
+        hardfork_flaws,
         release,
         release_flaws,
         seed,
@@ -28,7 +30,8 @@ def registry() -> dict[str, Procedure]:
 
     procs = [agave_upgrade.PROCEDURE, agave_rollback.AFTER_CLEANUP, dz_upgrade.PROCEDURE, seed.PROCEDURE,
              seed.IDENTITY_UNCHECKED, seed.WRITES_OLD_DATA, canary_promote.PROCEDURE, canary_undo.PROCEDURE,
-             release.PROCEDURE, *release_flaws.FLAWED]
+             release.PROCEDURE, *release_flaws.FLAWED, hardfork.PROCEDURE,
+             *hardfork_flaws.FLAWED]
     return {p.name: p for p in procs}
 
 

@@ -129,7 +129,9 @@ class HardforkFacts(Facts):
     height: int = 0  # H, the upgrade height: entrants bootstrap to H-1 and process H on the new binary
     incumbent: str = ""  # the revision the Service pins when the run starts
     entrant: str = ""  # the revision it creates
-    incumbent_image: str = ""  # the bootstrap image (the incumbents' binary)
+    incumbent_image: str = ""  # the incumbents' image
+    bootstrap_image: str = ""  # the bootstrap's image: the incumbents' unless the operator names another
+    bootstrap_peers: str = ""  # state sync from these peers instead of the snapshot bucket (operator's choice)
     image: str = ""  # the entrants' image (the new binary)
     incumbent_sts: dict[str, Any] = field(default_factory=dict)  # the incumbent StatefulSet as read (the source)
     incumbents_before: dict[str, Any] = field(default_factory=dict)  # pod -> containers' start and restarts

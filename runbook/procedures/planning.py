@@ -28,7 +28,10 @@ NEGATIVE_ONLY = {"seed-upgrade": "the seed document's procedure is for negative 
                                  "testbed); it is never run on an env, so it has no plan",
                  **{name: "a release with a known flaw, for negative tests only (pytest --procedure-override "
                           f"release={name} on a testbed); it has no plan"
-                    for name in ("release-early-switch", "release-rollback-deletes-active", "release-deadline-resets")}}
+                    for name in ("release-early-switch", "release-rollback-deletes-active", "release-deadline-resets")},
+                 **{name: "a hard fork as an earlier design had it, for negative tests only (pytest "
+                          f"--procedure-override hardfork-upgrade={name} on a testbed); it has no plan"
+                    for name in ("hardfork-seed-order", "hardfork-halt-signal")}}
 
 
 @dataclass(frozen=True)
@@ -155,14 +158,15 @@ def _section(title: str, lines: list[str]) -> list[str]:
 
 def render(env: Env, req: PlanRequest, adapters: Any) -> str:
     """The whole plan as text (what ``runbook plan`` prints, and the golden transcripts hold)."""
-    from runbook.procedures import agave_plan, canary_plan, dz_plan, get, release_plan
+    from runbook.procedures import agave_plan, canary_plan, dz_plan, get, hardfork_plan, release_plan
 
     if req.procedure in NEGATIVE_ONLY:
         raise ConfigError(f"{req.procedure} is not planned: {NEGATIVE_ONLY[req.procedure]}")
     proc = get(req.procedure)
     planners: dict[str, Any] = {"agave-upgrade": agave_plan.UPGRADE, "agave-rollback": agave_plan.ROLLBACK,
                                 "dz-upgrade": dz_plan.PLANNER, "canary-promote": canary_plan.PLANNER,
-                                "canary-undo": canary_plan.UNDO, "release": release_plan.PLANNER}
+                                "canary-undo": canary_plan.UNDO, "release": release_plan.PLANNER,
+                                "hardfork-upgrade": hardfork_plan.PLANNER}
     if req.procedure not in planners:
         raise ConfigError(f"{req.procedure} has no plan")
     if req.cleanup not in CLEANUPS:

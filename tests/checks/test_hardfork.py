@@ -186,3 +186,31 @@ def test_a_run_that_passed_or_failed_elsewhere_fails() -> None:
 def test_a_failure_after_the_deadline_fails() -> None:
     v = hc.failed_at(_result(False, seconds=95.0), step="await-running", reason="deadline", within=60)
     assert not v.ok and "took 95.0s, over 60s" in v.problems[0]
+
+
+# ------------------------------------------------------------------------------------------- completion, progress
+def test_every_bootstrap_exiting_0_completed() -> None:
+    jobs = {"j0": {"exit codes": [{"seid": 0}]}, "j1": {"exit codes": [{"seid": 0}]}}
+    assert hc.bootstraps_completed(jobs, replicas=2).ok
+
+
+def test_a_bootstrap_missing_or_not_exiting_0_did_not_complete() -> None:
+    missing = hc.bootstraps_completed({"j0": {"exit codes": [{"seid": 0}]}}, replicas=2)
+    assert not missing.ok and "1 completed bootstrap Jobs of 2" in missing.problems[0]
+    sdk = hc.bootstraps_completed({"j0": {"exit codes": [{"seid": 130}]}}, replicas=1)
+    assert not sdk.ok and "exit codes [130]" in sdk.problems[0]
+    assert not hc.bootstraps_completed({"j0": {"exit codes": []}}, replicas=1).ok
+
+
+def test_an_incumbent_statefulset_or_pod_left_is_not_gone() -> None:
+    assert hc.incumbents_gone("sei-rpc-r1", exists=False, pods=[]).ok
+    v = hc.incumbents_gone("sei-rpc-r1", exists=True, pods=["sei-rpc-r1-0"])
+    assert not v.ok and v.problems == ("statefulset sei-rpc-r1 still exists", "pod sei-rpc-r1-0 still exists")
+
+
+def test_a_wait_without_an_eta_was_not_shown() -> None:
+    shown = ["[x] bootstrap to H-1 = 999: tip 900; ...; H-1 in ~20s",
+             "[x] bootstrap to H-1 = 999: tip 910; H-1 in ~18s"]
+    assert hc.waited_with_eta(shown, target=999).ok
+    v = hc.waited_with_eta([*shown[:1], "[x] bootstrap to H-1 = 999: tip 920; H-1 in unknown yet"], target=999)
+    assert not v.ok and "1 progress line(s)" in v.problems[0]
