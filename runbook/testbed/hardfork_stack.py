@@ -42,7 +42,7 @@ import httpx
 
 from runbook.env import PROJECT_ROOT
 from runbook.env_hardfork import HardforkConfig
-from runbook.errors import AdapterError, TestbedError
+from runbook.errors import AdapterError, TestbedError, WaitTimeout
 from runbook.wait import wait_for
 
 if TYPE_CHECKING:
@@ -156,6 +156,12 @@ def ensure(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) -
     NodePorts' host ports, deploy/k8s/hardfork's objects (only those missing are applied); then wait until the
     validator answers /status on hardfork.network_rpc, the S3 Service answers, and both incumbents are Ready
     behind sei-rpc (hardfork.rpc answers /status)."""
+    _up(tb, progress, timeout)
+    wait_ready(tb, progress=progress, timeout=timeout)
+
+
+def _up(tb: Testbed, progress: Progress, timeout: float) -> None:
+    """The programs and the missing objects (the StatefulSet once the network answers); no wait for the nodes."""
     from runbook.testbed.kube_controller import controller_program
     from runbook.testbed.kube_dns import ensure_dns
     from runbook.testbed.kube_proxy import ensure_proxy
@@ -177,27 +183,36 @@ def ensure(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) -
         if kind == "Deployment":
             if w.deployment(obj) is None:
                 w.apply_deployment(m)
-        elif kind == "StatefulSet":
-            if w.statefulset(obj) is None:
-                w.apply_statefulset(m)
-        elif w.get_object(kind, obj) is None:
+        elif kind not in ("StatefulSet", "Job") and w.get_object(kind, obj) is None:
             w.apply_object(m)
-    wait_ready(tb, progress=progress, timeout=timeout)
+    # the nodes state-sync from the validator once, at their first start (with no peer answering they exit, as
+    # CometBFT does): the network first
+    _wait_network(tb, timeout)
+    for m in manifests():
+        if m["kind"] == "StatefulSet" and w.statefulset(m["metadata"]["name"]) is None:
+            w.apply_statefulset(m)
 
 
-def wait_ready(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) -> None:
-    """The validator answering on hardfork.network_rpc, the S3 store answering, the incumbents Ready behind the
-    Service (hardfork.rpc answering /status). A WaitTimeout carries the last state seen."""
+def _wait_network(tb: Testbed, timeout: float) -> int:
+    """The validator answering on hardfork.network_rpc and the S3 store answering; the network's height."""
     from runbook.testbed.s3store import SnapshotStore
 
     c = config(tb)
-    w = tb.workloads
     tip = wait_for(functools.partial(height, c.network_rpc), lambda h: h > 0, timeout=timeout, interval=0.2,
                    tolerate=(AdapterError,), what=f"the validator answering /status on {c.network_rpc}",
                    env=tb.env.name, obj=f"deployment/{VALIDATOR}")
     wait_for(lambda: SnapshotStore(s3_endpoint(tb), retries=0, timeout=2.0).list_buckets(), lambda _: True,
              timeout=timeout, interval=0.2, tolerate=(AdapterError, TestbedError),
              what=f"the S3 Service {S3} answering", env=tb.env.name, obj=f"service/{S3}")
+    return tip
+
+
+def wait_ready(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) -> None:
+    """The validator answering on hardfork.network_rpc, the S3 store answering, the incumbents Ready behind the
+    Service (hardfork.rpc answering /status). A WaitTimeout carries the last state seen."""
+    c = config(tb)
+    w = tb.workloads
+    tip = _wait_network(tb, timeout)
     sts = c.statefulset(INCUMBENT)
     want = int(manifest("StatefulSet", sts)["spec"]["replicas"])
     wait_for(functools.partial(w.statefulset_status, sts), lambda s: s is not None and s.ready_replicas >= want,
@@ -280,8 +295,12 @@ def _incumbents_pristine(tb: Testbed, w: LocalWorkloads, c: HardforkConfig) -> s
             return f"pod {pod}: {exc}"
         if sync.get("catching_up") or tip - int(sync["latest_block_height"]) >= CAUGHT_UP:
             return f"pod {pod} at {sync['latest_block_height']}, the network at {tip}"
-        if plan is not None:
-            return f"pod {pod} holds plan {plan.get('name')} at {plan.get('height')}"
+        if plan is not None:  # a node drops a cancelled plan at its next poll of the network (every second)
+            try:
+                wait_for(functools.partial(current_plan, url), lambda p: p is None, timeout=3.0, interval=0.2,
+                         tolerate=(AdapterError,), what=f"pod {pod} dropping the cancelled plan")
+            except WaitTimeout:
+                return f"pod {pod} holds plan {plan.get('name')} at {plan.get('height')}"
     return ""
 
 
@@ -289,10 +308,15 @@ def reset(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) ->
     """Back to :func:`ensure`'s state for a scenario that needs it: no plan, every Job, StatefulSet and claim of
     the node set other than r1's deleted (the entrants, their bootstraps), r1 re-created (with fresh claims) when
     it is gone or not as ensure() left it, the Service's selector back to r1. Returns what it had to fix."""
-    ensure(tb, progress=progress, timeout=timeout)
     c = config(tb)
     w = tb.workloads
     fixed: list[str] = []
+    keep = c.statefulset(INCUMBENT)
+    if tb.supervisor.alive() and w.statefulset(keep) is None:  # torn down: ensure() makes it again, on fresh claims
+        for claim in w.pvcs(f"app={c.app},{c.revision_label}={INCUMBENT}"):
+            w.delete_pvc(claim)
+        fixed.append(f"statefulset {keep} re-created (gone)")
+    _up(tb, progress, timeout)  # the nodes are waited for at the end: the Service may pin a revision that never serves
     if current_plan(c.network_rpc) is not None:
         clear_plan(tb, timeout=timeout)
         fixed.append("governance plan cleared")
@@ -302,7 +326,6 @@ def reset(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) ->
         if _label(live, "app") in apps or _selected_app(live) in apps:
             w.delete_job(job, propagation="Foreground")
             fixed.append(f"job {job} deleted")
-    keep = c.statefulset(INCUMBENT)
     for sts in w.statefulsets():
         if sts != keep and c.app in (_label(w.statefulset(sts), "app"), _selected_app(w.statefulset(sts))):
             w.delete_statefulset(sts)

@@ -241,7 +241,7 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin, BatchMixin):
         spec = obj["spec"]
         deploy = self._read("deployments", obj["deployment"]) or {}
         tmpl = deploy.get("spec", {}).get("template", {}).get("spec", {})
-        restarts = self._start_counts(name)
+        restarts = self._start_counts(name, since=obj.get("created"))
         statuses = []
         for kind, c in self._containers(spec):
             statuses.append(self._status(name, kind, c, obj.get("waiting", {}).get(c["name"]), restarts,
@@ -552,9 +552,13 @@ class LocalWorkloads(ObjectsMixin, RolloutsMixin, BatchMixin):
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def _start_counts(self, pod: str) -> dict[str, int]:
+    def _start_counts(self, pod: str, since: float | None = None) -> dict[str, int]:
+        """Starts of each container of ``pod`` (created at ``since``: a StatefulSet's pod re-created under the same
+        name starts counting again)."""
         counts: dict[str, int] = {}
         for rec in self._event_records():
+            if since is not None and rec.get("t", 0) < since:
+                continue
             if rec["event"] == "PROCESS_STATE_STARTING" and rec["process"].startswith(pod + "--"):
                 name = rec["process"].split("--", 1)[1]
                 counts[name] = counts.get(name, 0) + 1
