@@ -215,12 +215,15 @@ def _remove_deployments(adapters: Any, baseline: Baseline) -> list[str]:
     wl: Workloads = adapters.workloads
     green, blue = env.deployments.green.name, env.deployments.blue.name
     fixed = []
-    # seed 004's proxy and seed 003's application are other systems beside agave: their Deployments have their own
-    # baselines (canary_stack.reset; the release features start each scenario from a reset of their own)
+    # seed 004's proxy, seed 003's application and seeds 001/002's network are other systems beside agave: their
+    # Deployments have their own baselines (canary_stack.reset; the release and hard-fork features start each
+    # scenario from a reset of their own)
     other = {env.canary.production, env.canary.canary} if env.canary is not None else set()
     if env.release is not None:
         r = env.release
         other |= {r.gateway} | {r.name(comp, colour) for comp in r.components for colour in ("blue", "green")}
+    if env.hardfork is not None:  # seeds 001/002: the network and the snapshot store (the hard-fork features reset)
+        other |= set(env.hardfork.network)
     extra = [d for d in wl.deployments() if d not in baseline.deployments and d != green and d not in other]
     if blue not in extra and _pods(wl, blue):
         extra.append(blue)

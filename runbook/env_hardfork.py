@@ -12,6 +12,7 @@ through a bootstrap Job (the incumbent binary to H-1) and a StatefulSet on the n
                                         # the tip, the on-chain upgrade plan
       snapshot_s3: http://sei-s3.agave.svc:9000/sei-snapshots   # where a bootstrap restores from (as pods see it)
       governance: sei-governance        # testbed only: the ConfigMap the network's validator reads its plan from
+      network: [sei-validator, sei-s3]  # testbed only: the network's and the snapshot store's Deployments
       running_timeout: 90s              # AwaitRunning: after the chain reaches H, entrants Running by then
       bootstrap_timeout: 60s            # a bootstrap pod not running (or not past its snapshot) by then has failed
       poll: 1s                          # how often AwaitRunning looks (and prints progress)
@@ -39,6 +40,9 @@ class HardforkConfig(BaseModel):
     snapshot_s3: str = Field(description="the snapshot bucket a bootstrap restores from, as a pod reaches it")
     governance: str = Field(default="sei-governance",
                             description="testbed only: the ConfigMap the network's validator reads its plan from")
+    network: tuple[str, ...] = Field(default=("sei-validator", "sei-s3"),
+                                     description="testbed only: the Deployments of the network's validator and of "
+                                                 "the snapshot store (deploy/k8s/hardfork), not the node set's")
     running_timeout: Seconds = Field(default=300.0, gt=0,
                                      description="entrants Running this long after the chain reached H, or failed")
     bootstrap_timeout: Seconds = Field(default=180.0, gt=0,

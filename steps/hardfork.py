@@ -96,7 +96,7 @@ def plan_in(adapters: Adapters, testbed: Testbed | None, version: str, blocks: s
     c = _cfg(adapters)
     height = hn.network_tip(c) + int(blocks)
     if part is not None:
-        part.set_plan(testbed, version, height, progress=evidence.note)
+        part.set_plan(testbed, version, height)
     else:
         adapters.objects.apply_object({"apiVersion": "v1", "kind": "ConfigMap",
                                        "metadata": {"name": c.governance},
@@ -147,10 +147,11 @@ def run_fork(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequ
     c = _cfg(adapters)
     report = report_to(evidence, probe)
     lines: list[str] = []
+    shown = report["progress"]
 
     def progress(msg: str) -> None:
         lines.append(msg)
-        report["progress"](msg)
+        shown(msg)
 
     report["progress"] = progress
     ctx = proc.context(adapters, params, **report)

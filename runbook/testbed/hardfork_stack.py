@@ -209,7 +209,7 @@ def _wait_network(tb: Testbed, timeout: float) -> int:
 
 def wait_ready(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.0) -> None:
     """The validator answering on hardfork.network_rpc, the S3 store answering, the incumbents Ready behind the
-    Service (hardfork.rpc answering /status). A WaitTimeout carries the last state seen."""
+    Service (hardfork.rpc answering /status), a snapshot in the bucket. A WaitTimeout carries the last state seen."""
     c = config(tb)
     w = tb.workloads
     tip = _wait_network(tb, timeout)
@@ -221,6 +221,11 @@ def wait_ready(tb: Testbed, *, progress: Progress = _quiet, timeout: float = 60.
     served = wait_for(functools.partial(status, c.rpc), lambda s: True, timeout=timeout, interval=0.2,
                       tolerate=(AdapterError,), what=f"service {c.service} answering /status on {c.rpc}",
                       env=tb.env.name, obj=f"service/{c.service}")
+    # a bootstrap restores the newest snapshot below its halt height: a fresh validator uploads its first one
+    # within a snapshot interval (a bootstrap started before it fails: no snapshot to restore)
+    wait_for(functools.partial(snapshot_heights, tb), bool, timeout=timeout, interval=0.5,
+             tolerate=(AdapterError, TestbedError), what=f"a first snapshot in {c.snapshot_s3}", env=tb.env.name,
+             obj=f"deployment/{VALIDATOR}")
     progress(f"hard-fork part up: network at height {tip}, {want} incumbents ({sts}) Ready behind {c.rpc} "
              f"({served['node_info']['version']})")
 

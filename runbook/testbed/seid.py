@@ -140,8 +140,8 @@ class SeiNode:
             current = self.plan
             if self.static or plan == current:
                 return
-            if current is not None and self.committed >= current.height - 1:
-                return  # due: the next block executes it
+            if current is not None and current.height - 1 <= self.committed < current.height:
+                return  # due: the next block executes it (past it, it is done: a new plan may come)
             if plan is None:
                 assert current is not None
                 if source_height is not None and source_height >= current.height:
@@ -218,8 +218,11 @@ class SeiNode:
         return {"height": str(mark["height"] if mark else 0)}
 
     def current_plan(self) -> dict[str, Any]:
+        """x/upgrade's current_plan: none once applied here, and none on the validator (the network) once past its
+        height (the network applied it: x/upgrade clears the plan)."""
         plan = self.plan
-        if plan is None or (not self.validator and plan.name in self.state.upgrades):
+        if plan is None or (not self.validator and plan.name in self.state.upgrades) or \
+                (self.validator and self.committed >= plan.height):
             return {"plan": None}
         return {"plan": plan.rest()}
 

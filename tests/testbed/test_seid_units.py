@@ -108,3 +108,15 @@ def test_the_heights_offered_for_upload(tmp_path: Path) -> None:
     assert [s.height for s in up._pending] == list(range(25, 75, 5))
     with pytest.raises(ConfigError):
         SnapshotUploader("http://127.77.12.6:9/bucket", 0)
+
+
+def test_past_its_height_a_plan_is_done_and_the_next_one_is_adopted(tmp_path: Path) -> None:
+    """The network (the validator) past H: current_plan is null (x/upgrade clears an applied plan) and governance's
+    next plan replaces it (the hard-fork features run one upgrade after another on one network)."""
+    validator = node(tmp_path / "v", validator=True, height=130)
+    validator.learn_plan(UpgradePlan(NEW, 140), "governance file f")
+    assert validator.current_plan()["plan"]["height"] == "140"
+    validator.committed = 141  # the network went past H
+    assert validator.current_plan() == {"plan": None}
+    validator.learn_plan(UpgradePlan("v6.5.0", 200), "governance file f")
+    assert validator.plan == UpgradePlan("v6.5.0", 200) and validator.current_plan()["plan"]["name"] == "v6.5.0"
