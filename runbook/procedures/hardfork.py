@@ -407,7 +407,8 @@ def _wait_pins(ctx: Ctx, revision: str) -> None:
 
 def switch(ctx: Ctx) -> None:
     f = ctx.facts
-    f.incumbents_at_switch = incumbents(ctx)
+    if not f.incumbents_at_switch:  # what they were when traffic left them (a resumed run keeps the first look)
+        f.incumbents_at_switch = incumbents(ctx)
     point_service(ctx, f.entrant)
     ctx.mark("switch", f"service {cfg(ctx).service} selects {f.entrant}")
 

@@ -26,10 +26,17 @@ def _halt_signal(ctx: h.Ctx) -> None:
     ctx.mark("halt signal", f"SIGTERM to every {c.statefulset(ctx.facts.incumbent)} pod's seid")
 
 
+def _torn_down_only(ctx: h.Ctx) -> None:
+    """The seed's TeardownNodes checks the nodes are gone, not what the Service has behind it."""
+    if not h.torn_down(ctx):
+        raise h.CheckFailed(f"statefulset {h.cfg(ctx).statefulset(ctx.facts.incumbent)} is still there")
+
+
 SEED_ORDER = dataclasses.replace(
     h.PROCEDURE, name="hardfork-seed-order",
     summary="the seed's ordering: teardown of the incumbents, then the selector flip at the plan's end",
-    steps=(_ours["create-entrants"], _ours["await-running"], _ours["teardown"], _ours["switch-traffic"]))
+    steps=(_ours["create-entrants"], _ours["await-running"],
+           dataclasses.replace(_ours["teardown"], verify=_torn_down_only), _ours["switch-traffic"]))
 
 HALT_SIGNAL = dataclasses.replace(
     h.PROCEDURE, name="hardfork-halt-signal",
