@@ -33,7 +33,9 @@ def manifests() -> Iterator[tuple[str, dict[str, Any]]]:
     for source, docs in all_manifests().items():
         for i, doc in enumerate(docs):
             yield f"{source}[{i}]", doc
-    for release in (RELEASE_DIR, RELEASE_DIR / "colour"):  # seed 003: the base and the colour template
+    # seed 003: the base and the colour template; seed 004's proxy and Prometheus; seeds 001/002's node set
+    k8s = RELEASE_DIR.parent
+    for release in (RELEASE_DIR, RELEASE_DIR / "colour", k8s / "canary", k8s / "hardfork"):
         for i, doc in enumerate(kustomize(release)):
             yield f"{release.relative_to(PROJECT_ROOT)}[{i}]", doc
     for name in known_envs():
