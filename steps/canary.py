@@ -18,8 +18,8 @@ from pytest_bdd import given, parsers, then, when
 from runbook.adapters.factory import Adapters
 from runbook.canary import evaluate
 from runbook.checks import canary as cc
-from runbook.checks import outcome, zero_drop
-from runbook.checks.core import judge, judge_all
+from runbook.checks import outcome
+from runbook.checks.core import judge
 from runbook.errors import AdapterError, StepRefused
 from runbook.evidence.artifacts import slug
 from runbook.evidence.recorder import Recorder
@@ -32,7 +32,7 @@ from runbook.procedures.framework import Context, RunResult
 from runbook.testbed.stack import Testbed
 from runbook.wait import wait_for
 from steps.common import report_to
-from steps.upgrade import ProbeRun
+from steps.upgrade import ProbeRun, judge_probe
 
 
 @dataclass
@@ -282,10 +282,4 @@ def newest_revision(adapters: Adapters, canary_run: CanaryRun, evidence: Recorde
 
 @then("the prober saw no failed request through the Service")
 def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -> None:
-    summary = probe.finish()
-    verdict = zero_drop.verdict(summary, max_gap=adapters.env.probe.max_gap)
-    verdict.write(probe.prober.out_dir)
-    evidence.attach_probe(probe.prober.out_dir, upstream_names={},
-                          cutover_events=["promote", "rolled out", "gate failed", "undo", "finalized"])
-    evidence.attach("zero-drop verdict", verdict.describe())
-    judge_all(evidence, zero_drop.no_request_lost(verdict), summary=verdict.describe())
+    judge_probe(probe, evidence, adapters, events=["promote", "rolled out", "gate failed", "undo", "finalized"])

@@ -18,7 +18,7 @@ from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters, connect
 from runbook.checks import hardfork as hc
-from runbook.checks import outcome, zero_drop
+from runbook.checks import outcome
 from runbook.checks.core import judge, judge_all
 from runbook.errors import StepRefused
 from runbook.evidence.artifacts import slug
@@ -33,7 +33,7 @@ from runbook.procedures.facts import HardforkFacts
 from runbook.procedures.framework import Context, Interrupted, RunResult
 from runbook.testbed.stack import Testbed
 from steps.common import report_to
-from steps.upgrade import ProbeRun
+from steps.upgrade import ProbeRun, judge_probe
 
 NEXT = "v6.4.0"  # the operator scenario's version on a disposable env without --hardfork-version
 BLOCKS_AHEAD = 60  # a disposable env's plan: H this many blocks ahead of the tip
@@ -260,9 +260,4 @@ def showed_eta(fork_run: ForkRun, evidence: Recorder) -> None:
 
 @then("no request through the Service failed")
 def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -> None:
-    summary = probe.finish()
-    verdict = zero_drop.verdict(summary, max_gap=adapters.env.probe.max_gap)
-    verdict.write(probe.prober.out_dir)
-    evidence.attach_probe(probe.prober.out_dir, upstream_names={}, cutover_events=EVENTS)
-    evidence.attach("zero-drop verdict", verdict.describe())
-    judge_all(evidence, zero_drop.no_request_lost(verdict), summary=verdict.describe())
+    judge_probe(probe, evidence, adapters, events=EVENTS)

@@ -16,7 +16,7 @@ import pytest
 from pytest_bdd import given, parsers, then, when
 
 from runbook.adapters.factory import Adapters, connect
-from runbook.checks import outcome, zero_drop
+from runbook.checks import outcome
 from runbook.checks import release as rc
 from runbook.checks.core import judge, judge_all
 from runbook.errors import ConfigError, StepRefused
@@ -33,7 +33,7 @@ from runbook.procedures.facts import ReleaseFacts
 from runbook.procedures.framework import Context, Interrupted, RunResult
 from runbook.testbed.stack import Testbed
 from steps.common import report_to
-from steps.upgrade import ProbeRun
+from steps.upgrade import ProbeRun, judge_probe
 
 FIRST = "1.0.0"  # a disposable env's first release (deploy/k8s/release/colour's images)
 NEXT = "1.1.0"  # the operator scenario's release on a disposable env without --release-version
@@ -307,10 +307,5 @@ def resumed_from(adapters: Adapters, release_run: ReleaseRun, step: str, evidenc
 
 @then("no request through the gateway failed")
 def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -> None:
-    summary = probe.finish()
-    verdict = zero_drop.verdict(summary, max_gap=adapters.env.probe.max_gap)
-    verdict.write(probe.prober.out_dir)
-    evidence.attach_probe(probe.prober.out_dir, upstream_names={}, cutover_events=EVENTS)
-    evidence.attach("zero-drop verdict", verdict.describe())
-    judge_all(evidence, zero_drop.no_request_lost(verdict), summary=verdict.describe())
+    judge_probe(probe, evidence, adapters, events=EVENTS)
 

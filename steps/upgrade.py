@@ -242,6 +242,17 @@ def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Re
 
 @then("the prober saw no failed request")
 @then("the prober saw no failed request, none answered by a node that is behind")
+def judge_probe(probe: ProbeRun, evidence: Recorder, adapters: Adapters, *, events: list[str]) -> None:
+    """Another system's prober (seeds 001-004): its records and the procedure's ``events`` on one timeline, then
+    the strict zero-drop verdict, computed once and shown as computed."""
+    summary = probe.finish()
+    verdict = zero_drop.verdict(summary, max_gap=adapters.env.probe.max_gap)
+    verdict.write(probe.prober.out_dir)
+    evidence.attach_probe(probe.prober.out_dir, upstream_names={}, cutover_events=events)
+    evidence.attach("zero-drop verdict", verdict.describe())
+    judge_all(evidence, zero_drop.no_request_lost(verdict), summary=verdict.describe())
+
+
 def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -> None:
     """The strict verdict, computed once and shown as computed: lost to a client that does not retry (no
     answer, a bad one, one that needed the prober's retry, one later than the client timeout), and no gap

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runbook.adapters.factory import Adapters
-from runbook.errors import RunbookError
+from runbook.probes.sampling import Sampling
 
 
 @dataclass
-class EndpointsWatcher:
+class EndpointsWatcher(Sampling):
     adapters: Adapters
     service: str
     label: str  # the selector's label whose value is recorded (sei.io/revision)
@@ -24,25 +24,6 @@ class EndpointsWatcher:
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def start(self) -> EndpointsWatcher:
-        self._thread = threading.Thread(target=self._run, name="endpoints-watcher", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        end = time.monotonic() + self.max_duration
-        while not self._stop.is_set() and time.monotonic() < end:
-            try:
-                self.samples.append(self.sample())
-            except RunbookError as exc:  # recorded, and the sample is missing: never a guessed value
-                self.errors.append(f"{time.time():.3f}: {exc}")
-            self._stop.wait(self.interval)
 
     def sample(self) -> tuple[float, int, str]:
         svc = self.adapters.objects.get_object("Service", self.service)

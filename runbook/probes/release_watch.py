@@ -12,7 +12,7 @@ from typing import Any
 
 from runbook.adapters.factory import Adapters
 from runbook.env_release import COLOURS
-from runbook.errors import RunbookError
+from runbook.probes.sampling import Sampling
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Sample:
 
 
 @dataclass
-class ReleaseWatcher:
+class ReleaseWatcher(Sampling):
     adapters: Adapters
     interval: float = 0.2
     max_duration: float = 900.0  # bounded: a forgotten watcher stops by itself
@@ -31,25 +31,6 @@ class ReleaseWatcher:
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def start(self) -> ReleaseWatcher:
-        self._thread = threading.Thread(target=self._run, name="release-watcher", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        end = time.monotonic() + self.max_duration
-        while not self._stop.is_set() and time.monotonic() < end:
-            try:
-                self.samples.append(self.sample())
-            except RunbookError as exc:  # recorded, and the sample is missing: never a guessed value
-                self.errors.append(f"{time.time():.3f}: {exc}")
-            self._stop.wait(self.interval)
 
     def sample(self) -> Sample:
         c = self.adapters.release
