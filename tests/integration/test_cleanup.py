@@ -26,6 +26,10 @@ def test_hold_the_session_open(testbed):
 '''
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(tmp_path: Path, *, when: str) -> Testbed:
     env_file = make_env(tmp_path)
     tb = Testbed(load_env(str(env_file)))
@@ -35,6 +39,9 @@ def _interrupt(tmp_path: Path, *, when: str) -> Testbed:
         [str(BIN / "pytest"), "-p", "no:cacheprovider", "-p", "runbook.plugin", "-p", "runbook.evidence.hooks",
          "-q", "-s", *report_args(tmp_path / "reports"), f"--env={env_file}", str(hold)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a terminal's Ctrl-C: a run started in the background of a shell without job control (nohup ... &, a CI
+        # step's subshell) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=_sigint_default,
     )
 
     def watch(observe: Callable[[], object]) -> Callable[[], object]:
