@@ -54,3 +54,15 @@ Feature: Hard fork of a Sei node set through a bootstrap Job (seeds 001 and 002)
     Then every step of the hard fork passed
     And the run showed its progress toward H with an ETA while the chain was below it
     And the entrants bootstrapped on the incumbent binary to H-1 and processed H on the new binary
+
+  @proof
+  Scenario: An interrupted hard fork resumes where it stopped
+    Given the Sei node set behind its Service
+    And an upgrade plan on chain for v6.4.0 in 60 blocks
+    And a prober reading the node's status through the Service at 20 requests/s
+    When the operator runs the hard fork to v6.4.0, interrupted after await-running
+    Then the run stopped with the Service still on the incumbents
+    When the operator runs the same hard fork again
+    Then the second run went on from switch-traffic, skipping what was done
+    And the incumbents were untouched until the teardown, and are gone
+    And no request through the Service failed

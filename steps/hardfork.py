@@ -141,7 +141,8 @@ def _new_version(adapters: Adapters, request: pytest.FixtureRequest) -> str:
     return str(version)
 
 
-def run_fork(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequest, params: dict[str, Any]) -> ForkRun:
+def run_fork(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequest, params: dict[str, Any],
+             *, interrupt_after: str | None = None) -> ForkRun:
     proc = procedure_for(request.config, hf.NAME)
     probe = request.getfixturevalue("probe") if "probe" in request.fixturenames else None
     c = _cfg(adapters)
@@ -159,7 +160,7 @@ def run_fork(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequ
                                c.revision_label).start()
     run = ForkRun(ctx, None, watcher, lines, started=time.time())
     try:
-        run.result = proc.run(ctx, journal=journal_for(adapters.env, hf.NAME))
+        run.result = proc.run(ctx, journal=journal_for(adapters.env, hf.NAME), interrupt_after=interrupt_after)
     except Interrupted as exc:
         run.interrupted = str(exc)
     finally:
@@ -174,10 +175,10 @@ def fork_new(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequ
     return run_fork(adapters, evidence, request, {"version": _new_version(adapters, request)})
 
 
-@when(parsers.re(r"the operator runs the hard fork to (?P<version>v[\w.-]+)(?: with (?P<setting>.+))?$"),
-      target_fixture="fork_run")
+@when(parsers.re(r"the operator runs the hard fork to (?P<version>v[\w.-]+?)(?: with (?P<setting>.+?))?"
+                 r"(?:, interrupted after (?P<step>[\w-]+))?$"), target_fixture="fork_run")
 def fork_to(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequest, version: str,
-            setting: str | None) -> ForkRun:
+            setting: str | None, step: str | None) -> ForkRun:
     """``with the bootstrap image IMAGE`` / ``with state sync from the peer HOST:PORT``: what the operator set for
     the bootstrap (the seed's SeiNode spec), to show a bootstrap that cannot run."""
     params: dict[str, Any] = {"version": version}
@@ -189,7 +190,15 @@ def fork_to(adapters: Adapters, evidence: Recorder, request: pytest.FixtureReque
         else:
             raise StepRefused(f"{setting!r}: expected 'the bootstrap image IMAGE' or 'state sync from the peer "
                               "HOST:PORT'")
-    return run_fork(adapters, evidence, request, params)
+    return run_fork(adapters, evidence, request, params, interrupt_after=step)
+
+
+@when("the operator runs the same hard fork again")
+def again(adapters: Adapters, evidence: Recorder, request: pytest.FixtureRequest, fork_run: ForkRun) -> None:
+    """The same parameters: the journal says where the first run stopped (its facts, the deadline's start)."""
+    second = run_fork(adapters, evidence, request, dict(fork_run.ctx.params))
+    fork_run.result, fork_run.interrupted, fork_run.ctx = second.result, second.interrupted, second.ctx
+    fork_run.watcher.samples += second.watcher.samples
 
 
 # ------------------------------------------------------------------------------------------- then
@@ -251,6 +260,18 @@ def rolled_back(adapters: Adapters, fork_run: ForkRun, evidence: Recorder) -> No
     ctx = _ctx(adapters, f)
     judge_all(evidence, [hc.entrants_gone(f.entrant, hf.present(ctx)),
                          hc.incumbents_untouched(f.incumbents_before, hf.incumbents(ctx)), hf.pins(ctx, f.incumbent)])
+
+
+@then("the run stopped with the Service still on the incumbents")
+def stopped_on_incumbents(adapters: Adapters, fork_run: ForkRun, evidence: Recorder) -> None:
+    f = fork_run.ctx.facts
+    judge_all(evidence, [hc.interrupted_after(fork_run.interrupted, fork_run.result),
+                         hf.pins(_ctx(adapters, f), f.incumbent)])
+
+
+@then(parsers.parse("the second run went on from {step}, skipping what was done"))
+def went_on_from(fork_run: ForkRun, step: str, evidence: Recorder) -> None:
+    judge(evidence, hc.resumed_from(fork_run.result, step=step, steps=[s.name for s in hf.PROCEDURE.steps]))
 
 
 @then("the run showed its progress toward H with an ETA while the chain was below it")

@@ -21,8 +21,8 @@ from runbook.checks.release import FAILING_REASONS
 from runbook.procedures.framework import RunResult
 
 __all__ = ["bootstrap_not_failing", "bootstraps_completed", "entrants_gone", "entrants_running", "failed_at",
-           "incumbents_gone", "incumbents_snapshot", "incumbents_untouched", "never_without_endpoints", "plan_ahead",
-           "service_pins", "waited_with_eta"]
+           "incumbents_gone", "incumbents_snapshot", "incumbents_untouched", "interrupted_after",
+           "never_without_endpoints", "plan_ahead", "resumed_from", "service_pins", "waited_with_eta"]
 
 T = "tests/checks/test_hardfork.py::"
 
@@ -238,3 +238,28 @@ def waited_with_eta(lines: Sequence[str], *, target: int) -> Verdict:
     return verdict("progress toward H shown", expected=">= 2 progress lines with the tip and an ETA to H-1",
                    observed=etas[:2] + etas[-1:] if len(etas) > 2 else etas,
                    problems=[] if len(etas) >= 2 else [f"{len(etas)} progress line(s) with an ETA"])
+
+
+@check(negative=T + "test_a_run_that_finished_or_failed_was_not_interrupted")
+def interrupted_after(interrupted: str, result: RunResult | None) -> Verdict:
+    """The run was interrupted (the operator's Ctrl-C, or a lost runner) and did not finish or fail."""
+    problems = [] if interrupted and result is None else [
+        "the run was not interrupted" if not interrupted else "the run has a result"]
+    return verdict("the run was interrupted", expected="interrupted, no result", observed=interrupted or "not",
+                   problems=problems)
+
+
+@check(negative=T + "test_a_second_run_that_acted_again_or_failed_did_not_resume")
+def resumed_from(result: RunResult | None, *, step: str, steps: Sequence[str]) -> Verdict:
+    """A second run finished the procedure, found every step before ``step`` done (from its journal and the live
+    objects: skipped, not acted again) and ran ``step`` and the rest."""
+    problems = []
+    observed = {s.name: s.status for s in result.steps} if result else {}
+    if result is None or not result.ok:
+        problems.append(f"the second run did not finish: {result.error if result else 'no result'}")
+    i = list(steps).index(step)
+    problems += [f"{s}: {observed.get(s)}, not skipped (already done)" for s in steps[:i]
+                 if observed.get(s) != "skipped (already done)"]
+    problems += [f"{s}: {observed.get(s)}, not done" for s in steps[i:] if observed.get(s) != "done"]
+    return verdict(f"resumed from {step}", expected={"skipped": list(steps[:i]), "done": list(steps[i:])},
+                   observed=observed, problems=problems)

@@ -214,3 +214,31 @@ def test_a_wait_without_an_eta_was_not_shown() -> None:
     assert hc.waited_with_eta(shown, target=999).ok
     v = hc.waited_with_eta([*shown[:1], "[x] bootstrap to H-1 = 999: tip 920; H-1 in unknown yet"], target=999)
     assert not v.ok and "1 progress line(s)" in v.problems[0]
+
+
+# ------------------------------------------------------------------------------------------- resume
+STEPS = ["create-entrants", "await-running", "switch-traffic", "teardown"]
+
+
+def test_a_run_that_finished_or_failed_was_not_interrupted() -> None:
+    assert hc.interrupted_after("interrupted after await-running", None).ok
+    assert not hc.interrupted_after("", None).ok
+    assert not hc.interrupted_after("", _result(True)).ok
+
+
+def _second(statuses: list[str], ok: bool = True) -> RunResult:
+    return RunResult("hardfork-upgrade", ok, [StepOutcome(n, st) for n, st in zip(STEPS, statuses, strict=True)])
+
+
+def test_a_second_run_that_skipped_what_was_done_resumed() -> None:
+    run = _second(["skipped (already done)", "skipped (already done)", "done", "done"])
+    assert hc.resumed_from(run, step="switch-traffic", steps=STEPS).ok
+
+
+def test_a_second_run_that_acted_again_or_failed_did_not_resume() -> None:
+    again = hc.resumed_from(_second(["skipped (already done)", "done", "done", "done"]), step="switch-traffic",
+                            steps=STEPS)
+    assert not again.ok and again.problems == ("await-running: done, not skipped (already done)",)
+    failed = hc.resumed_from(_second(["skipped (already done)"] * 2 + ["done", "failed"], ok=False),
+                             step="switch-traffic", steps=STEPS)
+    assert not failed.ok and "teardown: failed, not done" in failed.problems
