@@ -240,8 +240,6 @@ def failed_and_rolled_back(upgrade: UpgradeRun, adapters: Adapters, evidence: Re
                                                    upgrade.expected_failure))
 
 
-@then("the prober saw no failed request")
-@then("the prober saw no failed request, none answered by a node that is behind")
 def judge_probe(probe: ProbeRun, evidence: Recorder, adapters: Adapters, *, events: list[str]) -> None:
     """Another system's prober (seeds 001-004): its records and the procedure's ``events`` on one timeline, then
     the strict zero-drop verdict, computed once and shown as computed."""
@@ -253,6 +251,8 @@ def judge_probe(probe: ProbeRun, evidence: Recorder, adapters: Adapters, *, even
     judge_all(evidence, zero_drop.no_request_lost(verdict), summary=verdict.describe())
 
 
+@then("the prober saw no failed request")
+@then("the prober saw no failed request, none answered by a node that is behind")
 def no_failed_request(probe: ProbeRun, evidence: Recorder, adapters: Adapters) -> None:
     """The strict verdict, computed once and shown as computed: lost to a client that does not retry (no
     answer, a bad one, one that needed the prober's retry, one later than the client timeout), and no gap
