@@ -83,7 +83,7 @@ def node_set(adapters: Adapters, testbed: Testbed | None, evidence: Recorder) ->
     judge(evidence, hf.pins(ctx, revision))
     evidence.call(f"incumbents {c.statefulset(revision)}: {', '.join(p.name for p in pods)}",
                   hc.incumbents_snapshot(pods))
-    return {"revision": revision, "tip": hn.network_tip(c)}
+    return {"revision": revision, "tip": adapters.sei_network().tip()}
 
 
 @given(parsers.re(r"an upgrade plan on chain for (?P<version>[\w.-]+) in (?P<blocks>\d+) blocks"))
@@ -94,14 +94,14 @@ def plan_in(adapters: Adapters, testbed: Testbed | None, version: str, blocks: s
         raise StepRefused(f"env {adapters.env.name} is not disposable: its chain's upgrade plan is governance's")
     part = _testbed_part(testbed)
     c = _cfg(adapters)
-    height = hn.network_tip(c) + int(blocks)
+    height = adapters.sei_network().tip() + int(blocks)
     if part is not None:
         part.set_plan(testbed, version, height)
     else:
         adapters.objects.apply_object({"apiVersion": "v1", "kind": "ConfigMap",
                                        "metadata": {"name": c.governance},
                                        "data": {"plan.json": f'{{"name": "{version}", "height": {height}}}'}})
-    seen = hn.network_plan(c)
+    seen = adapters.sei_network().plan()
     evidence.call(f"upgrade plan {version} at H = {height}", {"seen on the network": seen.__dict__ if seen else None})
 
 
@@ -113,7 +113,7 @@ def plan_for_new(adapters: Adapters, testbed: Testbed | None, evidence: Recorder
     if adapters.env.disposable:
         plan_in(adapters, testbed, version, str(BLOCKS_AHEAD), evidence)
         return
-    plan = hn.network_plan(_cfg(adapters))
+    plan = adapters.sei_network().plan()
     if plan is None:
         raise StepRefused(f"env {adapters.env.name}: no upgrade plan on chain: nothing to fork at")
     evidence.call(f"upgrade plan {plan.name} at H = {plan.height}")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import httpx
 
     from runbook.adapters.prometheus import PrometheusClient
+    from runbook.adapters.sei import SeiNetwork
     from runbook.testbed.stack import Testbed
 
 
@@ -95,6 +96,12 @@ class Adapters:
             raise ConfigError(f"env {self.env.name} has no hardfork section (runbook.env_hardfork): no Sei node set "
                               "there", env=self.env.name)
         return self.env.hardfork
+
+    def sei_network(self, *, timeout: float = 5.0) -> SeiNetwork:
+        """The Sei network's RPC (``hardfork.network_rpc``): its tip and the upgrade plan on chain."""
+        from runbook.adapters.sei import SeiNetwork
+
+        return SeiNetwork(self.hardfork.network_rpc, timeout=timeout)
 
     @property
     def objects(self) -> Objects:

@@ -146,8 +146,8 @@ def prepare(ctx: Ctx) -> None:
     if f.entrant == incumbent:
         raise _err(ctx, f"the entrant revision {f.entrant} is the incumbent's")
     given = p.get("halt_height")
-    found = hn.network_plan(c)
-    tip = hn.network_tip(c)
+    found = hn.network_plan(ctx)
+    tip = hn.network_tip(ctx)
     halt = int(str(given)) if given not in (None, "") else None
     ctx.judge(hc.plan_ahead((found.name, found.height) if found else None, tip=tip, halt_height=halt),
               precondition=True)
@@ -222,7 +222,7 @@ class _Chain:
 
     def read(self) -> int:
         f = self.ctx.facts
-        self.tip = hn.network_tip(cfg(self.ctx))
+        self.tip = hn.network_tip(self.ctx)
         now = time.time()
         if self.first is None:
             self.first = (now, self.tip)

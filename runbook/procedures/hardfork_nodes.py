@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from runbook.adapters.base import PodInfo
+from runbook.adapters.sei import Plan
 from runbook.env_hardfork import HardforkConfig
-from runbook.errors import AdapterError, ConfigError, RunbookError
+from runbook.errors import ConfigError, RunbookError
 from runbook.procedures.framework import Context
 
 NAME = "hardfork-upgrade"
@@ -33,12 +32,6 @@ def cfg(ctx: Context[Any]) -> HardforkConfig:
 
 # ----------------------------------------------------------------------------- the chain
 @dataclass(frozen=True)
-class Plan:
-    name: str
-    height: int
-
-
-@dataclass(frozen=True)
 class NodeView:
     """One node's own report (``seid status``): its version, height and whether it is still catching up."""
 
@@ -52,34 +45,15 @@ class NodeView:
         return f"{self.pod}: {self.version} at {self.height}{' (catching up)' if self.catching_up else ''}"
 
 
-def _get(url: str) -> Any:
-    try:
-        r = httpx.get(url, timeout=5.0)
-        r.raise_for_status()
-        return r.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise AdapterError(f"GET {url}: {exc}", obj=url) from exc
+def network_tip(ctx: Context[Any]) -> int:
+    """The network's latest height (its RPC, through the adapters)."""
+    return int(ctx.adapters.sei_network().tip())
 
 
-def network_tip(c: HardforkConfig) -> int:
-    """The network's latest height (its RPC's /status)."""
-    doc = _get(f"{c.network_rpc}/status")
-    try:
-        return int(doc["result"]["sync_info"]["latest_block_height"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterError(f"{c.network_rpc}/status: no latest_block_height in {str(doc)[:200]}") from exc
-
-
-def network_plan(c: HardforkConfig) -> Plan | None:
+def network_plan(ctx: Context[Any]) -> Plan | None:
     """The upgrade plan on chain (x/upgrade's current_plan), None when there is none."""
-    doc = _get(f"{c.network_rpc}/cosmos/upgrade/v1beta1/current_plan")
-    plan = doc.get("plan") if isinstance(doc, dict) else None
-    if not plan:
-        return None
-    try:
-        return Plan(str(plan["name"]), int(plan["height"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterError(f"{c.network_rpc}: malformed upgrade plan {plan!r}") from exc
+    plan: Plan | None = ctx.adapters.sei_network().plan()
+    return plan
 
 
 def rpc_port(template: dict[str, Any], container: str) -> int:
