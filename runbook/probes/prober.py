@@ -138,6 +138,7 @@ class Prober:
         flush_interval: float = 0.2,
         isolate: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        keep_alive: bool = True,
     ) -> None:
         unknown = [k for k in mix if k not in KINDS]
         problems = [
@@ -168,6 +169,9 @@ class Prober:
         self.max_failures_listed = max_failures_listed
         self.flush_interval = flush_interval
         self.isolate = isolate
+        # False: a connection per request, as a client like `seid status` or curl opens one (no reused connection
+        # to lose at a server's close of its idle ones)
+        self.keep_alive = keep_alive
         self._transport = transport
         # request i is due at t0 + i / rate, for i < n_total
         self.n_total = min(self.max_requests, max(1, math.ceil(self.max_duration * self.rate - 1e-9)))
@@ -330,7 +334,8 @@ class Prober:
 
         def new_lane() -> CoreLane:
             pool = httpcore.AsyncConnectionPool(
-                ssl_context=context, max_connections=1, max_keepalive_connections=1, keepalive_expiry=5.0,
+                ssl_context=context, max_connections=1, max_keepalive_connections=1 if self.keep_alive else 0,
+                keepalive_expiry=5.0,
                 retries=0, network_backend=None if https else AsyncioBackend())
             lane = CoreLane(pool, core, header)
             self._lanes.append(lane)
