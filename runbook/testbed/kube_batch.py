@@ -121,10 +121,12 @@ class BatchMixin:
         statuses = []
         for kind, c in self._containers(rec["spec"]):
             waiting = (rec.get("waiting") or {}).get(c["name"])
-            code = None if waiting else self.exit_code(rec["name"], c["name"])
+            # one look at supervisord: a state and an exit code read apart could see the process still running,
+            # then exited, and make a container that exited 0 a terminated one without a code (an Error)
             info = self.sup.info(_program(rec["name"], c["name"]))
+            code = info.exitstatus if not waiting and info is not None and info.state == "EXITED" else None
             state = ("waiting" if waiting or info is None or info.state in ("STARTING", "BACKOFF", "FATAL")
-                     else "running" if info.running else "terminated")
+                     else "terminated" if info.state in ("EXITED", "STOPPED") else "running")
             reason = waiting or ("Completed" if code == 0 else "Error" if state == "terminated" else "")
             if kind == "app":
                 codes[c["name"]] = code
