@@ -109,12 +109,6 @@ class BatchMixin:
             return "Failed" if obj["spec"]["restartPolicy"] == "Never" else "Running"
         return "Running" if all(s.state == "running" for s in statuses) else "Pending"
 
-    def exit_code(self, pod: str, container: str) -> int | None:
-        """The container's last exitCode (supervisord's exit status of its shim, which exits with the container's
-        status, 128+signal for a signal), None while it has not terminated."""
-        info = self.sup.info(_program(pod, container))
-        return info.exitstatus if info is not None and info.state == "EXITED" else None
-
     def job_pod(self, rec: Mapping[str, Any]) -> JobPod:
         codes: dict[str, int | None] = {}
         reasons: dict[str, str] = {}
